@@ -1,0 +1,1 @@
+"""Command-line front end (installed as dfkd_meta.cli)."""

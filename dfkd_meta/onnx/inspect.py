@@ -1,0 +1,149 @@
+"""Static facts about an ONNX model file: inputs, outputs, tensors, shapes, external data.
+
+Nothing here runs the model or loads external weights; it only parses the graph.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from ..errors import DfkdError
+
+Dim = int | str | None  # fixed size, symbolic name, or unknown
+
+
+def dtype_name(elem_type: int) -> str:
+    """ONNX element type as a numpy-style name ('float32', 'int64', ...)."""
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    except (KeyError, TypeError, ValueError):
+        return TensorProto.DataType.Name(elem_type).lower()
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str | None
+    shape: list[Dim] | None  # None when the rank is unknown
+
+    @property
+    def per_example_shape(self) -> tuple[int, ...] | None:
+        """Shape without the batch axis, when every other dimension is a known integer."""
+        if not self.shape or any(not isinstance(d, int) for d in self.shape[1:]):
+            return None
+        return tuple(self.shape[1:])
+
+
+@dataclass
+class ModelFacts:
+    path: Path
+    ir_version: int
+    opset_imports: dict[str, int]
+    inputs: list[TensorInfo]  # graph inputs that are not initializers
+    outputs: list[TensorInfo]
+    initializers: set[str]
+    node_outputs: dict[str, str]  # tensor name -> op type that produced it
+    value_info: dict[str, TensorInfo]  # every tensor whose type shape inference found
+    external_data: list[str] = field(default_factory=list)  # locations, as written in the model
+    ops: list[str] = field(default_factory=list)  # op types in graph order, unique
+
+
+def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    tt = vi.type.tensor_type
+    dtype = dtype_name(tt.elem_type) if tt.elem_type else None
+    if not tt.HasField("shape"):
+        return TensorInfo(vi.name, dtype, None)
+    dims: list[Dim] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return TensorInfo(vi.name, dtype, dims)
+
+
+def external_data_locations(model: onnx.ModelProto) -> list[str]:
+    """Every external-data file the model references (initializers and Constant nodes), once each."""
+    seen: dict[str, None] = {}
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+    for t in tensors:
+        if t.data_location == TensorProto.EXTERNAL:
+            for entry in t.external_data:
+                if entry.key == "location":
+                    seen.setdefault(entry.value)
+    return list(seen)
+
+
+def resolve_external_path(model_dir: Path, location: str) -> Path | None:
+    """The file ``location`` names inside ``model_dir``, or None if it would escape the folder.
+
+    Refuses absolute paths, '..' components and symbolic links whose target leaves the folder.
+    """
+    if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+        return None
+    parts = Path(location.replace("\\", "/")).parts
+    if any(p == ".." for p in parts) or (parts and ":" in parts[0]):
+        return None
+    root = model_dir.resolve()
+    target = (model_dir / Path(*parts)).resolve()
+    if root != target and root not in target.parents:
+        return None
+    return target
+
+
+def load_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    """Parse an ONNX file without loading external data; raise DfkdError if it is not ONNX."""
+    try:
+        return onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-derived errors, ...
+        raise DfkdError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
+                        "pass a .onnx file written by an ONNX exporter") from None
+
+
+def model_facts(path: str | os.PathLike, model: onnx.ModelProto | None = None) -> ModelFacts:
+    """Read the static facts of an ONNX file (shape inference included, no weights loaded)."""
+    path = Path(path)
+    model = model if model is not None else load_model_proto(path)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # inference is best effort: unknown shapes are reported as unknown
+        inferred = model
+    g = inferred.graph
+    inits = {t.name for t in model.graph.initializer}
+    value_info = {vi.name: _tensor_info(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    node_outputs: dict[str, str] = {}
+    ops: dict[str, None] = {}
+    for node in model.graph.node:
+        ops.setdefault(node.op_type)
+        for out in node.output:
+            if out:
+                node_outputs[out] = node.op_type
+    return ModelFacts(
+        path=path,
+        ir_version=int(model.ir_version),
+        opset_imports={o.domain: int(o.version) for o in model.opset_import},
+        inputs=[_tensor_info(i) for i in model.graph.input if i.name not in inits],
+        outputs=[_tensor_info(o) for o in model.graph.output],
+        initializers=inits,
+        node_outputs=node_outputs,
+        value_info=value_info,
+        external_data=external_data_locations(model),
+        ops=list(ops),
+    )
+
+
+def check_model(path: str | os.PathLike) -> str | None:
+    """Run onnx.checker on the file (external data included); return the problem, or None."""
+    try:
+        onnx.checker.check_model(os.fspath(path), full_check=False)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return None

@@ -1,0 +1,113 @@
+"""Checks of a sidecar's binding against the ONNX model file (SPEC §6.2, §8.4, §9.3)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import DfkdError
+from ..fileio import sha256_file
+from ..onnx.inspect import check_model, load_model_proto, model_facts, resolve_external_path
+
+if TYPE_CHECKING:
+    from .validate import _Checker
+
+
+def check_against_model(chk: _Checker, model_path: Path) -> None:
+    binding = chk.facts.get("model")
+    if binding is None:
+        return  # /model itself is missing or of the wrong type: already reported
+    chk.where = "/model"
+    if binding.get("sha256") is not None:
+        actual = sha256_file(model_path)
+        if actual != binding["sha256"]:
+            chk.add("DM420", "/model@sha256",
+                    f"{model_path.name} has SHA-256 {actual[:16]}..., the sidecar is bound to {binding['sha256'][:16]}...")
+    try:
+        proto = load_model_proto(model_path)
+    except DfkdError as exc:
+        chk.add("DM425", "/model", str(exc))
+        return
+    facts = model_facts(model_path, proto)
+    _external_data(chk, model_path, facts.external_data, binding)
+    problem = check_model(model_path)
+    if problem is not None:
+        chk.add("DM425", "/model", f"onnx.checker rejects {model_path.name}: {problem}")
+
+    if binding.get("ir_version") is not None and binding["ir_version"] != facts.ir_version:
+        chk.add("DM422", "/model@ir_version", f"sidecar {binding['ir_version']}, model {facts.ir_version}")
+    doms, vers = binding.get("opset_domains"), binding.get("opset_versions")
+    if doms is not None and vers is not None and len(doms) == len(vers) and dict(zip(doms, vers)) != facts.opset_imports:
+        chk.add("DM422", "/model@opset_versions", f"sidecar {dict(zip(doms, vers))}, model {facts.opset_imports}")
+
+    _input(chk, facts, binding)
+    logits = binding.get("logits_name")
+    outputs = {o.name: o for o in facts.outputs}
+    if logits is not None:
+        if logits not in outputs:
+            chk.add("DM424", "/model@logits_name", f"{logits!r} is not a graph output; outputs are {sorted(outputs)}")
+        else:
+            shape, c = outputs[logits].shape, binding.get("num_classes")
+            if shape and isinstance(shape[-1], int) and c is not None and shape[-1] != c:
+                chk.add("DM424", "/model@num_classes", f"sidecar {c} classes, {logits!r} has {shape[-1]}")
+
+    for key, layer in chk.facts["layers"].items():
+        path, name = f"/layers/{key}", layer["tensor_name"]
+        if name is None:
+            continue
+        if name not in facts.node_outputs and name not in {i.name for i in facts.inputs}:
+            chk.add("DM620", f"{path}@tensor_name", f"{name!r} is not a tensor of {model_path.name}")
+            continue
+        if layer["kind"] == "logits" and logits is not None and name != logits:
+            chk.add("DM623", f"{path}@tensor_name", f"{name!r} is not the logits output {logits!r}")
+        info = facts.value_info.get(name)
+        per_example = info.per_example_shape if info is not None else None
+        if per_example is None:
+            chk.add("DM622", f"{path}@shape", f"shape of {name!r} not known statically")
+        elif layer["shape"] is not None and tuple(layer["shape"]) != per_example:
+            chk.add("DM621", f"{path}@shape", f"sidecar {list(layer['shape'])}, model {list(per_example)}")
+
+    for key in chk.children.get("/spectral", []):
+        p = f"/spectral/{key}"
+        if chk.kinds.get(p) != "group" or f"{p}@weight_tensors" in chk.tainted:
+            continue
+        grp = chk.f[p]
+        try:
+            names = [str(x.decode() if isinstance(x, bytes) else x) for x in grp.attrs.get("weight_tensors", [])]
+        except (TypeError, UnicodeDecodeError, AttributeError):
+            continue  # malformed: reported by the schema pass
+        missing = [n for n in names if n not in facts.initializers]
+        if missing:
+            chk.add("DM720", f"{p}@weight_tensors", f"not initializers of {model_path.name}: {missing}")
+
+
+def _external_data(chk: _Checker, model_path: Path, referenced: list[str], binding: dict) -> None:
+    recorded = dict(zip(binding.get("external_data_paths") or [], binding.get("external_data_sha256") or []))
+    for loc in referenced:
+        target = resolve_external_path(model_path.parent, loc)
+        if target is None:
+            chk.add("DM421", "/model@external_data_paths", f"the model references {loc!r}, outside its folder")
+        elif loc not in recorded:
+            chk.add("DM421", "/model@external_data_paths", f"the model references {loc!r}, which the sidecar does not record")
+        elif not target.is_file():
+            chk.add("DM421", "/model@external_data_paths", f"{loc!r} is missing beside {model_path.name}")
+        elif sha256_file(target) != recorded[loc]:
+            chk.add("DM421", "/model@external_data_sha256", f"{loc!r} differs from the file the sidecar is bound to")
+    for loc in recorded:
+        if loc not in referenced:
+            chk.add("DM421", "/model@external_data_paths", f"{loc!r} is recorded but the model does not reference it")
+
+
+def _input(chk: _Checker, facts, binding: dict) -> None:
+    if len(facts.inputs) != 1:
+        chk.add("DM423", "/model@input_name", f"the model has {len(facts.inputs)} inputs; dfkd-meta needs exactly one")
+        return
+    inp = facts.inputs[0]
+    name, shape, dtype = binding.get("input_name"), binding.get("input_shape"), binding.get("input_dtype")
+    if name is not None and inp.name != name:
+        chk.add("DM423", "/model@input_name", f"sidecar {name!r}, model {inp.name!r}")
+    if dtype is not None and inp.dtype != dtype:
+        chk.add("DM423", "/model@input_dtype", f"sidecar {dtype}, model {inp.dtype}")
+    if shape is not None and inp.shape is not None:
+        model_dims = inp.shape[1:]
+        if len(inp.shape) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(model_dims, shape[1:])):
+            chk.add("DM423", "/model@input_shape", f"sidecar {shape}, model {inp.shape}")

@@ -1,0 +1,154 @@
+"""Load the machine-readable schema (spec/dfkd-meta-1.0.schema.yaml) into typed objects."""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_FILE = "dfkd-meta-1.0.schema.yaml"
+SEVERITIES = ("error", "warning", "info")
+ATTR_KINDS = ("str", "int", "float", "str_list", "int_list", "float_list")
+DATASET_DTYPES = ("float32", "float64", "int64", "str")
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    section: str
+    severity: str
+    summary: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    name: str
+    kind: str
+    required: bool = True
+    enum: tuple | None = None
+    pattern: re.Pattern | None = None
+    min: float | None = None
+    max: float | None = None
+    exclusive_min: float | None = None
+    exclusive_max: float | None = None
+    min_len: int | None = None
+    max_len: int | None = None
+    finite: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    dtype: str
+    shape: tuple[str, ...]
+    required: bool = True
+    checks: dict[str, str] = field(default_factory=dict)  # check name -> rule id
+
+
+@dataclass(frozen=True)
+class GroupRef:
+    name: str
+    type: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class TypeSpec:
+    name: str
+    version: str
+    section: str
+    rules: dict[str, str]  # missing / dtype / shape / value -> rule id
+    attrs: dict[str, AttrSpec]
+    datasets: dict[str, DatasetSpec]
+    groups: dict[str, GroupRef]
+    children_type: str | None = None
+    children_pattern: re.Pattern | None = None
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def minor(self) -> int:
+        return int(self.version.split(".")[1])
+
+
+@dataclass(frozen=True)
+class Schema:
+    format: str
+    format_version: str
+    limits: dict[str, int]
+    allowed_filters: dict[int, str]
+    rules: dict[str, Rule]
+    types: dict[str, TypeSpec]
+    raw: dict[str, Any]
+
+    @property
+    def format_major(self) -> int:
+        return int(self.format_version.split(".")[0])
+
+    @property
+    def format_minor(self) -> int:
+        return int(self.format_version.split(".")[1])
+
+
+def schema_path() -> Path:
+    """The schema file: installed package data, else the source checkout's spec/ folder."""
+    try:
+        p = resources.files("dfkd_meta.spec") / SCHEMA_FILE
+        if p.is_file():
+            return Path(str(p))
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "spec" / SCHEMA_FILE
+
+
+def _attr(name: str, d: dict) -> AttrSpec:
+    d = dict(d)
+    pattern = d.pop("pattern", None)
+    enum = d.pop("enum", None)
+    return AttrSpec(name=name, pattern=re.compile(pattern) if pattern else None,
+                    enum=tuple(enum) if enum is not None else None, **d)
+
+
+def _type(name: str, d: dict) -> TypeSpec:
+    children = d.get("children")
+    return TypeSpec(
+        name=name,
+        version=str(d["version"]),
+        section=str(d["section"]),
+        rules=dict(d["rules"]),
+        attrs={k: _attr(k, v) for k, v in (d.get("attrs") or {}).items()},
+        datasets={k: DatasetSpec(name=k, dtype=v["dtype"], shape=tuple(str(s) for s in v["shape"]),
+                                 required=v.get("required", True), checks=dict(v.get("checks", {})))
+                  for k, v in (d.get("datasets") or {}).items()},
+        groups={k: GroupRef(name=k, type=v["type"], required=v.get("required", True))
+                for k, v in (d.get("groups") or {}).items()},
+        children_type=children["type"] if children else None,
+        children_pattern=re.compile(children["name_pattern"]) if children else None,
+    )
+
+
+def parse_schema(raw: dict) -> Schema:
+    return Schema(
+        format=raw["format"],
+        format_version=str(raw["format_version"]),
+        limits={k: int(v) for k, v in raw["limits"].items()},
+        allowed_filters={int(k): v for k, v in raw["allowed_filters"].items()},
+        rules={k: Rule(id=k, section=str(v["section"]), severity=v["severity"],
+                       summary=v["summary"], fix=v["fix"]) for k, v in raw["rules"].items()},
+        types={k: _type(k, v) for k, v in raw["types"].items()},
+        raw=raw,
+    )
+
+
+@functools.cache
+def load_schema() -> Schema:
+    """The schema the validator runs on (parsed once per process)."""
+    with open(schema_path(), encoding="utf-8") as f:
+        return parse_schema(yaml.safe_load(f))

@@ -262,7 +262,8 @@ class _Checker:
         try:
             self.f = h5py.File(self.path, "r", locking=False)
         except Exception as exc:
-            self.fatal("DM101", "/", f"libhdf5 cannot open it ({type(exc).__name__}: {exc})")
+            rule = "DM102" if "truncated" in str(exc) else "DM101"
+            self.fatal(rule, "/", f"libhdf5 cannot open it ({type(exc).__name__}: {exc})")
         self._scan()
         if self._check_format_version():
             self._check_group("/", "sidecar", {})
@@ -428,8 +429,8 @@ class _Checker:
 
         values = {a.name: self._check_attr(grp, path, a, fam) for a in spec.attrs.values()}
         for name in grp.attrs:
-            if name not in spec.attrs and name not in RESERVED_ATTRS:
-                apath = f"{path}@{name}"
+            apath = f"{path}@{name}"
+            if name not in spec.attrs and name not in RESERVED_ATTRS and apath not in self.tainted:
                 if name.startswith("x_"):
                     self.add("DM206", apath, "unknown ignorable attribute skipped")
                 else:
@@ -454,7 +455,7 @@ class _Checker:
                 continue
             cpath = f"{path.rstrip('/')}/{name}"
             kind = self.kinds.get(cpath)
-            if kind in ("link", "other"):
+            if kind in ("link", "other") or cpath in self.tainted:
                 continue  # already reported by the scan
             if spec.children_type and kind == "group" and not (
                     self._ignorable(cpath) and self._read_raw_str(cpath, "dfkd_type") != spec.children_type):
@@ -820,9 +821,7 @@ def validate(path: str | os.PathLike, model: str | os.PathLike | None = None, *,
         require_file(model, "model")
     if not isolate:
         return validate_in_process(path, model)
-    cmd = [sys.executable, "-m", "dfkd_meta.sidecar._worker", os.fspath(path)]
-    if model is not None:
-        cmd += ["--model", os.fspath(model)]
+    cmd = _worker_command(path, model)
     env = {**os.environ, "HDF5_PLUGIN_PRELOAD": "::", "HDF5_PLUGIN_PATH": ""}
     report = Report(file=str(path), model=str(model) if model is not None else None)
     try:
@@ -845,6 +844,11 @@ def validate(path: str | os.PathLike, model: str | os.PathLike | None = None, *,
         why = f"the reading process failed with exit code {proc.returncode}: {tail[0]}"
     report.findings.append(_dm103(why))
     return report
+
+
+def _worker_command(path: str | os.PathLike, model: str | os.PathLike | None) -> list[str]:
+    cmd = [sys.executable, "-m", "dfkd_meta.sidecar._worker", os.fspath(path)]
+    return cmd + ["--model", os.fspath(model)] if model is not None else cmd
 
 
 def _child_limits() -> None:

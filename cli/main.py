@@ -41,7 +41,7 @@ def validate(sidecar: str, model: str | None, as_json: bool, timeout: float) -> 
 
     Exit status: 0 valid, 1 invalid, 2 not run (usage error, missing or unreadable path).
     """
-    from dfkd_meta.sidecar.validate import validate as run
+    from dfkd_meta.sidecar.validator import validate as run
 
     report = run(sidecar, model, timeout=timeout)
     if as_json:

@@ -2,7 +2,7 @@
 from .io import SidecarInvalidError, read_sidecar, write_sidecar
 from .types import (ChannelStats, DatasetProvenance, InputDomain, LayerStats, ModelBinding, PrivacyBlock, Sidecar,
                     SpectralStats)
-from .validate import Finding, Report, validate
+from .validator import Finding, Report, validate
 
 __all__ = ["ChannelStats", "DatasetProvenance", "Finding", "InputDomain", "LayerStats", "ModelBinding",
            "PrivacyBlock", "Report", "Sidecar", "SidecarInvalidError", "SpectralStats", "read_sidecar",

@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
     elif len(argv) != 1:
         print("usage: python -m dfkd_meta.sidecar._worker SIDECAR [--model MODEL]", file=sys.stderr)
         return 2
-    from .validate import validate_in_process
+    from .validator import validate_in_process
 
     report = validate_in_process(argv[0], model)
     sys.stdout.write(json.dumps(report.to_dict()))

@@ -5,6 +5,7 @@ MAJOR version, so that a future MAJOR of one element adds a reader instead of ch
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..fileio import atomic_path
 from .schema import load_schema
 from .types import (ChannelStats, DatasetProvenance, InputDomain, LayerStats, ModelBinding, PrivacyBlock,
                     Sidecar, SpectralStats)
-from .validate import Report, disable_hdf5_plugins, validate, validate_in_process
+from .validator import Report, disable_hdf5_plugins, validate, validate_in_process
 
 STR = h5py.string_dtype("utf-8")
 
@@ -36,6 +37,23 @@ class SidecarInvalidError(DfkdError):
 
 # ---------------------------------------------------------------------------------------------
 # writing
+
+def _refuse_nul(obj, where: str = "sidecar") -> None:
+    """SPEC §1: strings cannot contain U+0000 (HDF5 ends strings there). Checked before writing."""
+    if isinstance(obj, str):
+        if "\x00" in obj:
+            raise DfkdError(f"{where}: string {obj!r} contains U+0000, which HDF5 strings cannot hold; remove it")
+    elif dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            _refuse_nul(getattr(obj, f.name), f"{where}.{f.name}")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _refuse_nul(k, f"{where} key")
+            _refuse_nul(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _refuse_nul(v, f"{where}[{i}]")
+
 
 def _typed_group(parent: h5py.Group, name: str, tname: str) -> h5py.Group:
     g = parent.create_group(name) if name != "/" else parent
@@ -136,6 +154,7 @@ def _write_privacy(root: h5py.Group, p: PrivacyBlock, compression: str | None) -
 
 def write_h5(sidecar: Sidecar, f: h5py.File, compression: str | None = None) -> None:
     """Write ``sidecar`` into an open, empty HDF5 file (no validation, not atomic)."""
+    _refuse_nul(sidecar)
     root = _typed_group(f, "/", "sidecar")
     root.attrs["dfkd_meta_format"] = load_schema().format
     root.attrs["dfkd_meta_version"] = sidecar.format_version

@@ -9,7 +9,7 @@ from ..fileio import sha256_file
 from ..onnx.inspect import check_model, load_model_proto, model_facts, resolve_external_path
 
 if TYPE_CHECKING:
-    from .validate import _Checker
+    from .validator import _Checker
 
 
 def check_against_model(chk: _Checker, model_path: Path) -> None:

@@ -55,5 +55,35 @@ def validate(sidecar: str, model: str | None, as_json: bool, timeout: float) -> 
     sys.exit(0 if report.valid else 1)
 
 
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(model: str, as_json: bool) -> None:
+    """Show MODEL's inputs, outputs, ops (supported or not) and candidate statistics layers."""
+    from dfkd_meta.fileio import require_file
+    from dfkd_meta.onnx.inspect import inspect_model
+
+    info = inspect_model(require_file(model, "model"))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    dims = lambda s: "[" + ", ".join(str(d) for d in s) + "]" if s is not None else "[?]"  # noqa: E731
+    click.echo(f"{info['model']}: ir_version {info['ir_version']}, opsets {info['opset_imports']}, "
+               f"{info['nodes']} nodes" + (f", external data {info['external_data']}" if info["external_data"] else ""))
+    for role in ("inputs", "outputs"):
+        for t in info[role]:
+            click.echo(f"{role[:-1]:7} {t['name']}  {t['dtype']} {dims(t['shape'])}")
+    bad = [o["op"] for o in info["ops"] if not o["supported"]]
+    click.echo("ops     " + ", ".join(f"{o['op']}x{o['count']}" + ("" if o["supported"] else " (UNSUPPORTED)")
+                                      for o in info["ops"]))
+    if bad:
+        click.echo(f"warning: {len(bad)} unsupported ops: {', '.join(bad)}; reconstruction needs every op supported")
+    rows = info["candidate_layers"]
+    click.echo(f"candidate layers ({sum(r['default'] for r in rows)} chosen by default, marked *):")
+    width = max([len(r["name"]) for r in rows] + [6])
+    for r in rows:
+        click.echo(f"  {'*' if r['default'] else ' '} {r['name']:<{width}}  {r['op']:<18} {dims(r['shape']):<14} {r['kind']}")
+
+
 if __name__ == "__main__":
     main()

@@ -147,3 +147,71 @@ def check_model(path: str | os.PathLike) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return None
+
+
+# Candidate statistics layers --------------------------------------------------------------------
+
+ACTIVATION_OPS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Elu", "Selu", "PRelu", "HardSigmoid",
+                            "HardSwish", "Softplus", "Softsign", "Clip"})
+LINEAR_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "BatchNormalization", "Add"})
+
+
+@dataclass
+class Candidate:
+    """A tensor worth recording statistics for."""
+
+    name: str
+    op: str  # op type that produced it
+    shape: tuple[int, ...] | None  # per example
+    kind: str  # pre_activation | post_activation | logits
+    default: bool  # chosen by default: hidden pre-activations and the logits
+
+
+def candidate_layers(facts: ModelFacts, model: onnx.ModelProto, logits: str | None = None) -> list[Candidate]:
+    """Pre-activations (inputs of activation ops), post-activations and the logits, in graph order."""
+    logits = logits or (facts.outputs[0].name if len(facts.outputs) == 1 else None)
+    feeds_activation = {i for n in model.graph.node if n.op_type in ACTIVATION_OPS for i in n.input[:1]}
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for node in model.graph.node:
+        for name in node.output:
+            if not name or name in seen:
+                continue
+            info = facts.value_info.get(name)
+            if info is not None and info.dtype not in (None, "float32", "float16", "float64"):
+                continue
+            shape = info.per_example_shape if info is not None else None
+            if name == logits:
+                kind, default = "logits", True
+            elif node.op_type in ACTIVATION_OPS:
+                kind, default = "post_activation", False
+            elif name in feeds_activation and node.op_type in LINEAR_OPS | {"Reshape", "Flatten", "Identity"}:
+                kind, default = "pre_activation", True
+            else:
+                continue
+            seen.add(name)
+            out.append(Candidate(name, node.op_type, shape, kind, default))
+    return out
+
+
+def inspect_model(path: str | os.PathLike) -> dict:
+    """Everything a publisher needs to choose layers, as plain data (what `dfkd-meta inspect` prints)."""
+    from .graph import is_supported
+
+    path = Path(path)
+    model = load_model_proto(path)
+    facts = model_facts(path, model)
+    counts: dict[str, int] = {}
+    domains: dict[str, str] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+        domains.setdefault(n.op_type, n.domain)
+    return {
+        "model": str(path), "ir_version": facts.ir_version, "opset_imports": facts.opset_imports,
+        "nodes": len(model.graph.node), "external_data": facts.external_data,
+        "inputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in facts.inputs],
+        "outputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in facts.outputs],
+        "ops": [{"op": op, "count": counts[op], "supported": is_supported(op, domains[op])} for op in facts.ops],
+        "candidate_layers": [{"name": c.name, "op": c.op, "shape": list(c.shape) if c.shape else None,
+                              "kind": c.kind, "default": c.default} for c in candidate_layers(facts, model)],
+    }

@@ -59,7 +59,6 @@ NOT_IN_CORPUS = {
     "DM103": "a libhdf5 crash or hang: test_validate.py simulates both",
     "DM106": "h5py cannot create user-defined links",
     "DM199": "an internal validator failure: test_validate.py forces one",
-    "DM721": "needs the graph rebuilt from the model, done by the export side (issue 4)",
 }
 
 

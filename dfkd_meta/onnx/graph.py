@@ -159,8 +159,15 @@ class OnnxModule(torch.nn.Module):
                             "`dfkd-meta inspect MODEL` lists the tensors")
         return taps
 
-    def run(self, inputs: torch.Tensor | Mapping[str, torch.Tensor], taps: Iterable[str] = ()) -> dict[str, torch.Tensor]:
-        """Run the graph; return the outputs and every tensor named in ``taps``, by name."""
+    def run(self, inputs: torch.Tensor | Mapping[str, torch.Tensor], taps: Iterable[str] = (),
+            inject: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Run the graph; return the outputs and every tensor named in ``taps``, by name.
+
+        ``inject`` replaces intermediate tensors by given values: a node whose outputs are all
+        injected is skipped, and everything downstream sees the injected value.
+        """
+        inject = dict(inject or {})
+        self.check_taps(inject)
         if isinstance(inputs, torch.Tensor):
             if len(self.input_names) != 1:
                 raise DfkdError(f"{self.source}: the model has inputs {self.input_names}; pass a dict")
@@ -169,10 +176,13 @@ class OnnxModule(torch.nn.Module):
         env: dict[str, torch.Tensor] = {name: self._const(name) for name in self._const_names}
         env.update(inputs)
         for k, node in enumerate(self.nodes):
-            args = [env[name] if name else None for name in node.inputs]
-            for name, value in zip(node.outputs, self._call(node, args)):
-                if name:
-                    env[name] = value
+            if inject and all(not name or name in inject for name in node.outputs):
+                env.update({name: inject[name] for name in node.outputs if name})
+            else:
+                args = [env[name] if name else None for name in node.inputs]
+                for name, value in zip(node.outputs, self._call(node, args)):
+                    if name:
+                        env[name] = inject.get(name, value)
             for name in node.inputs:  # free what no later node needs
                 if name and self._last_use.get(name) == k and name not in keep and name not in self._const_names:
                     env.pop(name, None)

@@ -66,6 +66,7 @@ def check_against_model(chk: _Checker, model_path: Path) -> None:
         elif layer["shape"] is not None and tuple(layer["shape"]) != per_example:
             chk.add("DM621", f"{path}@shape", f"sidecar {list(layer['shape'])}, model {list(per_example)}")
 
+    _spectral_bases(chk, model_path, facts, binding)
     for key in chk.children.get("/spectral", []):
         p = f"/spectral/{key}"
         if chk.kinds.get(p) != "group" or f"{p}@weight_tensors" in chk.tainted:
@@ -111,3 +112,43 @@ def _input(chk: _Checker, facts, binding: dict) -> None:
         model_dims = inp.shape[1:]
         if len(inp.shape) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(model_dims, shape[1:])):
             chk.add("DM423", "/model@input_shape", f"sidecar {shape}, model {inp.shape}")
+
+
+def _spectral_bases(chk: _Checker, model_path: Path, facts, binding: dict) -> None:
+    """DM721: every stored basis is an eigenbasis of the graph rebuilt from the model (SPEC §9.1)."""
+    blocks = [k for k in chk.children.get("/spectral", []) if chk.kinds.get(f"/spectral/{k}") == "group"]
+    layers = chk.facts["layers"]
+    if not blocks or chk.errors_under("/spectral") or chk.errors_under("/layers"):
+        return  # a malformed block is already reported; its basis cannot be checked meaningfully
+    from ..onnx.graph import load_onnx
+    from ..onnx.linearize import adjacency, eigen_residual, jacobian_block, linearised_module, normalized_laplacian
+
+    input_shape = tuple(binding.get("input_shape") or ())[1:]
+    try:
+        module = linearised_module(load_onnx(model_path), str(model_path))
+    except DfkdError as exc:
+        chk.add("DM721", "/spectral", f"cannot rebuild the graph from the model: {exc}")
+        return
+    cache: dict[tuple[str, str], object] = {}
+    for key in blocks:
+        path = f"/spectral/{key}"
+        grp = chk.f[path]
+        refs = [x.decode() if isinstance(x, bytes) else str(x) for x in grp.attrs["layers"]]
+        infos = [layers[r] for r in refs]
+        try:
+            jac = []
+            for a, b in zip(infos, infos[1:]):
+                pair = (a["tensor_name"], b["tensor_name"])
+                if pair not in cache:
+                    cache[pair] = jacobian_block(module, *pair, a["shape"], input_shape)
+                jac.append(cache[pair])
+        except DfkdError as exc:
+            chk.add("DM721", path, f"cannot rebuild the graph from the model: {exc}")
+            continue
+        lap = normalized_laplacian(adjacency(jac, [i["units"] for i in infos]))
+        vals, vecs = grp["eigenvalues"][()], grp["basis"][()]
+        residual = eigen_residual(lap, vals, vecs)
+        worst = int(residual.argmax())
+        if residual[worst] > 1e-3:
+            chk.add("DM721", f"{path}/basis", f"column {worst}: ||L v - lambda v|| = {residual[worst]:.3g} "
+                                              f"(allowed 1e-3) for the graph of {model_path.name}")

@@ -228,6 +228,9 @@ class _Checker:
         r = self.schema.rules[rule]
         self.findings.append(Finding(r.severity, rule, r.section, path, message, r.fix))
 
+    def errors_under(self, prefix: str) -> bool:
+        return any(f.severity == "error" and f.path.startswith(prefix) for f in self.findings)
+
     def fatal(self, rule: str, path: str, message: str) -> None:
         self.add(rule, path, message)
         raise _Fatal

@@ -1,0 +1,263 @@
+"""Labelled data sources named by one ``--data`` syntax; nothing is ever downloaded.
+
+- ``digits``      scikit-learn's bundled 8x8 digits (the embedded default), split 80/20.
+- ``mnist:DIR``   a folder of MNIST-layout IDX files (gzipped or raw): MNIST, Fashion-MNIST, ...
+- ``npz:FILE``    arrays ``x`` and ``y`` (``x_test``/``y_test`` optional), loaded without pickle.
+
+Every source yields NCHW float32 images normalised as ``(r - mean) / std`` with raw values ``r``
+in [0, 1]; mean and std come from the source's train split. ``resize`` pads (when growing by an
+even margin, as classic LeNet does with 28 -> 32) or interpolates to a square size.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DfkdError, UsageError
+from .sidecar.types import InputDomain
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class DataSource:
+    """A labelled image data set held in memory as raw values in [0, 1], normalised on the way out."""
+
+    name: str
+    description: str
+    license: str
+    class_names: list[str]
+    raw: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (x uint8 or float [N,C,H,W], y int64 [N])
+    mean: float = 0.0
+    std: float = 1.0
+    resize: int | None = None
+    spec: str = ""
+    _scale: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        x = self.raw["train"][0]
+        c, h, w = x.shape[1:]
+        return (c, self.resize, self.resize) if self.resize else (c, h, w)
+
+    @property
+    def input_domain(self) -> InputDomain:
+        return InputDomain("NCHW", 0.0, 1.0, (self.mean,), (self.std,))
+
+    def size(self, split: str = "train") -> int:
+        return len(self._split(split)[1])
+
+    def labels(self, split: str = "train") -> np.ndarray:
+        return self._split(split)[1]
+
+    def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split not in self.raw:
+            raise UsageError(f"{self.spec or self.name}: no {split!r} split; it has {sorted(self.raw)}")
+        return self.raw[split]
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0)
+        if self.resize:
+            x = _resize(x, self.resize)
+        return (x - self.mean) / self.std
+
+    def batches(self, split: str = "train", batch_size: int = 256, *, shuffle: bool = False,
+                seed: int = 0, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(x float32 [B, C, H, W] normalised, y int64 [B]) batches, streamed from memory."""
+        x, y = self._split(split)
+        order = np.random.default_rng(seed).permutation(len(y)) if shuffle else np.arange(len(y))
+        if limit is not None:
+            order = order[:limit]
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            yield self._prepare(x[idx]), y[idx]
+
+    def arrays(self, split: str = "train", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split at once (small data sets and tests)."""
+        xs, ys = zip(*self.batches(split, 4096, limit=limit))
+        return np.concatenate(xs), np.concatenate(ys)
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    h, w = x.shape[-2:]
+    if size >= h and size >= w and (size - h) % 2 == 0 and (size - w) % 2 == 0:
+        ph, pw = (size - h) // 2, (size - w) // 2
+        return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    import torch  # interpolation only when padding cannot do it
+
+    t = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(x)), size=(size, size),
+                                        mode="bilinear", align_corners=False)
+    return t.numpy()
+
+
+def _normalisation(x: np.ndarray) -> tuple[float, float]:
+    """Mean and std of the raw values in [0, 1], in float64, streamed over rows."""
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    total, sq, n = 0.0, 0.0, 0
+    for start in range(0, len(x), 8192):
+        block = x[start:start + 8192].astype(np.float64) / scale
+        total += block.sum()
+        sq += np.square(block).sum()
+        n += block.size
+    mean = total / n
+    return float(mean), float(max(np.sqrt(max(sq / n - mean * mean, 0.0)), 1e-6))
+
+
+# --- digits --------------------------------------------------------------------------------------
+
+def load_digits_source() -> DataSource:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))  # fixed split, same on every machine
+    cut = int(0.8 * len(y))
+    train, test = order[:cut], order[cut:]
+    return DataSource(name="digits", description="scikit-learn's bundled UCI optical handwritten digits, 8x8, "
+                      "values 0..16 scaled to [0, 1]; fixed 80/20 split (seed 0)", license="CC-BY-4.0",
+                      class_names=[str(i) for i in range(10)], raw={"train": (x[train], y[train]),
+                                                                    "test": (x[test], y[test])})
+
+
+# --- MNIST-layout IDX ----------------------------------------------------------------------------
+
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_MAX_IDX_BYTES = 1 << 31
+
+
+def _open_idx(folder: Path, stem: str) -> tuple[Path, bytes]:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            raw = candidate.read_bytes()
+            if candidate.suffix == ".gz":
+                try:
+                    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+                        data = g.read(_MAX_IDX_BYTES + 1)
+                except (OSError, EOFError) as exc:
+                    raise DfkdError(f"{candidate}: not a readable gzip file ({exc}); re-download it") from None
+                if len(data) > _MAX_IDX_BYTES:
+                    raise DfkdError(f"{candidate}: decompresses to more than 2 GiB; not an MNIST-layout file")
+                return candidate, data
+            return candidate, raw
+    raise UsageError(f"{folder}: missing {stem}(.gz); an MNIST-layout folder holds "
+                     "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                     "t10k-labels-idx1-ubyte, gzipped or not")
+
+
+def parse_idx(data: bytes, path: Path | str = "<idx>") -> np.ndarray:
+    """An IDX file's array (uint8 only, as MNIST uses), checking its header against its size."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DfkdError(f"{path}: not an IDX file (bad magic); expected MNIST-layout data")
+    if data[2] != 0x08:
+        raise DfkdError(f"{path}: IDX element type 0x{data[2]:02x}; only unsigned bytes (0x08) are supported")
+    ndim = data[3]
+    if ndim < 1 or len(data) < 4 + 4 * ndim:
+        raise DfkdError(f"{path}: truncated IDX header")
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        raise DfkdError(f"{path}: IDX header declares {dims} ({expected} bytes) but the file has {len(data)}; "
+                        "the file is truncated or corrupt")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _check_sums(folder: Path) -> None:
+    sums = folder / "SHA256SUMS"
+    if not sums.is_file():
+        return
+    for line in sums.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 2 or not (folder / parts[1]).is_file():
+            continue
+        if hashlib.sha256((folder / parts[1]).read_bytes()).hexdigest() != parts[0]:
+            raise DfkdError(f"{folder / parts[1]}: SHA-256 differs from {sums}; the file is corrupt, re-download it")
+
+
+def load_mnist_source(folder: str | os.PathLike) -> DataSource:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder; --data mnist:DIR takes a folder of MNIST-layout IDX files")
+    _check_sums(folder)
+    raw = {}
+    for split, (img_stem, lbl_stem) in _IDX_FILES.items():
+        ipath, idata = _open_idx(folder, img_stem)
+        lpath, ldata = _open_idx(folder, lbl_stem)
+        images, labels = parse_idx(idata, ipath), parse_idx(ldata, lpath)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DfkdError(f"{ipath}: {images.shape} images for {labels.shape} labels; expected [N, H, W] and [N]")
+        raw[split] = (images[:, None], labels.astype(np.int64))
+    classes = int(max(raw["train"][1].max(), raw["test"][1].max())) + 1
+    fashion = "fashion" in folder.name.lower()
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+             "Ankle boot"] if fashion and classes == 10 else [str(i) for i in range(classes)]
+    return DataSource(name=folder.name, description=f"MNIST-layout IDX data from {folder.name}/ "
+                      f"({len(raw['train'][1])} train, {len(raw['test'][1])} test)",
+                      license="MIT" if fashion else "CC-BY-SA-3.0", class_names=names, raw=raw)
+
+
+# --- npz -----------------------------------------------------------------------------------------
+
+def load_npz_source(path: str | os.PathLike) -> DataSource:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file; --data npz:FILE takes an .npz with arrays x and y")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError) as exc:
+        raise DfkdError(f"{path}: not a readable .npz without pickled objects ({exc})") from None
+    if "x" not in arrays or "y" not in arrays:
+        raise DfkdError(f"{path}: needs arrays 'x' and 'y' (found {sorted(arrays)})")
+    raw = {"train": _npz_pair(path, arrays["x"], arrays["y"])}
+    if "x_test" in arrays and "y_test" in arrays:
+        raw["test"] = _npz_pair(path, arrays["x_test"], arrays["y_test"])
+    classes = int(max(int(y.max()) for _, y in raw.values())) + 1
+    return DataSource(name=path.stem, description=f"arrays from {path.name}", license="unknown",
+                      class_names=[str(i) for i in range(classes)], raw=raw)
+
+
+def _npz_pair(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if x.dtype != np.uint8 and x.dtype.kind != "f":
+        raise DfkdError(f"{path}: x has dtype {x.dtype}; use uint8 images or floats in [0, 1]")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or y.dtype.kind not in "iu":
+        raise DfkdError(f"{path}: x {x.shape} / y {y.shape} {y.dtype}; need x [N, (C,) H, W] and integer y [N]")
+    if y.min() < 0:
+        raise DfkdError(f"{path}: negative class labels")
+    if x.dtype.kind == "f" and (x.min() < 0 or x.max() > 1):
+        raise DfkdError(f"{path}: float x outside [0, 1]; scale the raw values to [0, 1]")
+    return x, y.astype(np.int64)
+
+
+# --- the --data syntax ---------------------------------------------------------------------------
+
+def load_data(spec: str, resize: int | None = None) -> DataSource:
+    """Parse ``digits``, ``mnist:DIR`` or ``npz:FILE`` and load it."""
+    kind, _, arg = spec.partition(":")
+    if kind == "digits" and not arg:
+        src = load_digits_source()
+    elif kind == "mnist" and arg:
+        src = load_mnist_source(arg)
+    elif kind == "npz" and arg:
+        src = load_npz_source(arg)
+    else:
+        raise UsageError(f"--data {spec!r}: expected digits, mnist:DIR or npz:FILE")
+    if resize is not None and resize < 1:
+        raise UsageError(f"--resize {resize}: must be a positive size")
+    src.resize, src.spec = resize, spec
+    src.mean, src.std = _normalisation(src.raw["train"][0])
+    return src

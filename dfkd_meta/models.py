@@ -1,0 +1,102 @@
+"""Reference architectures (those of the seed experiments) and user-supplied ``module:factory``.
+
+Every factory takes the per-example input shape (C, H, W) and the number of classes, so the same
+names work on 8x8 digits and on 28x28 or 32x32 MNIST.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+Factory = Callable[[tuple[int, ...], int], nn.Module]
+
+
+def _hinton(hidden: int, input_dropout: float, hidden_dropout: float) -> Factory:
+    def build(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Flatten(), nn.Dropout(input_dropout),
+            nn.Linear(math.prod(input_shape), hidden), nn.ReLU(), nn.Dropout(hidden_dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(hidden_dropout),
+            nn.Linear(hidden, num_classes))
+    return build
+
+
+class LeNet5(nn.Module):
+    """conv5x5 -> maxpool2 -> conv5x5 -> maxpool2 -> 120 -> 84 -> classes, ReLU (LeCun et al. 1998 sizes)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, c1: int = 6, c2: int = 16):
+        super().__init__()
+        channels, h, w = input_shape
+        self.features = nn.Sequential(nn.Conv2d(channels, c1, 5), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, channels, h, w)).shape[1]
+        self.classifier = nn.Sequential(nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                                        nn.Linear(84, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class BNNet(nn.Module):
+    """A small CNN with BatchNorm: (conv3x3-BN-ReLU) x2 -> maxpool -> (conv3x3-BN-ReLU) -> global avg -> classes."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 16):
+        super().__init__()
+        c = input_shape[0]
+        block = lambda i, o: [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]  # noqa: E731
+        self.body = nn.Sequential(*block(c, width), *block(width, width), nn.MaxPool2d(2),
+                                  *block(width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+MODELS: dict[str, Factory] = {
+    "hinton1200": _hinton(1200, 0.2, 0.5),
+    "hinton800": _hinton(800, 0.2, 0.5),
+    "hinton-small": _hinton(128, 0.2, 0.5),
+    "lenet5": lambda s, k: LeNet5(s, k),
+    "lenet5-half": lambda s, k: LeNet5(s, k, c1=3, c2=8),
+    "bn-cnn": lambda s, k: BNNet(s, k),
+}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A reference model by name, or ``package.module:factory`` called as ``factory(input_shape, num_classes)``."""
+    if name in MODELS:
+        return MODELS[name](tuple(input_shape), num_classes)
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        raise UsageError(f"--model {name!r}: not one of {sorted(MODELS)} nor module:factory")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--model {name!r}: cannot import {attr} from {module_name} ({exc})") from None
+    model = factory(tuple(input_shape), num_classes)
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {name!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def hidden_dropout_keep_probs(model: nn.Module) -> list[float | None]:
+    """For each Linear/Conv layer but the last, the keep probability of the Dropout that follows it, if any.
+
+    Used to record which hidden pre-activations were trained under dropout (SPEC §8.1
+    ``dropout_keep_prob``): masking a ReLU's output is masking its pre-activation's units.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Dropout))]
+    out: list[float | None] = []
+    for k, m in enumerate(layers):
+        if isinstance(m, nn.Dropout):
+            continue
+        nxt = layers[k + 1] if k + 1 < len(layers) else None
+        out.append(1.0 - nxt.p if isinstance(nxt, nn.Dropout) and nxt.p > 0 else None)
+    return out[:-1]

@@ -1,0 +1,1 @@
+"""Publisher side: statistics of a model's activations on private data, and the release export."""

@@ -1,0 +1,206 @@
+"""Model + private data -> release folder: the ONNX teacher and its statistics sidecar.
+
+One streaming pass over the data (ONNX Runtime, no gradients) accumulates, per class and in
+float64, the moments of every chosen layer, of each conv layer's channels, optional low-rank
+covariances, and the spectral coefficients of every spectral block.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from tqdm.auto import tqdm
+
+from ..data import DataSource
+from ..errors import DfkdError, UsageError
+from ..fileio import atomic_path
+from ..onnx.graph import load_onnx
+from ..onnx.inspect import candidate_layers, external_data_locations, model_facts
+from ..onnx.runtime import OrtModel
+from ..sidecar import (ChannelStats, DatasetProvenance, LayerStats, Sidecar, SidecarInvalidError, SpectralStats,
+                       validate, write_sidecar)
+from ..sidecar.binding import model_binding
+from ..train import dropout_keep_from_metadata, export_onnx
+from .moments import ClassMoments, channel_rows
+from .spectral import LayerRef, plan_spectral
+
+MAX_COV_UNITS = 4096  # a full co-moment matrix per class above this would not fit comfortably in memory
+
+
+@dataclass
+class ExportResult:
+    model_path: Path
+    sidecar_path: Path
+    summary: dict = field(default_factory=dict)
+
+
+def layer_key(tensor: str, taken: set[str]) -> str:
+    """A group name matching SPEC §8 for an ONNX tensor name, unique among ``taken``."""
+    key = re.sub(r"[^A-Za-z0-9_.-]+", "_", tensor).strip("_.") or "layer"
+    key = key[-60:]
+    candidate, n = key, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{key[:57]}_{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _place_model(model: str | Path | torch.nn.Module, data: DataSource, out_dir: Path, name: str | None) -> Path:
+    """The release's copy of the model (external-data files beside it, names unchanged)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, torch.nn.Module):
+        from ..models import hidden_dropout_keep_probs
+
+        target = out_dir / f"{name or 'teacher'}.onnx"
+        return export_onnx(model, data.input_shape, target, dropout_keep=hidden_dropout_keep_probs(model))
+    src = Path(model)
+    target = out_dir / f"{name or src.stem}.onnx"
+    if src.resolve() != target.resolve():
+        for loc in external_data_locations(onnx.load(str(src), load_external_data=False)):
+            with atomic_path(out_dir / loc) as tmp:
+                shutil.copyfile(src.parent / loc, tmp)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(src, tmp)
+    return target
+
+
+def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_dir: str | Path, *,
+                   layers: list[str] | None = None, temperature: float = 8.0, cov_rank: int = 0,
+                   spectral_k: int | None = None, spectral: bool = True, split: str = "train",
+                   batch_size: int = 512, limit: int | None = None, name: str | None = None,
+                   dropout_keep: dict[str, float] | None = None, progress: bool = True) -> ExportResult:
+    """Write ``out_dir/<name>.onnx`` and ``out_dir/<name>.dfkd.h5``; returns paths and a summary."""
+    t0 = time.perf_counter()
+    if temperature <= 0:
+        raise UsageError(f"--temperature {temperature}: must be > 0")
+    if isinstance(model, (str, Path)):
+        load_onnx(model)  # check the input before writing anything
+    out_dir = Path(out_dir)
+    onnx_path = _place_model(model, data, out_dir, name)
+    proto = load_onnx(onnx_path)
+    facts = model_facts(onnx_path, proto)
+    inp = facts.inputs[0] if len(facts.inputs) == 1 else None
+    if inp is None or inp.per_example_shape != tuple(data.input_shape):
+        got = inp.per_example_shape if inp else [i.name for i in facts.inputs]
+        raise DfkdError(f"{onnx_path}: the model expects input {got} but --data {data.spec or data.name} gives "
+                        f"{list(data.input_shape)}; pass --resize N or the matching data set")
+    logits = facts.outputs[0].name if len(facts.outputs) == 1 else None
+    if logits is None:
+        raise DfkdError(f"{onnx_path}: {len(facts.outputs)} outputs; export needs a single logits output")
+    chosen = _choose_layers(proto, facts, logits, layers, onnx_path)
+    keep = {**dropout_keep_from_metadata(proto), **(dropout_keep or {})}
+
+    refs = [LayerRef(key, tensor, shape) for key, tensor, _, shape in chosen]
+    plans = plan_spectral(proto, refs, data.input_shape, spectral_k, spectral_k, progress) if spectral else []
+    t_graph = time.perf_counter() - t0
+
+    c = data.num_classes
+    moments = {key: ClassMoments(c, math.prod(shape), cov=cov_rank > 0 and math.prod(shape) <= MAX_COV_UNITS)
+               for key, _, _, shape in chosen}
+    channels = {key: ClassMoments(c, shape[0]) for key, _, _, shape in chosen if len(shape) >= 2}
+    coef = {p.key: ClassMoments(c, p.k) for p in plans}
+    runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen])
+    n_total = min(data.size(split), limit) if limit else data.size(split)
+    seen, t1 = 0, time.perf_counter()
+    bar = tqdm(total=n_total, desc="statistics", unit="ex", disable=not progress, leave=False)
+    for x, y in data.batches(split, batch_size, limit=limit):
+        out = runner.run(x)
+        values = {}
+        for key, tensor, kind, shape in chosen:
+            v = out[tensor].astype(np.float64) / (temperature if kind == "logits" else 1.0)
+            if not np.isfinite(v).all():
+                raise DfkdError(f"{onnx_path}: tensor {tensor!r} is not finite on the data; check the model and the "
+                                "input normalisation")
+            values[key] = v.reshape(len(v), -1)
+            moments[key].update(values[key], y)
+            if key in channels:
+                channels[key].update(*channel_rows(v, y))
+        for p in plans:
+            signal = np.concatenate([values[r.key] for r in p.layers], axis=1)
+            coef[p.key].update(signal @ p.basis, y)
+        seen += len(y)
+        bar.update(len(y))
+    bar.close()
+    t_pass = time.perf_counter() - t1
+    if seen == 0:
+        raise DfkdError(f"--data {data.spec or data.name}: the {split!r} split is empty")
+
+    stats = []
+    for order, (key, tensor, kind, shape) in enumerate(chosen):
+        m = moments[key]
+        stats.append(LayerStats(
+            key=key, tensor_name=tensor, order=order, kind=kind, shape=tuple(shape),
+            mean=m.mean.astype(np.float32), std=m.std().astype(np.float32), count=m.count.copy(),
+            temperature=temperature if kind == "logits" else None, dropout_keep_prob=keep.get(tensor),
+            cov_factors=m.low_rank_factors(min(cov_rank, m.mean.shape[1])).astype(np.float32)
+            if m.comoment is not None else None,
+            channel=ChannelStats(channels[key].mean.astype(np.float32), channels[key].std().astype(np.float32))
+            if key in channels else None))
+    blocks = [SpectralStats(key=p.key, scope=p.scope, layers=[r.key for r in p.layers], k=p.k,
+                            eigenvalues=p.eigenvalues, basis=p.basis.astype(np.float32),
+                            coef_mean=coef[p.key].mean.astype(np.float32),
+                            coef_std=coef[p.key].std().astype(np.float32), weight_tensors=p.weight_tensors)
+              for p in plans]
+    labels = data.labels(split)[:limit] if limit else data.labels(split)
+    sidecar = Sidecar(
+        model=model_binding(onnx_path, data.input_domain, logits_name=logits, class_names=data.class_names),
+        dataset=DatasetProvenance(name=data.name, description=data.description, license=data.license,
+                                  sample_count=seen, class_counts=np.bincount(labels, minlength=c).astype(np.int64)),
+        layers=stats, spectral=blocks)
+    sidecar_path = write_sidecar(sidecar, out_dir / f"{onnx_path.stem}.dfkd.h5")
+    report = validate(sidecar_path, onnx_path)
+    if not report.valid:
+        sidecar_path.unlink()
+        raise SidecarInvalidError(sidecar_path, report, action="export")
+    skipped_cov = [k for k, m in moments.items() if cov_rank and m.comoment is None]
+    summary = {
+        "model": str(onnx_path), "sidecar": str(sidecar_path), "sidecar_bytes": sidecar_path.stat().st_size,
+        "samples": seen, "classes": c, "layers": [{"key": k, "tensor": t, "kind": kd, "shape": list(s)}
+                                                   for k, t, kd, s in chosen],
+        "spectral_blocks": [{"key": p.key, "nodes": p.basis.shape[0], "k": p.k} for p in plans],
+        "cov_rank": cov_rank, "cov_skipped_layers": skipped_cov, "temperature": temperature,
+        "seconds": round(time.perf_counter() - t0, 3), "graph_seconds": round(t_graph, 3),
+        "pass_seconds": round(t_pass, 3), "samples_per_second": round(seen / max(t_pass, 1e-9), 1),
+    }
+    return ExportResult(onnx_path, sidecar_path, summary)
+
+
+def _choose_layers(proto, facts, logits: str, names: list[str] | None, path: Path) -> list[tuple]:
+    """(key, tensor, kind, per-example shape) for each statistics layer, in graph order."""
+    candidates = candidate_layers(facts, proto, logits)
+    by_name = {c.name: c for c in candidates}
+    if names is None:
+        picked = [c for c in candidates if c.default]
+    else:
+        order = {o: k for k, n in enumerate(proto.graph.node) for o in n.output}
+        unknown = [n for n in names if n not in order]
+        if unknown:
+            raise UsageError(f"{path}: --layers names unknown tensors {unknown}; `dfkd-meta inspect {path}` lists them")
+        picked = []
+        for n in sorted(dict.fromkeys(names), key=order.__getitem__):
+            if n in by_name:
+                picked.append(by_name[n])
+            else:
+                info = facts.value_info.get(n)
+                kind = "logits" if n == logits else "pre_activation"
+                picked.append(type(candidates[0])(n, "", info.per_example_shape if info else None, kind, False)
+                              if candidates else None)
+    if not any(c.kind == "logits" for c in picked) and logits in by_name and names is None:
+        picked.append(by_name[logits])
+    taken: set[str] = set()
+    out = []
+    for c in picked:
+        if c.shape is None:
+            raise DfkdError(f"{path}: the shape of {c.name!r} is not known statically; choose other --layers")
+        out.append((layer_key("logits" if c.kind == "logits" else c.name, taken), c.name, c.kind, c.shape))
+    if not out:
+        raise DfkdError(f"{path}: no statistics layers found; name them with --layers (see `dfkd-meta inspect`)")
+    return out

@@ -85,5 +85,86 @@ def inspect(model: str, as_json: bool) -> None:
         click.echo(f"  {'*' if r['default'] else ' '} {r['name']:<{width}}  {r['op']:<18} {dims(r['shape']):<14} {r['kind']}")
 
 
+DATA_HELP = "digits (bundled 8x8 digits), mnist:DIR (MNIST-layout IDX folder) or npz:FILE."
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+@main.command()
+@click.option("--model", "arch", required=True, help="hinton1200, hinton800, lenet5, lenet5-half, bn-cnn, ... or module:factory.")
+@click.option("--data", "data_spec", default="digits", show_default=True, help=DATA_HELP)
+@click.option("--resize", type=int, help="Pad/resize images to N x N (LeNet uses 32).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ONNX teacher.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@DEVICE
+@QUIET
+def train(arch, data_spec, resize, output, epochs, batch_size, lr, seed, exporter, as_json, device, quiet):
+    """Train a reference teacher on labelled data and write it as ONNX."""
+    from dfkd_meta.data import load_data
+    from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+    from dfkd_meta.train import export_onnx, train_teacher
+
+    data = load_data(data_spec, resize)
+    model = build_model(arch, data.input_shape, data.num_classes)
+    result = train_teacher(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                           progress=not quiet)
+    path = export_onnx(result.model, data.input_shape, output, exporter=exporter,
+                       dropout_keep=hidden_dropout_keep_probs(result.model))
+    summary = {"model": str(path), "architecture": arch, "data": data_spec, "test_accuracy": result.test_accuracy,
+               "train_seconds": round(result.seconds, 2), "history": result.history}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        acc = f"{result.test_accuracy:.4f}" if result.test_accuracy is not None else "n/a (no test split)"
+        click.echo(f"wrote {path} ({arch}, test accuracy {acc}, {result.seconds:.1f} s)")
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="The trained ONNX teacher.")
+@click.option("--data", "data_spec", default="digits", show_default=True, help=DATA_HELP)
+@click.option("--resize", type=int, help="Pad/resize images to N x N, as for training.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Release folder to write.")
+@click.option("--layers", help="Comma-separated tensor names (default: hidden pre-activations and the logits).")
+@click.option("--temperature", type=float, default=8.0, show_default=True, help="Logits are recorded divided by it.")
+@click.option("--cov-rank", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Per-class low-rank covariance factors of this rank (0: none).")
+@click.option("--spectral-k", type=click.IntRange(min=0), default=None,
+              help="Eigenvectors per spectral block (default 64 for all layers, 32 per pair; 0: no spectral stats).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N examples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--name", help="Release file stem (default: the model's).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (sizes, time, samples/s).")
+@QUIET
+def export(model, data_spec, resize, output, layers, temperature, cov_rank, spectral_k, split, limit, batch_size,
+           name, as_json, quiet):
+    """Write a release folder: the ONNX teacher and its statistics sidecar."""
+    from dfkd_meta.data import load_data
+    from dfkd_meta.fileio import require_file
+    from dfkd_meta.stats.export import export_release
+
+    require_file(model, "model")
+    data = load_data(data_spec, resize)
+    result = export_release(model, data, output, layers=[x.strip() for x in layers.split(",") if x.strip()]
+                            if layers else None, temperature=temperature, cov_rank=cov_rank,
+                            spectral_k=spectral_k, split=split, batch_size=batch_size,
+                            limit=limit, name=name, progress=not quiet)
+    s = result.summary
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(f"wrote {s['model']} and {s['sidecar']} ({s['sidecar_bytes'] / 1e6:.2f} MB)")
+    click.echo(f"  {s['samples']} examples, {s['classes']} classes, {len(s['layers'])} layers "
+               f"({', '.join(x['key'] for x in s['layers'])}), {len(s['spectral_blocks'])} spectral blocks")
+    click.echo(f"  {s['seconds']:.1f} s ({s['samples_per_second']:.0f} examples/s in the statistics pass)")
+    if s["cov_skipped_layers"]:
+        click.echo(f"  note: no covariance for layers with more than 4096 units: {s['cov_skipped_layers']}")
+
+
 if __name__ == "__main__":
     main()

@@ -53,53 +53,89 @@ def layer_key(tensor: str, taken: set[str]) -> str:
     return candidate
 
 
-def _place_model(model: str | Path | torch.nn.Module, data: DataSource, out_dir: Path, name: str | None) -> Path:
-    """The release's copy of the model (external-data files beside it, names unchanged)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _place_model(model: str | Path | torch.nn.Module, data: DataSource, out_dir: Path, name: str | None,
+                 created: list[Path]) -> Path:
+    """The release's copy of the model (external-data files beside it, names unchanged).
+
+    Every file this creates is appended to ``created`` so a failed export can remove it.
+    """
     if isinstance(model, torch.nn.Module):
         from ..models import hidden_dropout_keep_probs
 
         target = out_dir / f"{name or 'teacher'}.onnx"
+        for p in (target, target.parent / (target.name + ".data")):
+            if not p.exists():
+                created.append(p)
         return export_onnx(model, data.input_shape, target, dropout_keep=hidden_dropout_keep_probs(model))
     src = Path(model)
     target = out_dir / f"{name or src.stem}.onnx"
     if src.resolve() != target.resolve():
         for loc in external_data_locations(onnx.load(str(src), load_external_data=False)):
+            if not (out_dir / loc).exists():
+                created.append(out_dir / loc)
             with atomic_path(out_dir / loc) as tmp:
                 shutil.copyfile(src.parent / loc, tmp)
+        if not target.exists():
+            created.append(target)
         with atomic_path(target) as tmp:
             shutil.copyfile(src, tmp)
     return target
 
 
+def _check_input(path: Path, facts, data: DataSource) -> None:
+    inp = facts.inputs[0] if len(facts.inputs) == 1 else None
+    if inp is None or inp.per_example_shape != tuple(data.input_shape):
+        got = list(inp.per_example_shape or []) if inp else [i.name for i in facts.inputs]
+        raise DfkdError(f"{path}: the model expects input {got} but --data {data.spec or data.name} gives "
+                        f"{list(data.input_shape)}; pass --resize N or the matching data set")
+
+
 def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_dir: str | Path, *,
                    layers: list[str] | None = None, temperature: float = 8.0, cov_rank: int = 0,
-                   spectral_k: int | None = None, spectral: bool = True, split: str = "train",
+                   spectral_k: int | None = None, split: str = "train",
                    batch_size: int = 512, limit: int | None = None, name: str | None = None,
                    dropout_keep: dict[str, float] | None = None, progress: bool = True) -> ExportResult:
-    """Write ``out_dir/<name>.onnx`` and ``out_dir/<name>.dfkd.h5``; returns paths and a summary."""
+    """Write ``out_dir/<name>.onnx`` and ``out_dir/<name>.dfkd.h5``; returns paths and a summary.
+
+    ``spectral_k`` sets the eigenvectors per spectral block (None: 64 for all layers, 32 per pair;
+    0: no spectral statistics).
+    """
     t0 = time.perf_counter()
     if temperature <= 0:
         raise UsageError(f"--temperature {temperature}: must be > 0")
-    if isinstance(model, (str, Path)):
-        load_onnx(model)  # check the input before writing anything
+    if isinstance(model, (str, Path)):  # check the inputs before writing anything
+        proto = load_onnx(model)
+        facts = model_facts(model, proto)
+        _check_input(Path(model), facts, data)
+        _choose_layers(proto, facts, _logits_name(facts, Path(model)), layers, Path(model))
     out_dir = Path(out_dir)
-    onnx_path = _place_model(model, data, out_dir, name)
+    made_dir = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    created: list[Path] = []
+    try:
+        return _export(model, data, out_dir, created, t0, layers=layers, temperature=temperature,
+                       cov_rank=cov_rank, spectral_k=spectral_k, split=split,
+                       batch_size=batch_size, limit=limit, name=name, dropout_keep=dropout_keep, progress=progress)
+    except BaseException:
+        for p in created:  # a failed export leaves nothing behind
+            p.unlink(missing_ok=True)
+        if made_dir and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+
+
+def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: float, *, layers, temperature, cov_rank,
+            spectral_k, split, batch_size, limit, name, dropout_keep, progress) -> ExportResult:
+    onnx_path = _place_model(model, data, out_dir, name, created)
     proto = load_onnx(onnx_path)
     facts = model_facts(onnx_path, proto)
-    inp = facts.inputs[0] if len(facts.inputs) == 1 else None
-    if inp is None or inp.per_example_shape != tuple(data.input_shape):
-        got = inp.per_example_shape if inp else [i.name for i in facts.inputs]
-        raise DfkdError(f"{onnx_path}: the model expects input {got} but --data {data.spec or data.name} gives "
-                        f"{list(data.input_shape)}; pass --resize N or the matching data set")
-    logits = facts.outputs[0].name if len(facts.outputs) == 1 else None
-    if logits is None:
-        raise DfkdError(f"{onnx_path}: {len(facts.outputs)} outputs; export needs a single logits output")
+    _check_input(onnx_path, facts, data)
+    logits = _logits_name(facts, onnx_path)
     chosen = _choose_layers(proto, facts, logits, layers, onnx_path)
     keep = {**dropout_keep_from_metadata(proto), **(dropout_keep or {})}
 
     refs = [LayerRef(key, tensor, shape) for key, tensor, _, shape in chosen]
-    plans = plan_spectral(proto, refs, data.input_shape, spectral_k, spectral_k, progress) if spectral else []
+    plans = plan_spectral(proto, refs, data.input_shape, spectral_k, spectral_k, progress) if spectral_k != 0 else []
     t_graph = time.perf_counter() - t0
 
     c = data.num_classes
@@ -155,10 +191,12 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
         dataset=DatasetProvenance(name=data.name, description=data.description, license=data.license,
                                   sample_count=seen, class_counts=np.bincount(labels, minlength=c).astype(np.int64)),
         layers=stats, spectral=blocks)
-    sidecar_path = write_sidecar(sidecar, out_dir / f"{onnx_path.stem}.dfkd.h5")
+    sidecar_path = out_dir / f"{onnx_path.stem}.dfkd.h5"
+    if not sidecar_path.exists():
+        created.append(sidecar_path)
+    write_sidecar(sidecar, sidecar_path)
     report = validate(sidecar_path, onnx_path)
     if not report.valid:
-        sidecar_path.unlink()
         raise SidecarInvalidError(sidecar_path, report, action="export")
     skipped_cov = [k for k, m in moments.items() if cov_rank and m.comoment is None]
     summary = {
@@ -171,6 +209,12 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
         "pass_seconds": round(t_pass, 3), "samples_per_second": round(seen / max(t_pass, 1e-9), 1),
     }
     return ExportResult(onnx_path, sidecar_path, summary)
+
+
+def _logits_name(facts, path: Path) -> str:
+    if len(facts.outputs) != 1:
+        raise DfkdError(f"{path}: {len(facts.outputs)} outputs; export needs a single logits output")
+    return facts.outputs[0].name
 
 
 def _choose_layers(proto, facts, logits: str, names: list[str] | None, path: Path) -> list[tuple]:

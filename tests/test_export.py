@@ -1,0 +1,206 @@
+"""Publisher side: statistics equal a direct computation, bases follow SPEC §9, releases validate."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import main as cli_main
+from dfkd_meta.data import load_data
+from dfkd_meta.errors import DfkdError
+from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+from dfkd_meta.onnx.graph import OnnxModule
+from dfkd_meta.sidecar import read_sidecar, validate
+from dfkd_meta.stats.export import export_release
+from dfkd_meta.train import export_onnx, train_teacher
+
+from .conftest import shared_dataset
+
+T = 8.0
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+def _teacher(tmp_path_factory, digits, arch: str, exporter: str = "legacy", epochs: int = 3):
+    torch.manual_seed(0)
+    model = train_teacher(build_model(arch, digits.input_shape, 10), digits, epochs=epochs, progress=False,
+                          device="cpu").model
+    path = tmp_path_factory.mktemp(f"{arch}-{exporter}") / f"{arch}.onnx"
+    return export_onnx(model, digits.input_shape, path, exporter=exporter,
+                       dropout_keep=hidden_dropout_keep_probs(model)), model
+
+
+@pytest.fixture(scope="module")
+def mlp_release(tmp_path_factory, digits):
+    path, _ = _teacher(tmp_path_factory, digits, "hinton-small")
+    result = export_release(path, digits, tmp_path_factory.mktemp("rel"), cov_rank=3, batch_size=100, progress=False)
+    return path, result
+
+
+def _direct(model_path, data, tensors, split="train"):
+    """The tensors over the whole split, computed by the torch path (independent of the ORT pass)."""
+    module = OnnxModule.from_file(model_path)
+    x, y = data.arrays(split)
+    with torch.no_grad():
+        out = module.run(torch.from_numpy(x), taps=tensors)
+    return {t: out[t].double().numpy() for t in tensors}, y
+
+
+def test_layer_statistics_equal_a_direct_numpy_computation(mlp_release, digits):
+    path, result = mlp_release
+    sc = read_sidecar(result.sidecar_path, result.model_path)
+    values, y = _direct(path, digits, [layer.tensor_name for layer in sc.layers])
+    assert [layer.kind for layer in sc.layers] == ["pre_activation", "pre_activation", "logits"]
+    for layer in sc.layers:
+        v = values[layer.tensor_name].reshape(len(y), -1) / (T if layer.kind == "logits" else 1.0)
+        for c in range(10):
+            sel = v[y == c]
+            assert layer.count[c] == len(sel)
+            np.testing.assert_allclose(layer.mean[c], sel.mean(0), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(layer.std[c], sel.std(0), rtol=1e-4, atol=1e-5)
+    assert sc.layers[-1].temperature == T and sc.layers[0].temperature is None
+    assert sc.dataset.sample_count == 1437 and sc.dataset.class_counts.sum() == 1437
+    assert sc.model.class_names == [str(i) for i in range(10)]
+    f = sc.layers[0].cov_factors
+    assert f.shape == (10, 128, 3) and ((f.astype(np.float64) ** 2).sum(-1) <= sc.layers[0].std.astype(np.float64) ** 2 * 1.001 + 1e-6).all()
+
+
+def test_dropout_keep_probabilities_are_recorded(mlp_release):
+    sc = read_sidecar(mlp_release[1].sidecar_path)
+    assert [layer.dropout_keep_prob for layer in sc.layers] == [0.5, 0.5, None]
+
+
+def test_statistics_do_not_depend_on_the_batch_size(mlp_release, digits, tmp_path):
+    path, result = mlp_release
+    other = export_release(path, digits, tmp_path, cov_rank=3, batch_size=7, progress=False)
+    a, b = read_sidecar(result.sidecar_path), read_sidecar(other.sidecar_path)
+    for la, lb in zip(a.layers, b.layers):
+        np.testing.assert_allclose(la.mean, lb.mean, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(la.std, lb.std, rtol=1e-6, atol=1e-6)
+        assert np.array_equal(la.count, lb.count)
+    for sa, sb in zip(a.spectral, b.spectral):
+        np.testing.assert_allclose(sa.coef_mean, sb.coef_mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(sa.coef_std, sb.coef_std, rtol=1e-5, atol=1e-5)
+
+
+def test_spectral_bases_are_orthonormal_reproducible_and_those_of_the_weights(mlp_release, digits, tmp_path):
+    path, result = mlp_release
+    sc = read_sidecar(result.sidecar_path)
+    assert [s.scope for s in sc.spectral] == ["all_layers", "layer_pair", "layer_pair"]
+    for s in sc.spectral:
+        v = s.basis.astype(np.float64)
+        assert np.abs(v.T @ v - np.eye(s.k)).max() < 1e-5
+        assert (np.diff(s.eigenvalues) >= -1e-12).all() and s.eigenvalues[0] == pytest.approx(0, abs=1e-8)
+    again = read_sidecar(export_release(path, digits, tmp_path, progress=False).sidecar_path)
+    for s, t in zip(sc.spectral, again.spectral):
+        assert np.array_equal(s.basis, t.basis) and np.array_equal(s.eigenvalues, t.eigenvalues)
+    # SPEC §9.1 by hand for this MLP: the blocks are |W2| and |W3| (Gemm weights, transB=1).
+    model = onnx.load(str(path))
+    w = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+    w2, w3 = (np.abs(w[g.input[1]]).astype(np.float64) for g in gemms[1:])
+    sizes = [128, 128, 10]
+    a = np.zeros((266, 266))
+    a[128:256, :128], a[256:, 128:256] = w2, w3
+    a = a + a.T
+    d = a.sum(1)
+    lap = np.eye(266) - a / np.sqrt(np.outer(d, d))
+    lam = np.linalg.eigvalsh(lap)[:sc.spectral[0].k]
+    np.testing.assert_allclose(sc.spectral[0].eigenvalues, lam, atol=1e-9)
+    assert sum(sizes) == sc.spectral[0].basis.shape[0]
+
+
+def test_spectral_coefficients_are_projections_of_the_activations(mlp_release, digits):
+    path, result = mlp_release
+    sc = read_sidecar(result.sidecar_path)
+    values, y = _direct(path, digits, [layer.tensor_name for layer in sc.layers])
+    signal = np.concatenate([values[layer.tensor_name] / (T if layer.kind == "logits" else 1) for layer in sc.layers], 1)
+    s = sc.spectral[0]
+    coef = signal @ s.basis.astype(np.float64)
+    for c in range(10):
+        np.testing.assert_allclose(s.coef_mean[c], coef[y == c].mean(0), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(s.coef_std[c], coef[y == c].std(0), rtol=1e-4, atol=1e-4)
+
+
+def test_cnn_release_has_channel_statistics(tmp_path_factory, digits, tmp_path):
+    path, _ = _teacher(tmp_path_factory, digits, "bn-cnn", epochs=1)
+    result = export_release(path, digits, tmp_path, spectral_k=8, progress=False)
+    sc = read_sidecar(result.sidecar_path, result.model_path)
+    conv = [layer for layer in sc.layers if len(layer.shape) == 3]
+    assert conv and all(layer.channel is not None for layer in conv)
+    values, y = _direct(path, digits, [conv[0].tensor_name])
+    v = values[conv[0].tensor_name]
+    for c in (0, 7):
+        pooled = v[y == c].transpose(1, 0, 2, 3).reshape(v.shape[1], -1)
+        np.testing.assert_allclose(conv[0].channel.mean[c], pooled.mean(1), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(conv[0].channel.std[c], pooled.std(1), rtol=1e-4, atol=1e-4)
+    assert all(s.k <= 8 for s in sc.spectral)
+
+
+def test_dynamo_release_binds_its_external_data(tmp_path_factory, digits, tmp_path):
+    path, _ = _teacher(tmp_path_factory, digits, "hinton-small", exporter="dynamo", epochs=1)
+    result = export_release(path, digits, tmp_path, spectral_k=0, progress=False)
+    data_file = result.model_path.parent / (result.model_path.name + ".data")
+    assert data_file.is_file()
+    sc = read_sidecar(result.sidecar_path, result.model_path)
+    assert list(sc.model.external_data) == [data_file.name] and sc.spectral == []
+    blob = bytearray(data_file.read_bytes())
+    blob[100] ^= 1
+    data_file.write_bytes(bytes(blob))
+    assert validate(result.sidecar_path, result.model_path).rules == {"DM421"}
+
+
+def test_export_from_a_torch_module(digits, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("hinton-small", digits.input_shape, 10).eval()
+    result = export_release(model, digits, tmp_path / "rel", name="mine", spectral_k=4, limit=300, progress=False)
+    assert result.model_path.name == "mine.onnx" and result.sidecar_path.name == "mine.dfkd.h5"
+    assert validate(result.sidecar_path, result.model_path).valid
+    assert result.summary["samples"] == 300
+
+
+def test_failed_export_leaves_nothing(mlp_release, tmp_path):
+    wrong = load_data("digits", resize=12)
+    with pytest.raises(DfkdError, match="expects input \\[1, 8, 8\\]"):
+        export_release(mlp_release[0], wrong, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DfkdError, match="unknown tensors"):
+        export_release(mlp_release[0], load_data("digits"), tmp_path / "out", layers=["nope"], progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_train_then_export(tmp_path):
+    runner = CliRunner()
+    teacher = tmp_path / "t.onnx"
+    r = runner.invoke(cli_main, ["train", "--model", "hinton-small", "--data", "digits", "-o", str(teacher),
+                                 "--epochs", "2", "-q", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "test accuracy" in r.output and teacher.is_file()
+    r = runner.invoke(cli_main, ["export", "--model", str(teacher), "--data", "digits", "-o", str(tmp_path / "rel"),
+                                 "--spectral-k", "4", "-q", "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+    summary = json.loads(r.output)
+    assert summary["samples"] == 1437 and summary["samples_per_second"] > 0
+    assert validate(summary["sidecar"], summary["model"]).valid
+    r = runner.invoke(cli_main, ["train", "--model", "nonesuch", "-o", str(tmp_path / "x.onnx")])
+    assert r.exit_code == 2 and "not one of" in r.output
+
+
+def test_mnist_integration(tmp_path):
+    data = load_data(f"mnist:{shared_dataset('mnist')}")
+    torch.manual_seed(0)
+    model = build_model("hinton-small", data.input_shape, 10).eval()
+    path = export_onnx(model, data.input_shape, tmp_path / "m.onnx")
+    result = export_release(path, data, tmp_path / "rel", limit=3000, spectral_k=16, progress=False)
+    sc = read_sidecar(result.sidecar_path, result.model_path)
+    values, _ = _direct(path, data, [sc.layers[0].tensor_name])
+    x_y = data.labels("train")[:3000]
+    v = values[sc.layers[0].tensor_name][:3000]
+    np.testing.assert_allclose(sc.layers[0].mean[3], v[x_y == 3].mean(0), rtol=1e-4, atol=1e-4)
+    assert sc.dataset.sample_count == 3000 and sc.model.input_shape == (-1, 1, 28, 28)

@@ -43,8 +43,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{target}: folder {parent} does not exist; create it first")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot create folder {parent} ({exc.strerror}); choose a writable location") from None
     tmp = parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         yield tmp

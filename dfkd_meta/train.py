@@ -61,7 +61,7 @@ def train_teacher(model: nn.Module, data: DataSource, *, epochs: int = 10, batch
         model.train()
         bar = tqdm(data.batches("train", batch_size, shuffle=True, seed=seed + epoch),
                    total=-(-data.size("train") // batch_size), desc=f"epoch {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)
         losses = []
         for x, y in bar:
             logits = model(torch.from_numpy(x).to(dev))

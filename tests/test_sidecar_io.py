@@ -95,11 +95,14 @@ def test_reader_skips_ignorable_items():
     assert [x.key for x in sc.layers] == ["fc1", "logits"] and sc.format_version == "1.4.0"
 
 
-def test_write_into_missing_folder_is_a_usage_error(tmp_path):
+def test_write_creates_missing_folders_and_refuses_unwritable_ones(tmp_path):
     from dfkd_meta.errors import UsageError
-    with pytest.raises(UsageError, match="does not exist"):
-        write_sidecar(full_example(), tmp_path / "no" / "m.dfkd.h5")
-    assert not os.path.exists(tmp_path / "no")
+    path = write_sidecar(full_example(), tmp_path / "new" / "dir" / "m.dfkd.h5")
+    assert path.is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="cannot create folder"):
+        write_sidecar(full_example(), tmp_path / "file" / "m.dfkd.h5")
+    assert os.path.isfile(tmp_path / "file")
 
 
 def test_strings_with_nul_are_refused_before_writing(tmp_path):

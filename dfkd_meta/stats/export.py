@@ -146,7 +146,7 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
     runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen])
     n_total = min(data.size(split), limit) if limit else data.size(split)
     seen, t1 = 0, time.perf_counter()
-    bar = tqdm(total=n_total, desc="statistics", unit="ex", disable=not progress, leave=False)
+    bar = tqdm(total=n_total, desc="statistics", unit="ex", disable=None if progress else True, leave=False)
     for x, y in data.batches(split, batch_size, limit=limit):
         out = runner.run(x)
         values = {}

@@ -48,7 +48,7 @@ def plan_spectral(model: onnx.ModelProto, layers: list[LayerRef], input_shape: t
         return []
     module = linearised_module(model)
     blocks, weights = [], []
-    for a, b in tqdm(list(zip(layers, layers[1:])), desc="spectral graph", disable=not progress, leave=False):
+    for a, b in tqdm(list(zip(layers, layers[1:])), desc="spectral graph", disable=None if progress else True, leave=False):
         blocks.append(jacobian_block(module, a.tensor, b.tensor, a.shape, input_shape))
         weights.append(path_initializers(model, a.tensor, b.tensor))
     sizes = [x.units for x in layers]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,14 +160,18 @@ class OnnxModule(torch.nn.Module):
         return taps
 
     def run(self, inputs: torch.Tensor | Mapping[str, torch.Tensor], taps: Iterable[str] = (),
-            inject: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+            inject: Mapping[str, torch.Tensor] | None = None,
+            transform: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """Run the graph; return the outputs and every tensor named in ``taps``, by name.
 
         ``inject`` replaces intermediate tensors by given values: a node whose outputs are all
-        injected is skipped, and everything downstream sees the injected value.
+        injected is skipped, and everything downstream sees the injected value. ``transform``
+        maps a tensor, where it is produced, through a function (e.g. a dropout mask); the tapped
+        value is the transformed one.
         """
         inject = dict(inject or {})
-        self.check_taps(inject)
+        transform = dict(transform or {})
+        self.check_taps(list(inject) + list(transform))
         if isinstance(inputs, torch.Tensor):
             if len(self.input_names) != 1:
                 raise DfkdError(f"{self.source}: the model has inputs {self.input_names}; pass a dict")
@@ -182,7 +186,8 @@ class OnnxModule(torch.nn.Module):
                 args = [env[name] if name else None for name in node.inputs]
                 for name, value in zip(node.outputs, self._call(node, args)):
                     if name:
-                        env[name] = inject.get(name, value)
+                        value = inject.get(name, value)
+                        env[name] = transform[name](value) if name in transform else value
             for name in node.inputs:  # free what no later node needs
                 if name and self._last_use.get(name) == k and name not in keep and name not in self._const_names:
                     env.pop(name, None)

@@ -222,6 +222,7 @@ class _Checker:
         self.tainted: set[str] = set()  # datasets / attributes whose values must not be read
         self.facts: dict[str, Any] = {"layers": {}}
         self.where = "/"
+        self.scan_only = False
 
     # findings --------------------------------------------------------------------------------
     def add(self, rule: str, path: str, message: str) -> None:
@@ -268,6 +269,8 @@ class _Checker:
             rule = "DM102" if "truncated" in str(exc) else "DM101"
             self.fatal(rule, "/", f"libhdf5 cannot open it ({type(exc).__name__}: {exc})")
         self._scan()
+        if self.scan_only:
+            return
         if self._check_format_version():
             self._check_group("/", "sidecar", {})
             if self.model is not None:
@@ -809,6 +812,15 @@ def validate_in_process(path: str | os.PathLike, model: str | os.PathLike | None
     disable_hdf5_plugins()
     findings = _Checker(load_schema(), p, m).run()
     return Report(file=str(path), model=str(model) if model is not None else None, findings=findings)
+
+
+def scan_container(path: str | os.PathLike) -> list[Finding]:
+    """Only the container rules of SPEC §3 (links, storage, filters, types, sizes), for any HDF5 file
+    this package reads (transfer sets too). Plugins are disabled first."""
+    disable_hdf5_plugins()
+    checker = _Checker(load_schema(), require_file(path, "file"), None)
+    checker.scan_only = True
+    return checker.run()
 
 
 def validate(path: str | os.PathLike, model: str | os.PathLike | None = None, *,

@@ -1,0 +1,284 @@
+"""Reconstruction objectives, one class each, in a registry keyed by the names the CLI takes.
+
+An objective names the tensors it needs, draws per-batch targets from the sidecar, and turns the
+teacher's activations into a per-sample loss. Every layer term is a mean over units divided by the
+class's mean variance in that layer, so no layer dominates by its size or scale.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import DfkdError
+from ..sidecar.types import LayerStats, Sidecar, SpectralStats
+from .sampling import sample_layer, sample_spectral, zskd_soft_targets
+
+EPS = 1e-6
+ZSKD_TEMPERATURE = 20.0  # Nayak et al. 2019
+
+
+@dataclass
+class Context:
+    """What an objective may use: the sidecar, the model proto, and the device."""
+
+    sidecar: Sidecar
+    model: onnx.ModelProto
+    device: torch.device
+
+    @property
+    def layers(self) -> list[LayerStats]:
+        return self.sidecar.layers_in_order()
+
+    @property
+    def logits_layer(self) -> LayerStats:
+        for layer in self.layers:
+            if layer.kind == "logits":
+                return layer
+        raise DfkdError("the sidecar has no logits layer; re-export it with the logits among --layers")
+
+
+@dataclass
+class Batch:
+    """Per-batch state: the classes, fixed targets and (for dropout) fixed masks."""
+
+    classes: torch.Tensor
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _t(a: np.ndarray, ctx: Context) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.float32, device=ctx.device)
+
+
+def layer_value(layer: LayerStats, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The recorded value of a layer (SPEC §8.1): flattened, logits divided by the temperature."""
+    v = acts[layer.tensor_name].flatten(1)
+    return v / layer.temperature if layer.kind == "logits" else v
+
+
+def normalised_sq_error(value: torch.Tensor, target: torch.Tensor, scale: torch.Tensor,
+                        weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean squared error over units (or over ``weight``-selected units) / scale."""
+    sq = (value - target) ** 2
+    if weight is None:
+        return sq.mean(1) / scale
+    return (sq * weight).sum(1) / weight.sum(1).clamp_min(1.0) / scale
+
+
+class Objective:
+    """Base: subclasses set ``name`` and implement taps/start/loss."""
+
+    name = ""
+    optimise = True
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def taps(self) -> list[str]:
+        return [self.ctx.sidecar.model.logits_name]
+
+    def start(self, classes: np.ndarray, rng: np.random.Generator) -> Batch:
+        return Batch(torch.as_tensor(classes, device=self.ctx.device))
+
+    def transforms(self, batch: Batch) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        return {}
+
+    def loss(self, acts: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def objective(cls: type[Objective]) -> type[Objective]:
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def _layer_scale(layer: LayerStats, ctx: Context) -> torch.Tensor:
+    return _t(np.mean(layer.std.astype(np.float64) ** 2, axis=1) + EPS, ctx)  # [C]
+
+
+class _LayerMatching(Objective):
+    """Match sampled per-class targets on a set of layers."""
+
+    def chosen(self) -> list[LayerStats]:
+        raise NotImplementedError
+
+    def taps(self) -> list[str]:
+        return [layer.tensor_name for layer in self.chosen()]
+
+    def start(self, classes: np.ndarray, rng: np.random.Generator) -> Batch:
+        batch = super().start(classes, rng)
+        for layer in self.chosen():
+            batch.targets[layer.key] = _t(sample_layer(layer, classes, rng), self.ctx)
+        return batch
+
+    def loss(self, acts, batch):
+        terms = {}
+        for layer in self.chosen():
+            scale = _layer_scale(layer, self.ctx)[batch.classes]
+            mask = batch.masks.get(layer.tensor_name)
+            value = layer_value(layer, acts)
+            if mask is not None:  # the tapped value is masked and rescaled: undo the scale, score kept units
+                value = value * layer.dropout_keep_prob
+            terms[layer.key] = normalised_sq_error(value, batch.targets[layer.key], scale,
+                                                   mask.flatten(1) if mask is not None else None)
+        return sum(terms.values()), terms
+
+
+@objective
+class TopLayer(_LayerMatching):
+    """Match targets sampled for the temperature-softened logits."""
+
+    name = "top_layer"
+
+    def chosen(self):
+        return [self.ctx.logits_layer]
+
+
+@objective
+class AllLayers(_LayerMatching):
+    """Match targets on every stored layer, each term normalised."""
+
+    name = "all_layers"
+
+    def chosen(self):
+        return self.ctx.layers
+
+
+@objective
+class AllLayersDropout(AllLayers):
+    """As all_layers, through fixed random dropout masks (fresh per batch) on layers trained with dropout."""
+
+    name = "all_layers_dropout"
+
+    def start(self, classes, rng):
+        batch = super().start(classes, rng)
+        dropped = [layer for layer in self.ctx.layers if layer.dropout_keep_prob not in (None, 1.0)]
+        if not dropped:
+            raise DfkdError("all_layers_dropout: the sidecar records no dropout_keep_prob on any layer; "
+                            "use all_layers, or export a teacher trained with dropout")
+        for layer in dropped:
+            keep = rng.random((len(classes), *layer.shape)) < layer.dropout_keep_prob
+            batch.masks[layer.tensor_name] = torch.as_tensor(keep, dtype=torch.float32, device=self.ctx.device)
+        return batch
+
+    def transforms(self, batch):
+        keep = {layer.tensor_name: layer.dropout_keep_prob for layer in self.ctx.layers}
+        return {name: (lambda v, m=m, p=keep[name]: v * m / p) for name, m in batch.masks.items()}
+
+
+class _SpectralMatching(Objective):
+    """Match sampled coefficients of the activations in the stored graph-Fourier bases."""
+
+    def blocks(self) -> list[SpectralStats]:
+        raise NotImplementedError
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        if not self.blocks():
+            raise DfkdError(f"{self.name}: the sidecar has no such spectral blocks; re-export it with "
+                            "--spectral-k K (K > 0)")
+        self._basis = {b.key: _t(b.basis, ctx) for b in self.blocks()}
+        self._scale = {b.key: _t(np.mean(b.coef_std.astype(np.float64) ** 2, axis=1) + EPS, ctx)
+                       for b in self.blocks()}
+
+    def taps(self):
+        keys = {k for b in self.blocks() for k in b.layers}
+        return [self.ctx.sidecar.layer(k).tensor_name for k in sorted(keys)]
+
+    def start(self, classes, rng):
+        batch = super().start(classes, rng)
+        for b in self.blocks():
+            batch.targets[b.key] = _t(sample_spectral(b, classes, rng), self.ctx)
+        return batch
+
+    def coefficients(self, block: SpectralStats, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+        signal = torch.cat([layer_value(self.ctx.sidecar.layer(k), acts) for k in block.layers], dim=1)
+        return signal @ self._basis[block.key]
+
+    def loss(self, acts, batch):
+        terms = {b.key: normalised_sq_error(self.coefficients(b, acts), batch.targets[b.key],
+                                            self._scale[b.key][batch.classes]) for b in self.blocks()}
+        return sum(terms.values()), terms
+
+
+@objective
+class SpectralAllLayers(_SpectralMatching):
+    name = "spectral_all_layers"
+
+    def blocks(self):
+        return [b for b in self.ctx.sidecar.spectral if b.scope == "all_layers"]
+
+
+@objective
+class SpectralLayerPairs(_SpectralMatching):
+    name = "spectral_layer_pairs"
+
+    def blocks(self):
+        return [b for b in self.ctx.sidecar.spectral if b.scope == "layer_pair"]
+
+
+@objective
+class Noise(Objective):
+    """The random-input baseline: no optimisation at all."""
+
+    name = "noise"
+    optimise = False
+
+    def loss(self, acts, batch):
+        zero = torch.zeros(len(batch.classes), device=self.ctx.device)
+        return zero, {}
+
+
+def final_dense_weight(model: onnx.ModelProto, logits: str) -> np.ndarray:
+    """The [C, H] weight of the dense layer producing ``logits`` (through Add/Identity), for ZSKD."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    name = logits
+    for _ in range(8):
+        node = producers.get(name)
+        if node is None:
+            break
+        if node.op_type == "Gemm" and node.input[1] in inits:
+            w = inits[node.input[1]]
+            transposed = any(a.name == "transB" and a.i for a in node.attribute)
+            return (w if transposed else w.T).astype(np.float64)
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            return inits[node.input[1]].T.astype(np.float64)
+        name = next((i for i in node.input if i not in inits), None) if node.op_type in ("Add", "Identity") else None
+        if name is None:
+            break
+    raise DfkdError("zskd needs the logits to come from a dense layer (Gemm or MatMul with a weight initializer)")
+
+
+@objective
+class ZSKD(Objective):
+    """Metadata-free baseline (Nayak et al. 2019): Dirichlet soft labels from the final layer's weights."""
+
+    name = "zskd"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.weight = final_dense_weight(ctx.model, ctx.sidecar.model.logits_name)
+
+    def start(self, classes, rng):
+        batch = super().start(classes, rng)
+        batch.targets["soft"] = _t(zskd_soft_targets(self.weight, classes, rng), self.ctx)
+        return batch
+
+    def loss(self, acts, batch):
+        logp = torch.log_softmax(acts[self.ctx.sidecar.model.logits_name] / ZSKD_TEMPERATURE, dim=1)
+        ce = -(batch.targets["soft"] * logp).sum(1)
+        return ce, {"soft_ce": ce}
+
+
+def build_objective(name: str, ctx: Context) -> Objective:
+    if name not in OBJECTIVES:
+        raise DfkdError(f"--objective {name!r}: expected one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name](ctx)

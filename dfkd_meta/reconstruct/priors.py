@@ -1,0 +1,78 @@
+"""Image priors (DeepInversion-style) and channel-wise feature matching from per-channel statistics."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..sidecar.types import LayerStats
+
+
+@dataclass
+class Priors:
+    """Weights of the optional priors; all off by default."""
+
+    tv: float = 0.0  # total variation (mean absolute difference of neighbouring pixels)
+    l2: float = 0.0  # mean squared input value
+    jitter: int = 0  # random shift of up to this many pixels per step (image inputs)
+    flip: bool = False  # random horizontal flips per step (only for flip-symmetric classes)
+    feature: float = 0.0  # channel-wise feature matching against the sidecar's per-channel stats
+
+    def as_dict(self) -> dict:
+        return {"tv": self.tv, "l2": self.l2, "jitter": self.jitter, "flip": self.flip, "feature": self.feature}
+
+
+def augment(x: torch.Tensor, priors: Priors, gen: torch.Generator) -> torch.Tensor:
+    """Random jitter (roll) and flip of image batches; identity for vector inputs."""
+    if x.dim() < 4:
+        return x
+    if priors.jitter:
+        dy, dx = (int(v) for v in torch.randint(-priors.jitter, priors.jitter + 1, (2,), generator=gen))
+        x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+    if priors.flip and bool(torch.randint(0, 2, (1,), generator=gen)):
+        x = torch.flip(x, dims=(-1,))
+    return x
+
+
+def image_prior_loss(x: torch.Tensor, priors: Priors) -> torch.Tensor:
+    """Per-sample TV + L2 (zero when both weights are zero or the input is not an image)."""
+    loss = torch.zeros(x.shape[0], device=x.device)
+    if priors.l2:
+        loss = loss + priors.l2 * x.flatten(1).pow(2).mean(1)
+    if priors.tv and x.dim() >= 4:
+        tv = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1) + \
+             (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+        loss = loss + priors.tv * tv
+    return loss
+
+
+class ChannelMatcher:
+    """Batch per-class channel means and stds vs the sidecar's, normalised by the stored variance."""
+
+    def __init__(self, layers: list[LayerStats], device: torch.device):
+        self.layers = [layer for layer in layers if layer.channel is not None]
+        t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        self.mean = {layer.key: t(layer.channel.mean) for layer in self.layers}
+        self.std = {layer.key: t(layer.channel.std) for layer in self.layers}
+        self.scale = {layer.key: t(np.mean(layer.channel.std.astype(np.float64) ** 2, axis=1) + 1e-6)
+                      for layer in self.layers}
+
+    @property
+    def tensors(self) -> list[str]:
+        return [layer.tensor_name for layer in self.layers]
+
+    def loss(self, acts: dict[str, torch.Tensor], classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+        total = torch.zeros((), device=classes.device)
+        onehot = torch.nn.functional.one_hot(classes, num_classes).float()  # [B, C]
+        present = onehot.sum(0) > 0
+        for layer in self.layers:
+            a = acts[layer.tensor_name]
+            a = a.reshape(a.shape[0], a.shape[1], -1)  # [B, CH, P]
+            n = onehot.sum(0).clamp_min(1)[:, None]  # examples per class
+            mean = onehot.T @ a.mean(2) / n  # [C, CH]: class mean of per-example channel means
+            sq = onehot.T @ a.pow(2).mean(2) / n
+            std = (sq - mean ** 2).clamp_min(1e-8).sqrt()
+            err = ((mean - self.mean[layer.key]) ** 2 + (std - self.std[layer.key]) ** 2).mean(1) / self.scale[layer.key]
+            total = total + err[present].mean()
+        return total

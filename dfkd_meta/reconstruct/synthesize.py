@@ -1,0 +1,157 @@
+"""The reconstruction loop: optimise random inputs until the teacher's activations match targets.
+
+Batches are class-balanced and independent: batch b draws its classes, targets and initial inputs
+from ``(seed, b)`` alone. So the same seed gives the same file, and ``resume`` can skip the batches
+already on disk without changing the result.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..device import resolve_device
+from ..errors import DfkdError, UsageError
+from ..fileio import sha256_file
+from ..onnx.graph import OnnxModule, load_onnx
+from ..sidecar import read_sidecar
+from ..transfer import TransferWriter
+from .objectives import Context, build_objective
+from .priors import ChannelMatcher, Priors, augment, image_prior_loss
+
+
+@dataclass
+class ReconstructConfig:
+    objective: str = "all_layers"
+    samples: int = 1000
+    steps: int = 200
+    batch_size: int = 256
+    lr: float = 0.05
+    seed: int = 0
+    priors: Priors = field(default_factory=Priors)
+
+    def settings(self) -> dict:
+        return {"objective": self.objective, "samples": self.samples, "steps": self.steps,
+                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, "priors": self.priors.as_dict()}
+
+
+@dataclass
+class ReconstructResult:
+    path: Path
+    summary: dict
+
+
+def _batch_classes(b: int, size: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Classes of batch b: a slice of the globally balanced sequence 0, 1, ..., C-1, 0, 1, ..., shuffled."""
+    return rng.permutation((np.arange(size) + b * size) % num_classes)
+
+
+def _domain_bounds(sidecar, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel bounds of valid (normalised) inputs, shaped to broadcast against a batch."""
+    dom, shape = sidecar.model.input_domain, sidecar.model.input_shape[1:]
+    lo, hi = dom.normalized_range()
+    if dom.layout == "NHWC":
+        view = (1, *([1] * (len(shape) - 1)), -1)
+    else:
+        view = (1, -1, *([1] * (len(shape) - 1)))
+    as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device).reshape(view)  # noqa: E731
+    return as_t(lo), as_t(hi)
+
+
+def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: ReconstructConfig, *,
+                device: str = "auto", resume: bool = False, progress: bool = True,
+                preview: str | Path | None = None) -> ReconstructResult:
+    """Build a transfer set from ``model`` and its ``sidecar`` (validated and bound first)."""
+    if cfg.samples < 1 or cfg.batch_size < 1 or cfg.steps < 0 or cfg.lr <= 0:
+        raise UsageError("--samples and --batch-size must be >= 1, --steps >= 0 and --lr > 0")
+    sc = read_sidecar(sidecar, model)  # refuses invalid or unbound sidecars: nothing is written before this
+    dev = resolve_device(device)
+    proto = load_onnx(model)
+    teacher = OnnxModule(proto, source=str(model)).to(dev).eval()
+    ctx = Context(sc, proto, dev)
+    obj = build_objective(cfg.objective, ctx)
+    matcher = ChannelMatcher(sc.layers, dev) if cfg.priors.feature else None
+    if matcher is not None and not matcher.layers:
+        raise DfkdError(f"{sidecar}: --feature-weight needs per-channel statistics, which this sidecar lacks")
+    logits = sc.model.logits_name
+    taps = list(dict.fromkeys(obj.taps() + (matcher.tensors if matcher else []) + [logits]))
+    temperature = ctx.logits_layer.temperature
+    lo, hi = _domain_bounds(sc, dev)
+    c = sc.num_classes
+    input_shape = sc.model.input_shape[1:]
+    provenance = {"model_sha256": sc.model.sha256, "sidecar_sha256": sha256_file(sidecar),
+                  "objective": cfg.objective, "settings": cfg.settings()}
+    writer = TransferWriter(out, input_shape=input_shape, num_classes=c, temperature=temperature,
+                            provenance=provenance, resume=resume)
+    n_batches = math.ceil(cfg.samples / cfg.batch_size)
+    first = writer.done // cfg.batch_size
+    steps = cfg.steps if obj.optimise else 0
+    bar = tqdm(total=(n_batches - first) * max(steps, 1), desc=f"reconstruct {cfg.objective}", unit="step",
+               disable=None if progress else True)
+    t0 = time.perf_counter()
+    try:
+        for b in range(first, n_batches):
+            size = min(cfg.batch_size, cfg.samples - b * cfg.batch_size)
+            rng = np.random.default_rng([cfg.seed, b])
+            gen = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{cfg.seed}/{b}".encode()).digest()[:7], "big"))
+            classes = _batch_classes(b, size, c, rng)
+            batch = obj.start(classes, rng)
+            x0 = torch.rand((size, *input_shape), generator=gen)  # uniform over the valid input domain
+            x = (lo + (hi - lo) * x0.to(dev)).requires_grad_(steps > 0)
+            if steps:
+                opt = torch.optim.Adam([x], lr=cfg.lr)
+                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+                transforms = obj.transforms(batch)
+                for _ in range(steps):
+                    acts = teacher.run(augment(x, cfg.priors, gen), taps, transform=transforms)
+                    per_sample, terms = obj.loss(acts, batch)
+                    loss = per_sample.mean() + image_prior_loss(x, cfg.priors).mean()
+                    if matcher is not None:
+                        loss = loss + cfg.priors.feature * matcher.loss(acts, batch.classes, c)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    with torch.no_grad():
+                        x.clamp_(lo, hi)  # stay inside the recorded input domain
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v.mean().item():.3g}" for k, v in terms.items()} | {"total": f"{loss.item():.3g}"},
+                                    refresh=False)
+            else:
+                bar.update(1)
+            with torch.no_grad():
+                acts = teacher.run(x, taps, transform=obj.transforms(batch))
+                per_sample, _ = obj.loss(acts, batch)
+                out_logits = acts[logits] if not batch.masks else teacher.run(x, [logits])[logits]
+                writer.append(x=x.detach().cpu().numpy(), classes=classes,
+                              teacher_logits=out_logits.cpu().numpy(),
+                              teacher_soft=torch.softmax(out_logits / temperature, 1).cpu().numpy(),
+                              loss=per_sample.cpu().numpy())
+    except BaseException:
+        writer.close()  # the partial file keeps every finished batch for --resume
+        bar.close()
+        raise
+    bar.close()
+    seconds = time.perf_counter() - t0
+    path = writer.finish()
+    from ..transfer import read_transfer
+
+    ts = read_transfer(path, c)
+    summary = {"transfer": str(path), "objective": cfg.objective, "samples": len(ts), "batches": n_batches,
+               "resumed_batches": first, "seconds": round(seconds, 3),
+               "sample_steps_per_second": round((n_batches - first) * cfg.batch_size * max(steps, 1) / max(seconds, 1e-9), 1),
+               "mean_loss": float(ts.loss.mean()),
+               "teacher_agreement": float((ts.teacher_logits.argmax(1) == ts.classes).mean()),
+               "settings": cfg.settings()}
+    if preview is not None:
+        from .preview import save_preview
+
+        save_preview(ts, sc, preview)
+        summary["preview"] = str(preview)
+    return ReconstructResult(path, summary)

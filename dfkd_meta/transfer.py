@@ -1,0 +1,156 @@
+"""The transfer-set file: reconstructed inputs, their classes, the teacher's outputs, provenance.
+
+HDF5, written batch by batch to ``<path>.partial`` (so an interrupted run can resume) and renamed
+onto ``<path>`` when complete. Layout (every dataset's first axis is N):
+
+    /          @dfkd_type="transfer_set" @dfkd_type_version="1.0.0" @temperature
+               @model_sha256 @sidecar_sha256 @objective @settings (JSON) @created_utc @writer_*
+    /x               float32 [N, *input_shape]   model inputs (normalised, as the model takes them)
+    /classes         int64   [N]                 the class each input was reconstructed for
+    /teacher_logits  float32 [N, C]
+    /teacher_soft    float32 [N, C]              softmax(logits / temperature)
+    /loss            float32 [N]                 final per-sample reconstruction loss
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import DfkdError, UsageError
+from .sidecar.types import utc_now
+from .sidecar.validator import disable_hdf5_plugins, scan_container
+
+TRANSFER_TYPE, TRANSFER_VERSION = "transfer_set", "1.0.0"
+DATASETS = ("x", "classes", "teacher_logits", "teacher_soft", "loss")
+
+
+@dataclass
+class TransferSet:
+    x: np.ndarray
+    classes: np.ndarray
+    teacher_logits: np.ndarray
+    teacher_soft: np.ndarray
+    loss: np.ndarray
+    temperature: float
+    provenance: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+class TransferWriter:
+    """Append batches to ``<path>.partial``; ``finish()`` renames it onto ``path``.
+
+    With ``resume`` an existing partial file made with the same provenance is continued;
+    ``done`` says how many samples it already holds.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, input_shape: tuple[int, ...], num_classes: int,
+                 temperature: float, provenance: dict, resume: bool = False):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        disable_hdf5_plugins()
+        if resume and self.partial.exists():
+            self.f = self._reopen(provenance)
+        else:
+            self.partial.unlink(missing_ok=True)
+            self.f = h5py.File(self.partial, "w", track_order=False)
+            a = self.f.attrs
+            a["dfkd_type"], a["dfkd_type_version"] = TRANSFER_TYPE, TRANSFER_VERSION
+            a["writer_name"], a["writer_version"], a["created_utc"] = "dfkd-meta", __version__, utc_now()
+            a["temperature"] = float(temperature)
+            for k, v in provenance.items():
+                a[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            shapes = {"x": tuple(input_shape), "classes": (), "teacher_logits": (num_classes,),
+                      "teacher_soft": (num_classes,), "loss": ()}
+            for name, shape in shapes.items():
+                dtype = np.int64 if name == "classes" else np.float32
+                self.f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                      chunks=(max(1, min(256, 2 ** 20 // max(1, 4 * int(np.prod(shape))))), *shape))
+        self.done = len(self.f["classes"])
+
+    def _reopen(self, provenance: dict) -> h5py.File:
+        problems = [f for f in scan_container(self.partial) if f.severity == "error"]
+        if problems:
+            raise DfkdError(f"{self.partial}: the partial file is damaged ({problems[0].message}); rerun without --resume")
+        f = h5py.File(self.partial, "r+")
+        for k, v in provenance.items():
+            want = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            got = f.attrs.get(k)
+            if (got.decode() if isinstance(got, bytes) else got) != want:
+                f.close()
+                raise UsageError(f"{self.partial}: it was made with a different {k}; rerun with the same settings, "
+                                 "or without --resume to start over")
+        lengths = {len(f[name]) for name in DATASETS}
+        if len(lengths) != 1:
+            f.close()
+            raise DfkdError(f"{self.partial}: datasets of different lengths; rerun without --resume")
+        return f
+
+    def append(self, **batch: np.ndarray) -> None:
+        n = len(batch["classes"])
+        for name in DATASETS:
+            ds = self.f[name]
+            ds.resize(self.done + n, axis=0)
+            ds[self.done:] = batch[name]
+        self.done += n
+        self.f.flush()  # a batch on disk is a batch a --resume will not redo
+
+    def finish(self) -> Path:
+        self.f.attrs["complete"] = 1
+        self.f.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+
+def read_transfer(path: str | os.PathLike, num_classes: int | None = None) -> TransferSet:
+    """Load a transfer set after checking it: container rules, type, dtypes, shapes, finite values."""
+    path = Path(path)
+    errors = [f for f in scan_container(path) if f.severity == "error"]
+    if errors:
+        raise DfkdError(f"{path}: not a usable transfer set: {errors[0].rule} {errors[0].path}: {errors[0].message}")
+    with h5py.File(path, "r", locking=False) as f:
+        kind = f.attrs.get("dfkd_type")
+        if (kind.decode() if isinstance(kind, bytes) else kind) != TRANSFER_TYPE:
+            raise DfkdError(f"{path}: not a transfer set (dfkd_type {kind!r}); pass the file `dfkd-meta reconstruct` wrote")
+        missing = [d for d in DATASETS if not isinstance(f.get(d, getlink=False), h5py.Dataset)]
+        if missing:
+            raise DfkdError(f"{path}: missing datasets {missing}; the file is incomplete or damaged")
+        data = {d: f[d][()] for d in DATASETS}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    n = len(data["classes"])
+    c = data["teacher_logits"].shape[1] if data["teacher_logits"].ndim == 2 else -1
+    bad = [d for d in DATASETS if len(data[d]) != n] + (["teacher_logits"] if c < 2 else [])
+    bad += ["teacher_soft"] if data["teacher_soft"].shape != (n, c) else []
+    bad += [d for d in ("x", "teacher_logits", "teacher_soft", "loss") if data[d].dtype.kind != "f"
+            or not np.isfinite(data[d]).all()]
+    if data["classes"].dtype.kind not in "iu" or (n and (data["classes"].min() < 0 or data["classes"].max() >= c)):
+        bad.append("classes")
+    if num_classes is not None and c != num_classes:
+        bad.append(f"teacher_logits ({c} classes, expected {num_classes})")
+    temperature = attrs.get("temperature")
+    if not isinstance(temperature, (float, np.floating)) or not temperature > 0:
+        bad.append("@temperature")
+    if bad:
+        raise DfkdError(f"{path}: inconsistent transfer set ({', '.join(sorted(set(bad)))}); re-run reconstruct")
+    prov = {k: v for k, v in attrs.items() if k not in ("dfkd_type", "dfkd_type_version", "temperature")}
+    if "settings" in prov:
+        try:
+            prov["settings"] = json.loads(prov["settings"])
+        except ValueError:
+            pass
+    return TransferSet(x=data["x"].astype(np.float32), classes=data["classes"].astype(np.int64),
+                       teacher_logits=data["teacher_logits"].astype(np.float32),
+                       teacher_soft=data["teacher_soft"].astype(np.float32), loss=data["loss"].astype(np.float32),
+                       temperature=float(temperature), provenance=prov)

@@ -166,5 +166,49 @@ def export(model, data_spec, resize, output, layers, temperature, cov_rank, spec
         click.echo(f"  note: no covariance for layers with more than 4096 units: {s['cov_skipped_layers']}")
 
 
+@main.command()
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="The ONNX teacher.")
+@click.option("--sidecar", required=True, type=click.Path(dir_okay=False), help="Its .dfkd.h5 statistics sidecar.")
+@click.option("--objective", default="all_layers", show_default=True,
+              help="top_layer, all_layers, all_layers_dropout, spectral_all_layers, spectral_layer_pairs, noise or zskd.")
+@click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The transfer-set file to write.")
+@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tv", type=click.FloatRange(min=0), default=0.0, help="Total-variation prior weight.")
+@click.option("--l2", type=click.FloatRange(min=0), default=0.0, help="L2 prior weight.")
+@click.option("--jitter", type=click.IntRange(min=0), default=0, help="Random shifts of up to N pixels.")
+@click.option("--flip", is_flag=True, help="Random horizontal flips (flip-symmetric classes only).")
+@click.option("--feature-weight", type=click.FloatRange(min=0), default=0.0,
+              help="Channel-wise feature matching against the sidecar's per-channel statistics.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its .partial file.")
+@click.option("--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples per class.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@DEVICE
+@QUIET
+def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, lr, seed, tv, l2, jitter, flip,
+                feature_weight, resume, preview, as_json, device, quiet):
+    """Reconstruct a transfer set from a teacher and its sidecar (no data needed)."""
+    from dfkd_meta.fileio import require_file
+    from dfkd_meta.reconstruct.priors import Priors
+    from dfkd_meta.reconstruct.synthesize import ReconstructConfig
+    from dfkd_meta.reconstruct.synthesize import reconstruct as run
+
+    require_file(model, "model")
+    require_file(sidecar, "sidecar")
+    cfg = ReconstructConfig(objective=objective, samples=samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                            priors=Priors(tv=tv, l2=l2, jitter=jitter, flip=flip, feature=feature_weight))
+    result = run(model, sidecar, output, cfg, device=device, resume=resume, progress=not quiet, preview=preview)
+    s = result.summary
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(f"wrote {s['transfer']}: {s['samples']} samples ({objective}), teacher agrees with the target class "
+               f"on {s['teacher_agreement']:.1%}, mean final loss {s['mean_loss']:.4g}, {s['seconds']:.1f} s"
+               + (f" (resumed after {s['resumed_batches']} batches)" if s["resumed_batches"] else ""))
+
+
 if __name__ == "__main__":
     main()

@@ -273,9 +273,11 @@ class ZSKD(Objective):
         return batch
 
     def loss(self, acts, batch):
+        # KL(target || softmax(logits / T)): the cross-entropy minus the target's entropy, so 0 means matched.
         logp = torch.log_softmax(acts[self.ctx.sidecar.model.logits_name] / ZSKD_TEMPERATURE, dim=1)
-        ce = -(batch.targets["soft"] * logp).sum(1)
-        return ce, {"soft_ce": ce}
+        target = batch.targets["soft"]
+        kl = (target * (torch.log(target.clamp_min(1e-12)) - logp)).sum(1)
+        return kl, {"soft_kl": kl}
 
 
 def build_objective(name: str, ctx: Context) -> Objective:

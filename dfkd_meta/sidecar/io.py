@@ -32,7 +32,8 @@ class SidecarInvalidError(DfkdError):
         more = f" and {len(report.errors) - 1} more errors" if len(report.errors) > 1 else ""
         super().__init__(
             f"{path}: cannot {action} an invalid sidecar: {first.rule} {first.path}: {first.message}{more}; "
-            f"fix: {first.fix} (run `dfkd-meta validate {path}` for every finding)")
+            f"fix: {first.fix} (run `dfkd-meta validate {path}"
+            f"{' --model ' + str(report.model) if report.model else ''}` for every finding)")
 
 
 # ---------------------------------------------------------------------------------------------

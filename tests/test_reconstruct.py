@@ -1,0 +1,213 @@
+"""Reconstruction: sampling, every objective, determinism, resume, refusal of bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import main as cli_main
+from dfkd_meta.data import load_data
+from dfkd_meta.errors import DfkdError
+from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+from dfkd_meta.onnx.graph import OnnxModule, load_onnx
+from dfkd_meta.reconstruct import synthesize
+from dfkd_meta.reconstruct.objectives import OBJECTIVES, AllLayers, Context, SpectralAllLayers
+from dfkd_meta.reconstruct.priors import Priors
+from dfkd_meta.reconstruct.sampling import sample_layer, zskd_soft_targets
+from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
+from dfkd_meta.sidecar import read_sidecar
+from dfkd_meta.stats.export import export_release
+from dfkd_meta.train import export_onnx, train_teacher
+from dfkd_meta.transfer import read_transfer
+
+from .sidecar_factory import layer
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A dropout-trained MLP teacher on digits and its release (with covariance and spectral stats)."""
+    data = load_data("digits")
+    torch.manual_seed(0)
+    model = train_teacher(build_model("hinton-small", data.input_shape, 10), data, epochs=40, progress=False,
+                          device="cpu").model
+    folder = tmp_path_factory.mktemp("teacher")
+    path = export_onnx(model, data.input_shape, folder / "teacher.onnx", dropout_keep=hidden_dropout_keep_probs(model))
+    r = export_release(path, data, folder / "release", cov_rank=2, spectral_k=16, progress=False)
+    return r.model_path, r.sidecar_path
+
+
+@pytest.fixture(scope="module")
+def cnn_release(tmp_path_factory):
+    data = load_data("digits")
+    torch.manual_seed(0)
+    model = train_teacher(build_model("bn-cnn", data.input_shape, 10), data, epochs=3, progress=False,
+                          device="cpu").model
+    folder = tmp_path_factory.mktemp("cnn")
+    r = export_release(export_onnx(model, data.input_shape, folder / "cnn.onnx"), data, folder / "release",
+                       spectral_k=0, progress=False)
+    return r.model_path, r.sidecar_path
+
+
+def _run(release, tmp_path, name="t.h5", **kw):
+    cfg = ReconstructConfig(**{"samples": 60, "steps": 40, "batch_size": 30, **kw})
+    return reconstruct(*release, tmp_path / name, cfg, device="cpu", progress=False)
+
+
+# --- sampling -------------------------------------------------------------------------------------
+
+def test_diagonal_and_low_rank_sampling_have_the_stored_moments():
+    rng = np.random.default_rng(0)
+    diag = layer(rng, "d", 0, (6,), 3)
+    classes = np.full(200_000, 1)
+    draws = sample_layer(diag, classes, np.random.default_rng(1))
+    np.testing.assert_allclose(draws.mean(0), diag.mean[1], atol=0.02)
+    np.testing.assert_allclose(draws.std(0), diag.std[1], rtol=0.02)
+    low = layer(rng, "l", 0, (5,), 2, cov_rank=2)
+    f, std = low.cov_factors[0].astype(np.float64), low.std[0].astype(np.float64)
+    sigma = f @ f.T + np.diag(std ** 2 - (f * f).sum(1))
+    draws = sample_layer(low, np.zeros(200_000, np.int64), np.random.default_rng(2))
+    emp = np.cov(draws.T)
+    assert np.abs(emp - sigma).max() < 0.05 * np.abs(sigma).max()  # Sigma, not Sigma squared
+    assert np.abs(emp - sigma @ sigma).max() > 0.05 * np.abs(sigma).max() or np.allclose(sigma, sigma @ sigma)
+
+
+def test_zskd_soft_targets_are_distributions_peaked_on_their_class():
+    w = np.random.default_rng(0).normal(0, 1, (10, 16))
+    soft = zskd_soft_targets(w, np.repeat(np.arange(10), 200), np.random.default_rng(1))
+    assert soft.shape == (2000, 10) and np.allclose(soft.sum(1), 1)
+    mean_own = np.mean([soft[np.arange(2000) // 200 == c, c].mean() for c in range(10)])
+    assert mean_own > 0.2  # the own class has similarity 1, the largest concentration
+
+
+# --- objectives -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("objective", sorted(set(OBJECTIVES) - {"noise"}))
+def test_each_objective_lowers_its_own_loss(release, tmp_path, objective):
+    before = read_transfer(_run(release, tmp_path, "a.h5", objective=objective, steps=0).path)
+    after = read_transfer(_run(release, tmp_path, "b.h5", objective=objective, steps=40).path)
+    assert np.array_equal(before.classes, after.classes)
+    assert after.loss.mean() < 0.9 * before.loss.mean(), (before.loss.mean(), after.loss.mean())
+
+
+@pytest.mark.parametrize("objective", ["top_layer", "all_layers", "spectral_all_layers"])
+def test_samples_are_classified_as_their_target_class(release, tmp_path, objective):
+    ts = read_transfer(_run(release, tmp_path, objective=objective, samples=100, batch_size=100, steps=60).path)
+    agreement = (ts.teacher_logits.argmax(1) == ts.classes).mean()
+    assert agreement >= 0.8, agreement  # chance is 0.1
+
+
+def test_noise_is_a_baseline_near_chance_and_inside_the_domain(release, tmp_path):
+    ts = read_transfer(_run(release, tmp_path, objective="noise", samples=300, batch_size=300).path)
+    sc = read_sidecar(release[1])
+    lo, hi = sc.model.input_domain.normalized_range()
+    assert ts.x.min() >= lo[0] - 1e-6 and ts.x.max() <= hi[0] + 1e-6
+    assert (ts.teacher_logits.argmax(1) == ts.classes).mean() < 0.4
+
+
+def test_spectral_objective_uses_the_stored_basis(release):
+    """A change orthogonal to the stored basis leaves the spectral loss unchanged but not all_layers'."""
+    sc = read_sidecar(release[1])
+    ctx = Context(sc, load_onnx(release[0]), torch.device("cpu"))
+    spectral, plain = SpectralAllLayers(ctx), AllLayers(ctx)
+    teacher = OnnxModule(ctx.model)
+    x = torch.randn(8, 1, 8, 8)
+    acts = teacher.run(x, spectral.taps())
+    classes = np.arange(8) % 10
+    rng = np.random.default_rng(0)
+    bs, bp = spectral.start(classes, rng), plain.start(classes, rng)
+    block = sc.spectral[0]
+    v = torch.as_tensor(block.basis, dtype=torch.float32)
+    direction = torch.randn(v.shape[0])
+    direction -= v @ (v.T @ direction)  # orthogonal to span(V)
+    direction *= 5 / direction.norm()
+    layers = [sc.layer(k) for k in block.layers]
+    sizes = [lay.units for lay in layers]
+    moved = dict(acts)
+    for lay, piece in zip(layers, torch.split(direction, sizes)):
+        scale = lay.temperature if lay.kind == "logits" else 1.0
+        moved[lay.tensor_name] = acts[lay.tensor_name] + (piece * scale).reshape(1, *lay.shape)
+    s0, s1 = spectral.loss(acts, bs)[0], spectral.loss(moved, bs)[0]
+    p0, p1 = plain.loss(acts, bp)[0], plain.loss(moved, bp)[0]
+    assert torch.allclose(s0, s1, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(p0, p1, rtol=1e-2)
+    coef = spectral.coefficients(block, acts)
+    signal = torch.cat([acts[lay.tensor_name].flatten(1) / (lay.temperature if lay.kind == "logits" else 1)
+                        for lay in layers], 1)
+    assert torch.allclose(coef, signal @ v, atol=1e-4)
+
+
+def test_dropout_objective_needs_recorded_keep_probabilities(cnn_release, tmp_path):
+    with pytest.raises(DfkdError, match="records no dropout_keep_prob"):
+        _run(cnn_release, tmp_path, objective="all_layers_dropout")
+
+
+def test_priors_and_channel_matching_run_and_stay_in_the_domain(cnn_release, tmp_path):
+    ts = read_transfer(_run(cnn_release, tmp_path, objective="all_layers",
+                            priors=Priors(tv=0.01, l2=0.001, jitter=1, feature=1.0)).path)
+    sc = read_sidecar(cnn_release[1])
+    lo, hi = sc.model.input_domain.normalized_range()
+    assert ts.x.min() >= lo[0] - 1e-6 and ts.x.max() <= hi[0] + 1e-6 and np.isfinite(ts.loss).all()
+
+
+# --- determinism, resume, output ------------------------------------------------------------------
+
+def test_same_seed_same_output_other_seed_other_output(release, tmp_path):
+    a = read_transfer(_run(release, tmp_path, "a.h5", seed=5).path)
+    b = read_transfer(_run(release, tmp_path, "b.h5", seed=5).path)
+    c = read_transfer(_run(release, tmp_path, "c.h5", seed=6).path)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.classes, b.classes)
+    assert not np.array_equal(a.x, c.x)
+
+
+def test_resume_continues_from_finished_batches(release, tmp_path, monkeypatch):
+    full = read_transfer(_run(release, tmp_path, "full.h5", samples=90).path)
+    real_append = synthesize.TransferWriter.append
+    calls = {"n": 0}
+
+    def interrupted(self, **batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_append(self, **batch)
+    monkeypatch.setattr(synthesize.TransferWriter, "append", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(release, tmp_path, "r.h5", samples=90)
+    assert not (tmp_path / "r.h5").exists() and (tmp_path / "r.h5.partial").exists()
+    monkeypatch.setattr(synthesize.TransferWriter, "append", real_append)
+    cfg = ReconstructConfig(samples=90, steps=40, batch_size=30)
+    result = reconstruct(*release, tmp_path / "r.h5", cfg, device="cpu", progress=False, resume=True)
+    assert result.summary["resumed_batches"] == 2
+    resumed = read_transfer(result.path)
+    assert np.array_equal(resumed.x, full.x) and np.array_equal(resumed.classes, full.classes)
+    assert not (tmp_path / "r.h5.partial").exists()
+    with pytest.raises(DfkdError, match="different settings"):
+        (tmp_path / "r.h5").rename(tmp_path / "r.h5.partial")
+        reconstruct(*release, tmp_path / "r.h5", ReconstructConfig(samples=90, steps=41, batch_size=30),
+                    device="cpu", progress=False, resume=True)
+
+
+def test_transfer_file_holds_outputs_and_provenance(release, tmp_path):
+    result = _run(release, tmp_path, objective="top_layer", samples=45)
+    ts = read_transfer(result.path, num_classes=10)
+    sc = read_sidecar(release[1])
+    assert ts.x.shape == (45, 1, 8, 8) and ts.teacher_logits.shape == (45, 10) and len(ts.loss) == 45
+    assert np.bincount(ts.classes, minlength=10).min() >= 4  # class-balanced
+    soft = torch.softmax(torch.from_numpy(ts.teacher_logits) / ts.temperature, 1).numpy()
+    np.testing.assert_allclose(ts.teacher_soft, soft, atol=1e-6)
+    assert ts.temperature == sc.layers[-1].temperature
+    assert ts.provenance["model_sha256"] == sc.model.sha256 and ts.provenance["objective"] == "top_layer"
+    assert ts.provenance["settings"]["steps"] == 40
+
+
+def test_cli_refuses_unbound_sidecars_and_writes_nothing(release, cnn_release, tmp_path):
+    out = tmp_path / "t.h5"
+    r = CliRunner().invoke(cli_main, ["reconstruct", "--model", str(cnn_release[0]), "--sidecar", str(release[1]),
+                                      "-o", str(out), "-q"])
+    assert r.exit_code == 1 and "DM420" in r.output and not out.exists()
+    assert not list(tmp_path.iterdir())
+    r = CliRunner().invoke(cli_main, ["reconstruct", "--model", str(release[0]), "--sidecar", str(release[1]),
+                                      "-o", str(out), "--samples", "20", "--steps", "5", "-q",
+                                      "--preview", str(tmp_path / "p.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -63,6 +63,7 @@ MODELS: dict[str, Factory] = {
     "hinton1200": _hinton(1200, 0.2, 0.5),
     "hinton800": _hinton(800, 0.2, 0.5),
     "hinton-small": _hinton(128, 0.2, 0.5),
+    "hinton-tiny": _hinton(32, 0.0, 0.0),
     "lenet5": lambda s, k: LeNet5(s, k),
     "lenet5-half": lambda s, k: LeNet5(s, k, c1=3, c2=8),
     "bn-cnn": lambda s, k: BNNet(s, k),

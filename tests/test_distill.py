@@ -1,0 +1,145 @@
+"""Distillation: the KD loss by hand, real data beats noise, ONNX student parity, resume, demo."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import main as cli_main
+from dfkd_meta.data import load_data
+from dfkd_meta.demo import DemoConfig, run_demo
+from dfkd_meta.distill import DistillConfig, distill, kd_loss, write_student
+from dfkd_meta.errors import DfkdError
+from dfkd_meta.models import build_model
+from dfkd_meta.onnx.graph import OnnxModule
+from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
+from dfkd_meta.stats.export import export_release
+from dfkd_meta.train import export_onnx, train_teacher
+from dfkd_meta.transfer import read_transfer
+
+
+def test_kd_loss_equals_a_hand_computation():
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    t = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    temp, alpha = 4.0, 0.3
+    total = 0.0
+    for si, ti in zip(s.tolist(), t.tolist()):
+        ps = [math.exp(v / temp) for v in si]
+        pt = [math.exp(v / temp) for v in ti]
+        ps = [v / sum(ps) for v in ps]
+        pt = [v / sum(pt) for v in pt]
+        kl = sum(b * math.log(b / a) for a, b in zip(ps, pt)) * temp ** 2
+        hard = max(range(3), key=lambda k: ti[k])
+        ce = -math.log(math.exp(si[hard]) / sum(math.exp(v) for v in si))
+        total += (1 - alpha) * kl + alpha * ce
+    assert kd_loss(s, t, temp, alpha).item() == pytest.approx(total / 2, rel=1e-6)
+    assert kd_loss(t, t, temp).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    data = load_data("digits")
+    torch.manual_seed(0)
+    teacher = train_teacher(build_model("hinton-small", data.input_shape, 10), data, epochs=40, progress=False,
+                            device="cpu").model
+    folder = tmp_path_factory.mktemp("kd")
+    release = export_release(export_onnx(teacher, data.input_shape, folder / "t.onnx"), data, folder / "rel",
+                             spectral_k=0, progress=False)
+    noise = reconstruct(release.model_path, release.sidecar_path, folder / "noise.h5",
+                        ReconstructConfig(objective="noise", samples=300, batch_size=300), device="cpu", progress=False)
+    return data, release, read_transfer(noise.path), folder
+
+
+def _student(seed=0):
+    torch.manual_seed(seed)
+    return build_model("hinton-tiny", (1, 8, 8), 10)
+
+
+def test_real_data_beats_noise_on_digits(setup):
+    data, release, noise, _ = setup
+    cfg = DistillConfig(epochs=30)
+    real = distill(release.model_path, _student(), data, cfg, device="cpu", eval_data=data, progress=False)
+    fake = distill(release.model_path, _student(), noise, cfg, device="cpu", eval_data=data, progress=False)
+    assert real.report["student_accuracy"] > fake.report["student_accuracy"] + 0.05
+    assert real.report["student_accuracy"] > 0.85 and real.report["teacher_accuracy"] > 0.9
+    assert fake.report["source"]["objective"] == "noise" and fake.report["settings"]["temperature"] == 8.0
+
+
+def test_wrong_teacher_for_a_transfer_set_is_refused(setup, tmp_path):
+    data, _, noise, _ = setup
+    other = export_onnx(build_model("hinton-tiny", (1, 8, 8), 10), (1, 8, 8), tmp_path / "other.onnx")
+    with pytest.raises(DfkdError, match="not the teacher the transfer set was reconstructed from"):
+        distill(other, _student(), noise, DistillConfig(epochs=1), device="cpu", progress=False)
+
+
+def test_student_onnx_matches_torch_and_report_is_written(setup, tmp_path):
+    data, release, noise, _ = setup
+    result = distill(release.model_path, _student(), noise, DistillConfig(epochs=2), device="cpu", progress=False)
+    path = write_student(result.student, (1, 8, 8), tmp_path / "s.onnx", result.report)
+    x = torch.randn(7, 1, 8, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(OnnxModule.from_file(path)(x).numpy(), result.student(x).numpy(), rtol=1e-4,
+                                   atol=1e-5)
+    report = json.loads(path.with_suffix(".json").read_text())
+    assert report["samples"] == 300 and len(report["history"]) == 2
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path, monkeypatch):
+    import dfkd_meta.distill as dm
+    _, release, noise, _ = setup
+    cfg = DistillConfig(epochs=4)
+    full = distill(release.model_path, _student(), noise, cfg, device="cpu", progress=False)
+    real_save = dm._save_checkpoint
+
+    def stop_after_two(path, student, opt, sched, epoch, history):
+        real_save(path, student, opt, sched, epoch, history)
+        if epoch == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(dm, "_save_checkpoint", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        distill(release.model_path, _student(), noise, cfg, device="cpu", checkpoint=tmp_path / "s.ckpt",
+                progress=False)
+    monkeypatch.setattr(dm, "_save_checkpoint", real_save)
+    resumed = distill(release.model_path, _student(seed=5), noise, cfg, device="cpu", checkpoint=tmp_path / "s.ckpt",
+                      resume=True, progress=False)
+    assert resumed.report["history"] == full.report["history"]
+    for a, b in zip(full.student.state_dict().values(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b)
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DfkdError, match="cannot resume from this checkpoint"):
+        distill(release.model_path, _student(), noise, cfg, device="cpu", checkpoint=tmp_path / "bad.ckpt",
+                resume=True, progress=False)
+
+
+def test_cli_distill_on_transfer_and_on_data(setup, tmp_path):
+    data, release, _, folder = setup
+    runner = CliRunner()
+    r = runner.invoke(cli_main, ["distill", "--teacher", str(release.model_path), "--transfer", str(folder / "noise.h5"),
+                                 "--student", "hinton-tiny", "-o", str(tmp_path / "s.onnx"), "--epochs", "2",
+                                 "--eval", "digits", "-q", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "student" in r.output and (tmp_path / "s.onnx").is_file() and (tmp_path / "s.json").is_file()
+    r = runner.invoke(cli_main, ["distill", "--teacher", str(release.model_path), "--data", "digits",
+                                 "--student", "hinton-tiny", "-o", str(tmp_path / "d.onnx"), "--epochs", "1", "-q",
+                                 "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["source"]["kind"] == "data"
+    r = runner.invoke(cli_main, ["distill", "--teacher", str(release.model_path), "--student", "hinton-tiny",
+                                 "-o", str(tmp_path / "x.onnx")])
+    assert r.exit_code == 2 and "exactly one of" in r.output
+
+
+def test_demo_runs_end_to_end_at_a_reduced_size(tmp_path):
+    cfg = DemoConfig(teacher_epochs=8, student_epochs=3, samples=200, steps=20, batch_size=100, device="cpu",
+                     objectives=("all_layers", "spectral_all_layers"))
+    result = run_demo(cfg, tmp_path / "demo", progress=False, log=lambda *_: None)
+    methods = [r["method"] for r in result.rows]
+    assert methods[0].startswith("teacher") and "KD on real data" in methods[1]
+    assert any("noise" in m for m in methods) and any("spectral_all_layers" in m for m in methods)
+    assert all(0 <= r["accuracy"] <= 1 for r in result.rows)
+    assert result.rows[0]["accuracy"] > 0.8
+    assert (tmp_path / "demo" / "release" / "teacher.dfkd.h5").is_file()
+    assert "| method |" in result.table()

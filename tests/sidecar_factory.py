@@ -60,7 +60,7 @@ def full_example(seed: int = 0, c: int = 4) -> Sidecar:
         created_utc="2026-11-21T12:00:00Z", writer_version="test")
 
 
-TEXT = st.characters(blacklist_characters="\x00")  # SPEC §1: no U+0000 in strings
+TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))  # SPEC §1: UTF-8, no U+0000
 
 
 @st.composite

@@ -112,3 +112,12 @@ def test_strings_with_nul_are_refused_before_writing(tmp_path):
     with pytest.raises(DfkdError, match=r"sidecar\.model\.class_names\[1\].*U\+0000"):
         write_sidecar(sc, tmp_path / "n.dfkd.h5")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_strings_that_are_not_unicode_text_are_refused(tmp_path):
+    from dfkd_meta.errors import DfkdError
+    sc = full_example()
+    sc.dataset.name = "bad\ud800"
+    with pytest.raises(DfkdError, match=r"sidecar\.dataset\.name.*lone surrogate"):
+        write_sidecar(sc, tmp_path / "s.dfkd.h5")
+    assert list(tmp_path.iterdir()) == []

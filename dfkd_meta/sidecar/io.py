@@ -39,21 +39,25 @@ class SidecarInvalidError(DfkdError):
 # ---------------------------------------------------------------------------------------------
 # writing
 
-def _refuse_nul(obj, where: str = "sidecar") -> None:
-    """SPEC §1: strings cannot contain U+0000 (HDF5 ends strings there). Checked before writing."""
+def _refuse_bad_text(obj, where: str = "sidecar") -> None:
+    """SPEC §1: strings are UTF-8 without U+0000 (HDF5 ends strings there). Checked before writing."""
     if isinstance(obj, str):
         if "\x00" in obj:
             raise DfkdError(f"{where}: string {obj!r} contains U+0000, which HDF5 strings cannot hold; remove it")
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DfkdError(f"{where}: string {obj!r} is not valid Unicode text (lone surrogate); fix the text") from None
     elif dataclasses.is_dataclass(obj):
         for f in dataclasses.fields(obj):
-            _refuse_nul(getattr(obj, f.name), f"{where}.{f.name}")
+            _refuse_bad_text(getattr(obj, f.name), f"{where}.{f.name}")
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            _refuse_nul(k, f"{where} key")
-            _refuse_nul(v, f"{where}[{k!r}]")
+            _refuse_bad_text(k, f"{where} key")
+            _refuse_bad_text(v, f"{where}[{k!r}]")
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            _refuse_nul(v, f"{where}[{i}]")
+            _refuse_bad_text(v, f"{where}[{i}]")
 
 
 def _typed_group(parent: h5py.Group, name: str, tname: str) -> h5py.Group:
@@ -155,7 +159,7 @@ def _write_privacy(root: h5py.Group, p: PrivacyBlock, compression: str | None) -
 
 def write_h5(sidecar: Sidecar, f: h5py.File, compression: str | None = None) -> None:
     """Write ``sidecar`` into an open, empty HDF5 file (no validation, not atomic)."""
-    _refuse_nul(sidecar)
+    _refuse_bad_text(sidecar)
     root = _typed_group(f, "/", "sidecar")
     root.attrs["dfkd_meta_format"] = load_schema().format
     root.attrs["dfkd_meta_version"] = sidecar.format_version

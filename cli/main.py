@@ -91,6 +91,25 @@ QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 
 
 @main.command()
+@click.argument("sidecar", type=click.Path(dir_okay=False))
+@click.option("--model", type=click.Path(dir_okay=False), help="Also check the binding to this ONNX file.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write per-class top-layer means +- std as a PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def show(sidecar: str, model: str | None, plot: str | None, as_json: bool) -> None:
+    """Summarise SIDECAR (validated first): model, data, layers, spectral blocks, privacy, sizes."""
+    from dfkd_meta.sidecar import read_sidecar
+    from dfkd_meta.sidecar.summary import describe, format_summary, plot_top_layer
+
+    sc = read_sidecar(sidecar, model)
+    info = describe(sc, sidecar)
+    click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
+    if plot:
+        plot_top_layer(sc, plot)
+        if not as_json:
+            click.echo(f"wrote {plot}")
+
+
+@main.command()
 @click.option("--model", "arch", required=True, help="hinton1200, hinton800, lenet5, lenet5-half, bn-cnn, ... or module:factory.")
 @click.option("--data", "data_spec", default="digits", show_default=True, help=DATA_HELP)
 @click.option("--resize", type=int, help="Pad/resize images to N x N (LeNet uses 32).")

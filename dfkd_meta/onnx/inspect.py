@@ -4,6 +4,7 @@ Nothing here runs the model or loads external weights; it only parses the graph.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,3 +216,37 @@ def inspect_model(path: str | os.PathLike) -> dict:
         "candidate_layers": [{"name": c.name, "op": c.op, "shape": list(c.shape) if c.shape else None,
                               "kind": c.kind, "default": c.default} for c in candidate_layers(facts, model)],
     }
+
+
+def forward_flops(facts: ModelFacts, model: onnx.ModelProto) -> int:
+    """FLOPs of one example's forward pass, counting 2 per multiply-accumulate of Gemm, MatMul and Conv.
+
+    Element-wise ops, pooling and normalisation are left out: in the networks this package targets
+    they are a few percent of the total. Shapes come from ONNX shape inference.
+    """
+    shapes = {k: v.shape for k, v in facts.value_info.items()}
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    shape = lambda n: inits.get(n) or shapes.get(n)  # noqa: E731
+    total = 0
+    for node in model.graph.node:
+        out = shape(node.output[0]) if node.output else None
+        if node.op_type in ("Gemm", "MatMul"):
+            a, b = shape(node.input[0]), shape(node.input[1])
+            if not a or not b:
+                continue
+            trans_a = any(x.name == "transA" and x.i for x in node.attribute)
+            trans_b = any(x.name == "transB" and x.i for x in node.attribute)
+            k = a[0] if trans_a else a[-1]
+            n = b[0] if trans_b and node.op_type == "Gemm" else b[-1]
+            rows = 1 if node.op_type == "Gemm" else math.prod(d for d in a[1:-1] if isinstance(d, int))
+            if isinstance(k, int) and isinstance(n, int):
+                total += 2 * rows * k * n
+        elif node.op_type == "Conv" and out and all(isinstance(d, int) for d in out[1:]):
+            w = shape(node.input[1])  # [Cout, Cin / group, k...]: each output position costs prod(w[1:]) MACs
+            if w:
+                total += 2 * out[1] * math.prod(out[2:]) * math.prod(w[1:])
+        elif node.op_type == "ConvTranspose":
+            x, w = shape(node.input[0]), shape(node.input[1])  # w: [Cin, Cout / group, k...]
+            if x and w and all(isinstance(d, int) for d in x[2:]):
+                total += 2 * math.prod(x[2:]) * math.prod(w)
+    return total

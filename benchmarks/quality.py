@@ -1,0 +1,147 @@
+"""The paper's comparison on MNIST (not a test; run by hand, about an hour on 2 CPU cores by default).
+
+    python benchmarks/quality.py --data mnist:../shared/data/mnist [--quick]
+
+For each pair (hinton1200 -> hinton800 on 28x28, lenet5 -> lenet5-half on 32x32): the teacher's
+test accuracy, a student distilled on the real training data (vanilla KD), and students distilled
+from transfer sets built by noise, each Lopes et al. objective and the ZSKD metadata-free baseline.
+Prints a markdown table and writes results/quality-mnist.json and results/quality-mnist.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from dfkd_meta.data import load_data
+from dfkd_meta.distill import DistillConfig, distill
+from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+from dfkd_meta.reconstruct.priors import Priors
+from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
+from dfkd_meta.stats.export import export_release
+from dfkd_meta.train import export_onnx, train_teacher
+from dfkd_meta.transfer import read_transfer
+
+HERE = Path(__file__).resolve().parent
+PAIRS = {"mlp": ("hinton1200", "hinton800", None), "lenet": ("lenet5", "lenet5-half", 32)}
+METHODS = ("noise", "zskd", "top_layer", "all_layers", "all_layers_dropout", "spectral_all_layers",
+           "spectral_layer_pairs")
+# image priors for the convolutional pair (small shifts; no flips: digits are not mirror-symmetric)
+PRIORS = {"mlp": Priors(), "lenet": Priors(tv=0.05, jitter=1, feature=0.5)}
+
+
+def run_pair(pair: str, args, work: Path, log) -> list[dict]:
+    teacher_arch, student_arch, resize = PAIRS[pair]
+    data = load_data(args.data, resize)
+    folder = work / pair
+    teacher_path = folder / "teacher.onnx"
+    rows = []
+    t0 = time.perf_counter()
+    torch.manual_seed(args.seed)
+    trained = train_teacher(build_model(teacher_arch, data.input_shape, 10), data, epochs=args.teacher_epochs,
+                            batch_size=128, seed=args.seed, device=args.device, progress=False)
+    export_onnx(trained.model, data.input_shape, teacher_path, dropout_keep=hidden_dropout_keep_probs(trained.model))
+    rows.append({"pair": pair, "method": f"teacher {teacher_arch}", "accuracy": trained.test_accuracy,
+                 "train_seconds": round(time.perf_counter() - t0, 1)})
+    log(f"{pair}: teacher {teacher_arch} {trained.test_accuracy:.4f}")
+    t0 = time.perf_counter()
+    release = export_release(teacher_path, data, folder / "release", cov_rank=args.cov_rank, progress=False)
+    export_s = time.perf_counter() - t0
+    cfg = DistillConfig(epochs=args.student_epochs, seed=args.seed)
+
+    def student(source, method, recon_s=None):
+        torch.manual_seed(args.seed)
+        r = distill(release.model_path, build_model(student_arch, data.input_shape, 10), source, cfg,
+                    device=args.device, eval_data=data, progress=False)
+        rows.append({"pair": pair, "method": method, "accuracy": r.report["student_accuracy"],
+                     "agreement": r.report["agreement"], "reconstruct_seconds": recon_s,
+                     "distill_seconds": r.report["distill_seconds"]})
+        log(f"{pair}: {method} {r.report['student_accuracy']:.4f}")
+
+    student(data, f"student {student_arch}, KD on real data")
+    for method in args.methods:
+        t0 = time.perf_counter()
+        rc = reconstruct(release.model_path, release.sidecar_path, folder / f"transfer_{method}.h5",
+                         ReconstructConfig(objective=method, samples=args.samples, steps=args.steps,
+                                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                           priors=PRIORS[pair]),
+                         device=args.device, progress=False,
+                         preview=folder / f"preview_{method}.png" if pair == "lenet" or method != "noise" else None)
+        student(read_transfer(rc.path), method, round(time.perf_counter() - t0, 1))
+    rows[0]["export_seconds"] = round(export_s, 1)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = list(dict.fromkeys(r["pair"] for r in rows))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.5), squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        sub = [r for r in rows if r["pair"] == pair]
+        labels = [r["method"].replace("student ", "").replace(", KD on real data", " (real data)") for r in sub]
+        colors = ["#555555"] + ["#2b8cbe"] + ["#bbbbbb" if r["method"] in ("noise", "zskd") else "#e6550d"
+                                             for r in sub[2:]]
+        ax.barh(range(len(sub)), [r["accuracy"] for r in sub], color=colors)
+        ax.set_yticks(range(len(sub)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("MNIST test accuracy")
+        ax.set_title(pair)
+        for i, r in enumerate(sub):
+            ax.text(min(r["accuracy"] + 0.01, 0.9), i, f"{r['accuracy']:.3f}", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="mnist:" + str(HERE.parent.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--pairs", default="mlp,lenet")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--teacher-epochs", type=int, default=8)
+    ap.add_argument("--student-epochs", type=int, default=15)
+    ap.add_argument("--samples", type=int, default=6000, help="transfer-set size per method")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--cov-rank", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--work", type=Path, default=Path("runs/bench"))
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "quality-mnist.json")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    args = ap.parse_args(argv)
+    args.methods = tuple(m for m in args.methods.split(",") if m)
+    if args.quick:
+        args.teacher_epochs, args.student_epochs, args.samples, args.steps = 1, 1, 500, 10
+    t0 = time.perf_counter()
+    rows = []
+    for pair in args.pairs.split(","):
+        rows += run_pair(pair, args, args.work, log=lambda m: print(m, flush=True))
+    total = time.perf_counter() - t0
+    print("\n| pair | method | test accuracy | agreement | reconstruct s | distill s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        f = lambda v, p: "" if v is None else format(v, p)  # noqa: E731
+        print(f"| {r['pair']} | {r['method']} | {r['accuracy']:.4f} | {f(r.get('agreement'), '.4f')} | "
+              f"{f(r.get('reconstruct_seconds'), '.1f')} | {f(r.get('distill_seconds'), '.1f')} |")
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["priors"] = {k: asdict(v) for k, v in PRIORS.items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"settings": settings, "total_seconds": round(total, 1), "rows": rows}, indent=2) + "\n")
+    plot(rows, args.out.with_suffix(".png"))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')} ({total / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

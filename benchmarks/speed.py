@@ -119,10 +119,11 @@ def bench_validation(folder: Path, sizes_mb: list[int]) -> list[dict]:
         report = validate(path)  # what the CLI does: a child process with plugins disabled
         seconds = time.perf_counter() - t0
         # Peak memory of a process that does nothing but validate this file (imports included).
-        probe = ("import resource, sys; from dfkd_meta.sidecar.validator import validate_in_process; "
-                 "validate_in_process(sys.argv[1]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-        baseline = ("import resource; import dfkd_meta.sidecar.validator; "
-                    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        # VmHWM, unlike ru_maxrss, is reset by exec: it is this process's own peak, not its parent's.
+        hwm = "int(next(x for x in open('/proc/self/status') if x.startswith('VmHWM')).split()[1])"
+        probe = ("import sys; from dfkd_meta.sidecar.validator import validate_in_process; "
+                 f"validate_in_process(sys.argv[1]); print({hwm})")
+        baseline = f"import dfkd_meta.sidecar.validator; print({hwm})"
         peak = int(subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
                                   check=True).stdout.split()[-1])
         idle = int(subprocess.run([sys.executable, "-c", baseline], capture_output=True, text=True,

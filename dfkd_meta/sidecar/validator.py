@@ -91,24 +91,34 @@ class _Fatal(Exception):
 # ---------------------------------------------------------------------------------------------
 # value helpers
 
-def _blocks(ds: h5py.Dataset) -> Iterator[tuple[int, np.ndarray]]:
-    """(row offset, rows) blocks along axis 0, each at most BLOCK_BYTES."""
+def _blocks(ds: h5py.Dataset, prefix: tuple[int, ...] = ()) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Blocks of at most BLOCK_BYTES (one element row at least), with the index of their first element.
+
+    A block is ``ds[prefix + (slice(start, stop),)]``; when even one row of the remaining axes is
+    larger than the budget, the next axis is split too, so memory never grows with the file.
+    """
     if ds.shape is None:
         return
     if ds.ndim == 0:
-        yield 0, np.asarray(ds[()])
+        yield (), np.asarray(ds[()])
         return
-    row_bytes = max(1, math.prod(ds.shape[1:]) * ds.dtype.itemsize)
+    shape = ds.shape[len(prefix):]
+    row_bytes = max(1, math.prod(shape[1:]) * ds.dtype.itemsize)
+    if row_bytes > BLOCK_BYTES and len(shape) > 1:
+        for i in range(shape[0]):
+            yield from _blocks(ds, prefix + (i,))
+        return
     step = max(1, BLOCK_BYTES // row_bytes)
-    for start in range(0, ds.shape[0], step):
-        yield start, ds[start:start + step]
+    for start in range(0, shape[0], step):
+        yield prefix + (start,), ds[prefix + (slice(start, start + step),)]
 
 
-def _first_index(mask: np.ndarray, offset: int) -> list[int]:
+def _first_index(mask: np.ndarray, origin: tuple[int, ...]) -> list[int]:
+    """Index in the dataset of the first True of a block whose first element sits at ``origin``."""
     idx = [int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape)]
-    if idx:
-        idx[0] += offset
-    return idx
+    if not origin:
+        return idx
+    return list(origin[:-1]) + [origin[-1] + idx[0]] + idx[1:]
 
 
 def _as_str(raw: Any) -> str:
@@ -712,12 +722,13 @@ def _layer_stats(chk: _Checker, ctx: _GroupContext) -> None:
     cov, std = ctx.datasets.get("cov_factors"), ctx.datasets.get("std")
     if cov is not None and std is not None:
         worst, where = 0.0, None
-        for c in range(cov.shape[0]):  # one class at a time keeps memory at U x R
-            f = np.asarray(cov[c], dtype=np.float64)
-            var = np.asarray(std[c], dtype=np.float64) ** 2
+        step = max(1, BLOCK_BYTES // (8 * max(1, cov.shape[2])))  # [units, R] slabs in float64, bounded in size
+        for c, u0 in ((c, u0) for c in range(cov.shape[0]) for u0 in range(0, cov.shape[1], step)):
+            f = np.asarray(cov[c, u0:u0 + step], dtype=np.float64)
+            var = np.asarray(std[c, u0:u0 + step], dtype=np.float64) ** 2
             excess = (f * f).sum(axis=1) - (var * (1 + 1e-3) + 1e-6)
             if excess.max(initial=-1.0) > worst:
-                worst, where = float(excess.max()), [c, int(np.argmax(excess))]
+                worst, where = float(excess.max()), [c, u0 + int(np.argmax(excess))]
         if where is not None:
             chk.add("DM616", f"{p}/cov_factors", f"rowsum(F*F) exceeds std^2 by {worst:.3g} at {where}")
 

@@ -28,7 +28,7 @@ from ..sidecar import (ChannelStats, DatasetProvenance, LayerStats, Sidecar, Sid
                        validate, write_sidecar)
 from ..sidecar.binding import model_binding
 from ..train import dropout_keep_from_metadata, export_onnx
-from .moments import ClassMoments, channel_rows
+from .moments import ClassMoments, update_channels
 from .spectral import LayerRef, plan_spectral
 
 MAX_COV_UNITS = 4096  # a full co-moment matrix per class above this would not fit comfortably in memory
@@ -158,7 +158,7 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
             values[key] = v.reshape(len(v), -1)
             moments[key].update(values[key], y)
             if key in channels:
-                channels[key].update(*channel_rows(v, y))
+                update_channels(channels[key], v, y)
         for p in plans:
             signal = np.concatenate([values[r.key] for r in p.layers], axis=1)
             coef[p.key].update(signal @ p.basis, y)

@@ -72,11 +72,19 @@ class ClassMoments:
         return out
 
 
-def channel_rows(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[B, CH, positions...] activations as [B * P, CH] rows, one per (example, position), with labels.
+def update_channels(moments: ClassMoments, values: np.ndarray, labels: np.ndarray) -> None:
+    """Per-channel statistics pooled over positions (SPEC §8.3), from [B, CH, positions...] activations.
 
-    Feeding these to a ClassMoments gives per-channel statistics pooled over positions (SPEC §8.3).
+    Exact: each example contributes P positions with mean m_e and within-example M2 w_e, so a class
+    has mean mean(m_e) and M2 = sum(w_e) + P * sum((m_e - mean)^2), merged as in ClassMoments.
     """
-    b, ch = values.shape[:2]
-    rows = values.reshape(b, ch, -1).transpose(0, 2, 1).reshape(-1, ch)
-    return rows, np.repeat(labels, rows.shape[0] // max(b, 1))
+    v = values.reshape(values.shape[0], values.shape[1], -1)
+    positions = v.shape[2]
+    m = v.mean(axis=2, dtype=np.float64)
+    dev = v - m[:, :, None]
+    within = np.einsum("bcp,bcp->bc", dev, dev, dtype=np.float64)
+    for c in np.unique(labels):
+        sel = labels == c
+        mean_b = m[sel].mean(axis=0)
+        m2_b = within[sel].sum(axis=0) + positions * ((m[sel] - mean_b) ** 2).sum(axis=0)
+        moments._merge(int(c), int(sel.sum()) * positions, mean_b, m2_b, None)

@@ -157,13 +157,16 @@ class AllLayersDropout(AllLayers):
 
     name = "all_layers_dropout"
 
-    def start(self, classes, rng):
-        batch = super().start(classes, rng)
-        dropped = [layer for layer in self.ctx.layers if layer.dropout_keep_prob not in (None, 1.0)]
-        if not dropped:
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.dropped = [layer for layer in ctx.layers if layer.dropout_keep_prob not in (None, 1.0)]
+        if not self.dropped:
             raise DfkdError("all_layers_dropout: the sidecar records no dropout_keep_prob on any layer; "
                             "use all_layers, or export a teacher trained with dropout")
-        for layer in dropped:
+
+    def start(self, classes, rng):
+        batch = super().start(classes, rng)
+        for layer in self.dropped:
             keep = rng.random((len(classes), *layer.shape)) < layer.dropout_keep_prob
             batch.masks[layer.tensor_name] = torch.as_tensor(keep, dtype=torch.float32, device=self.ctx.device)
         return batch

@@ -134,7 +134,9 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
                               teacher_soft=torch.softmax(out_logits / temperature, 1).cpu().numpy(),
                               loss=per_sample.cpu().numpy())
     except BaseException:
-        writer.close()  # the partial file keeps every finished batch for --resume
+        writer.close()  # the partial file keeps every finished batch for --resume ...
+        if writer.done == 0:
+            writer.partial.unlink(missing_ok=True)  # ... and is removed when it holds none
         bar.close()
         raise
     bar.close()

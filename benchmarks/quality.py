@@ -82,10 +82,9 @@ def run_pair(pair: str, args, work: Path, log) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from dfkd_meta.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     pairs = list(dict.fromkeys(r["pair"] for r in rows))
     fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.5), squeeze=False)
@@ -103,8 +102,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for i, r in enumerate(sub):
             ax.text(min(r["accuracy"] + 0.01, 0.9), i, f"{r['accuracy']:.3f}", va="center", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:

@@ -30,3 +30,20 @@ def shared_dataset(name: str) -> Path:
     if not (path / "SHA256SUMS").is_file():
         pytest.skip(f"real data set {name!r} not found at {path} (only present beside the project checkout)")
     return path
+
+
+def digits_release(folder: Path, arch: str = "hinton-small", epochs: int = 40, **export_kw):
+    """Train ``arch`` on digits (seed 0), write it as ONNX (dropout recorded) and export its release."""
+    import torch
+
+    from dfkd_meta.data import load_data
+    from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+    from dfkd_meta.stats.export import export_release
+    from dfkd_meta.train import export_onnx, train_teacher
+
+    data = load_data("digits")
+    torch.manual_seed(0)
+    model = train_teacher(build_model(arch, data.input_shape, 10), data, epochs=epochs, progress=False,
+                          device="cpu").model
+    path = export_onnx(model, data.input_shape, folder / f"{arch}.onnx", dropout_keep=hidden_dropout_keep_probs(model))
+    return export_release(path, data, folder / "release", progress=False, **export_kw)

@@ -17,9 +17,10 @@ from dfkd_meta.errors import DfkdError
 from dfkd_meta.models import build_model
 from dfkd_meta.onnx.graph import OnnxModule
 from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
-from dfkd_meta.stats.export import export_release
-from dfkd_meta.train import export_onnx, train_teacher
+from dfkd_meta.train import export_onnx
 from dfkd_meta.transfer import read_transfer
+
+from .conftest import digits_release
 
 
 def test_kd_loss_equals_a_hand_computation():
@@ -42,16 +43,11 @@ def test_kd_loss_equals_a_hand_computation():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    data = load_data("digits")
-    torch.manual_seed(0)
-    teacher = train_teacher(build_model("hinton-small", data.input_shape, 10), data, epochs=40, progress=False,
-                            device="cpu").model
     folder = tmp_path_factory.mktemp("kd")
-    release = export_release(export_onnx(teacher, data.input_shape, folder / "t.onnx"), data, folder / "rel",
-                             spectral_k=0, progress=False)
+    release = digits_release(folder, "hinton-small", 40, spectral_k=0)
     noise = reconstruct(release.model_path, release.sidecar_path, folder / "noise.h5",
                         ReconstructConfig(objective="noise", samples=300, batch_size=300), device="cpu", progress=False)
-    return data, release, read_transfer(noise.path), folder
+    return load_data("digits"), release, read_transfer(noise.path), folder
 
 
 def _student(seed=0):

@@ -7,9 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import main as cli_main
-from dfkd_meta.data import load_data
 from dfkd_meta.errors import DfkdError
-from dfkd_meta.models import build_model, hidden_dropout_keep_probs
 from dfkd_meta.onnx.graph import OnnxModule, load_onnx
 from dfkd_meta.reconstruct import synthesize
 from dfkd_meta.reconstruct.objectives import OBJECTIVES, AllLayers, Context, SpectralAllLayers
@@ -17,35 +15,22 @@ from dfkd_meta.reconstruct.priors import Priors
 from dfkd_meta.reconstruct.sampling import sample_layer, zskd_soft_targets
 from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
 from dfkd_meta.sidecar import read_sidecar
-from dfkd_meta.stats.export import export_release
-from dfkd_meta.train import export_onnx, train_teacher
 from dfkd_meta.transfer import read_transfer
 
+from .conftest import digits_release
 from .sidecar_factory import layer
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     """A dropout-trained MLP teacher on digits and its release (with covariance and spectral stats)."""
-    data = load_data("digits")
-    torch.manual_seed(0)
-    model = train_teacher(build_model("hinton-small", data.input_shape, 10), data, epochs=40, progress=False,
-                          device="cpu").model
-    folder = tmp_path_factory.mktemp("teacher")
-    path = export_onnx(model, data.input_shape, folder / "teacher.onnx", dropout_keep=hidden_dropout_keep_probs(model))
-    r = export_release(path, data, folder / "release", cov_rank=2, spectral_k=16, progress=False)
+    r = digits_release(tmp_path_factory.mktemp("teacher"), "hinton-small", 40, cov_rank=2, spectral_k=16)
     return r.model_path, r.sidecar_path
 
 
 @pytest.fixture(scope="module")
 def cnn_release(tmp_path_factory):
-    data = load_data("digits")
-    torch.manual_seed(0)
-    model = train_teacher(build_model("bn-cnn", data.input_shape, 10), data, epochs=3, progress=False,
-                          device="cpu").model
-    folder = tmp_path_factory.mktemp("cnn")
-    r = export_release(export_onnx(model, data.input_shape, folder / "cnn.onnx"), data, folder / "release",
-                       spectral_k=0, progress=False)
+    r = digits_release(tmp_path_factory.mktemp("cnn"), "bn-cnn", 3, spectral_k=0)
     return r.model_path, r.sidecar_path
 
 

@@ -10,7 +10,6 @@ import difflib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -211,4 +210,4 @@ def is_supported(op_type: str, domain: str = "") -> bool:
     return domain in DEFAULT_DOMAINS and op_type in OPS
 
 
-__all__ = ["OnnxModule", "UnsupportedOpsError", "load_onnx", "supported_ops", "is_supported", "Path"]
+__all__ = ["OnnxModule", "UnsupportedOpsError", "load_onnx", "supported_ops", "is_supported"]

@@ -94,28 +94,19 @@ def pow_(i, a):
     return torch.pow(i[0], i[1].to(i[0].dtype) if i[0].is_floating_point() else i[1])
 
 
-@op("Max")
-def max_(i, a):
-    out = i[0]
-    for t in i[1:]:
-        out = torch.maximum(out, t)
-    return out
+def _fold(fn: Callable[[Tensor, Tensor], Tensor]) -> OpFn:
+    """A variadic element-wise op (Max, Min, Sum) as a left fold of a binary one."""
+    def apply(i, a):
+        out = i[0]
+        for t in i[1:]:
+            out = fn(out, t)
+        return out
+    return apply
 
 
-@op("Min")
-def min_(i, a):
-    out = i[0]
-    for t in i[1:]:
-        out = torch.minimum(out, t)
-    return out
-
-
-@op("Sum")
-def sum_(i, a):
-    out = i[0]
-    for t in i[1:]:
-        out = out + t
-    return out
+max_ = op("Max")(_fold(torch.maximum))
+min_ = op("Min")(_fold(torch.minimum))
+sum_ = op("Sum")(_fold(torch.add))
 
 
 @op("Mean")

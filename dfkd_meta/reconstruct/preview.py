@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DfkdError
-from ..fileio import atomic_path
+from ..plotting import pyplot, save_png
 from ..sidecar.types import Sidecar
 from ..transfer import TransferSet
 
@@ -15,10 +15,7 @@ def save_preview(ts: TransferSet, sidecar: Sidecar, path: str | Path, per_class:
     dom = sidecar.model.input_domain
     if dom.layout not in ("NCHW", "NHWC"):
         raise DfkdError(f"--preview needs image inputs; this model's layout is {dom.layout}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = ts.x if dom.layout == "NHWC" else np.moveaxis(ts.x, 1, -1)
     mean, std = np.asarray(dom.norm_mean), np.asarray(dom.norm_std)
@@ -38,8 +35,4 @@ def save_preview(ts: TransferSet, sidecar: Sidecar, path: str | Path, per_class:
     fig.suptitle(f"{ts.provenance.get('objective', '')}: teacher agreement "
                  f"{(ts.teacher_logits.argmax(1) == ts.classes).mean():.0%}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_path
+from ..plotting import pyplot, save_png
 from .types import Sidecar
 
 
@@ -79,10 +79,7 @@ def format_summary(info: dict) -> str:
 
 def plot_top_layer(sidecar: Sidecar, path: str | os.PathLike) -> Path:
     """Per-class means +- std of the top (logits) layer, one panel per class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     top = next((x for x in sidecar.layers_in_order()[::-1] if x.kind == "logits"), sidecar.layers_in_order()[-1])
     c = sidecar.num_classes
@@ -103,8 +100,4 @@ def plot_top_layer(sidecar: Sidecar, path: str | os.PathLike) -> Path:
     label = f"{top.key} ({top.kind}{', divided by T=' + format(top.temperature, 'g') if top.temperature else ''})"
     fig.suptitle(f"per-class mean +- std of {label}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

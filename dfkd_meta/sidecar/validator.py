@@ -24,8 +24,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..fileio import require_file, sha256_file
-from .schema import AttrSpec, DatasetSpec, Schema, TypeSpec, load_schema
+from ..fileio import require_file
+from .schema import AttrSpec, DatasetSpec, Schema, load_schema
 
 SEMVER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
 RESERVED_ATTRS = ("dfkd_type", "dfkd_type_version", "dfkd_ignorable")

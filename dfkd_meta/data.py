@@ -89,6 +89,19 @@ class DataSource:
         return np.concatenate(xs), np.concatenate(ys)
 
 
+def fits(data_shape: tuple[int, ...], model_shape: tuple[int, ...] | None) -> bool:
+    """Whether inputs of ``data_shape`` can feed a model taking ``model_shape`` (itself, or flattened)."""
+    if model_shape is None:
+        return False
+    return tuple(model_shape) == tuple(data_shape) or (
+        len(model_shape) == 1 and model_shape[0] == int(np.prod(data_shape)))
+
+
+def as_model_input(x: np.ndarray, model_shape: tuple[int, ...]) -> np.ndarray:
+    """``x`` [B, ...] reshaped for a model whose per-example input is ``model_shape`` (e.g. flattened)."""
+    return x if tuple(x.shape[1:]) == tuple(model_shape) else x.reshape(len(x), *model_shape)
+
+
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
     h, w = x.shape[-2:]
     if size >= h and size >= w and (size - h) % 2 == 0 and (size - w) % 2 == 0:

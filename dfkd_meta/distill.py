@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DataSource
+from .data import DataSource, as_model_input, fits
 from .device import resolve_device
 from .errors import DfkdError, UsageError
 from .fileio import atomic_path, sha256_file
@@ -57,9 +57,15 @@ class DistillResult:
 
 
 def teacher_logits(teacher: str | Path, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """The teacher's logits on ``x`` through ONNX Runtime."""
+    """The teacher's logits on ``x`` through ONNX Runtime (flattened first if the teacher takes vectors)."""
     runner = OrtModel(teacher)
     name = runner.output_names[0]
+    shape = tuple(runner.session.get_inputs()[0].shape[1:])
+    if all(isinstance(d, int) for d in shape) and tuple(x.shape[1:]) != shape:
+        if not fits(tuple(x.shape[1:]), shape):
+            raise DfkdError(f"{teacher}: takes inputs of shape {list(shape)}, the data has {list(x.shape[1:])}; "
+                            "pass --resize N or the matching data set")
+        x = as_model_input(x, shape)
     return np.concatenate([runner.run(x[i:i + batch_size])[name] for i in range(0, len(x), batch_size)])
 
 

@@ -3,6 +3,7 @@
 HDF5, written batch by batch to ``<path>.partial`` (so an interrupted run can resume) and renamed
 onto ``<path>`` when complete. Layout (every dataset's first axis is N):
 
+    (described in spec/TRANSFER.md)
     /          @dfkd_type="transfer_set" @dfkd_type_version="1.0.0" @temperature
                @model_sha256 @sidecar_sha256 @objective @settings (JSON) @created_utc @writer_*
     /x               float32 [N, *input_shape]   model inputs (normalised, as the model takes them)

@@ -204,3 +204,32 @@ def test_mnist_integration(tmp_path):
     v = values[sc.layers[0].tensor_name][:3000]
     np.testing.assert_allclose(sc.layers[0].mean[3], v[x_y == 3].mean(0), rtol=1e-4, atol=1e-4)
     assert sc.dataset.sample_count == 3000 and sc.model.input_shape == (-1, 1, 28, 28)
+
+
+class _FlatMLP(torch.nn.Module):
+    """A teacher taking flattened [N, 64] input, as many user MLPs are exported."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_teacher_taking_flattened_input(digits, tmp_path):
+    from dfkd_meta.distill import DistillConfig, distill
+    from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
+    from dfkd_meta.transfer import read_transfer
+
+    torch.manual_seed(0)
+    path = export_onnx(_FlatMLP().eval(), (64,), tmp_path / "flat.onnx")
+    result = export_release(path, digits, tmp_path / "rel", spectral_k=4, progress=False)
+    sc = read_sidecar(result.sidecar_path, result.model_path)
+    assert sc.model.input_shape == (-1, 64) and sc.model.input_domain.layout == "NC"
+    rc = reconstruct(result.model_path, result.sidecar_path, tmp_path / "t.h5",
+                     ReconstructConfig(samples=20, steps=5, batch_size=20), device="cpu", progress=False)
+    assert read_transfer(rc.path).x.shape == (20, 64)
+    report = distill(result.model_path, build_model("hinton-tiny", (1, 8, 8), 10), digits, DistillConfig(epochs=1),
+                     device="cpu", eval_data=digits, progress=False).report
+    assert 0 <= report["student_accuracy"] <= 1

@@ -6,6 +6,7 @@ covariances, and the spectral coefficients of every spectral block.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import shutil
@@ -18,7 +19,7 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
-from ..data import DataSource
+from ..data import DataSource, as_model_input, fits
 from ..errors import DfkdError, UsageError
 from ..fileio import atomic_path
 from ..onnx.graph import load_onnx
@@ -84,7 +85,7 @@ def _place_model(model: str | Path | torch.nn.Module, data: DataSource, out_dir:
 
 def _check_input(path: Path, facts, data: DataSource) -> None:
     inp = facts.inputs[0] if len(facts.inputs) == 1 else None
-    if inp is None or inp.per_example_shape != tuple(data.input_shape):
+    if inp is None or not fits(data.input_shape, inp.per_example_shape):
         got = list(inp.per_example_shape or []) if inp else [i.name for i in facts.inputs]
         raise DfkdError(f"{path}: the model expects input {got} but --data {data.spec or data.name} gives "
                         f"{list(data.input_shape)}; pass --resize N or the matching data set")
@@ -147,8 +148,9 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
     n_total = min(data.size(split), limit) if limit else data.size(split)
     seen, t1 = 0, time.perf_counter()
     bar = tqdm(total=n_total, desc="statistics", unit="ex", disable=None if progress else True, leave=False)
+    model_shape = facts.inputs[0].per_example_shape
     for x, y in data.batches(split, batch_size, limit=limit):
-        out = runner.run(x)
+        out = runner.run(as_model_input(x, model_shape))
         values = {}
         for key, tensor, kind, shape in chosen:
             v = out[tensor].astype(np.float64) / (temperature if kind == "logits" else 1.0)
@@ -187,7 +189,9 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
               for p in plans]
     labels = data.labels(split)[:limit] if limit else data.labels(split)
     sidecar = Sidecar(
-        model=model_binding(onnx_path, data.input_domain, logits_name=logits, class_names=data.class_names),
+        model=model_binding(onnx_path, data.input_domain if len(model_shape) > 1 else
+                            dataclasses.replace(data.input_domain, layout="NC"),
+                            logits_name=logits, class_names=data.class_names),
         dataset=DatasetProvenance(name=data.name, description=data.description, license=data.license,
                                   sample_count=seen, class_counts=np.bincount(labels, minlength=c).astype(np.int64)),
         layers=stats, spectral=blocks)

@@ -760,6 +760,8 @@ def _spectral_stats(chk: _Checker, ctx: _GroupContext) -> None:
     a, p, sym = ctx.attrs, ctx.path, ctx.symbols
     layers = chk.facts["layers"]
     refs = a.get("layers")
+    # validated values (None where invalid) for the checks against the model
+    chk.facts.setdefault("spectral", {})[p] = {"layers": refs, "weight_tensors": a.get("weight_tensors")}
     ordered = sorted((v["order"], k) for k, v in layers.items() if v["order"] is not None)
     keys_in_order = [k for _, k in ordered]
     if refs is not None:

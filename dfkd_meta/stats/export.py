@@ -104,17 +104,19 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
     t0 = time.perf_counter()
     if temperature <= 0:
         raise UsageError(f"--temperature {temperature}: must be > 0")
+    loaded = None
     if isinstance(model, (str, Path)):  # check the inputs before writing anything
         proto = load_onnx(model)
         facts = model_facts(model, proto)
         _check_input(Path(model), facts, data)
         _choose_layers(proto, facts, _logits_name(facts, Path(model)), layers, Path(model))
+        loaded = (proto, facts)
     out_dir = Path(out_dir)
     made_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     created: list[Path] = []
     try:
-        return _export(model, data, out_dir, created, t0, layers=layers, temperature=temperature,
+        return _export(model, data, out_dir, created, t0, loaded, layers=layers, temperature=temperature,
                        cov_rank=cov_rank, spectral_k=spectral_k, split=split,
                        batch_size=batch_size, limit=limit, name=name, dropout_keep=dropout_keep, progress=progress)
     except BaseException:
@@ -125,12 +127,16 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
         raise
 
 
-def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: float, *, layers, temperature, cov_rank,
-            spectral_k, split, batch_size, limit, name, dropout_keep, progress) -> ExportResult:
+def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: float, loaded: tuple | None, *,
+            layers, temperature, cov_rank, spectral_k, split, batch_size, limit, name, dropout_keep,
+            progress) -> ExportResult:
     onnx_path = _place_model(model, data, out_dir, name, created)
-    proto = load_onnx(onnx_path)
-    facts = model_facts(onnx_path, proto)
-    _check_input(onnx_path, facts, data)
+    if loaded is not None:
+        proto, facts = loaded  # the release copy has the same bytes as the model checked above
+    else:  # a torch module, exported just now
+        proto = load_onnx(onnx_path)
+        facts = model_facts(onnx_path, proto)
+        _check_input(onnx_path, facts, data)
     logits = _logits_name(facts, onnx_path)
     chosen = _choose_layers(proto, facts, logits, layers, onnx_path)
     keep = {**dropout_keep_from_metadata(proto), **(dropout_keep or {})}

@@ -201,7 +201,8 @@ def export(model, data_spec, resize, output, layers, temperature, cov_rank, spec
 @click.option("--jitter", type=click.IntRange(min=0), default=0, help="Random shifts of up to N pixels.")
 @click.option("--flip", is_flag=True, help="Random horizontal flips (flip-symmetric classes only).")
 @click.option("--feature-weight", type=click.FloatRange(min=0), default=0.0,
-              help="Channel-wise feature matching against the sidecar's per-channel statistics.")
+              help="Batch moment matching: each class's examples spread like the recorded class on every hidden "
+                   "layer (per channel where the sidecar has channel statistics, else per unit).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its .partial file.")
 @click.option("--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples per class.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")

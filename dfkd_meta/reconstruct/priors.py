@@ -1,4 +1,4 @@
-"""Image priors (DeepInversion-style) and channel-wise feature matching from per-channel statistics."""
+"""Image priors (DeepInversion-style) and batch moment matching against the sidecar's statistics."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +17,7 @@ class Priors:
     l2: float = 0.0  # mean squared input value
     jitter: int = 0  # random shift of up to this many pixels per step (image inputs)
     flip: bool = False  # random horizontal flips per step (only for flip-symmetric classes)
-    feature: float = 0.0  # channel-wise feature matching against the sidecar's per-channel stats
+    feature: float = 0.0  # batch moment matching of hidden layers (channel stats where stored, else unit stats)
 
     def as_dict(self) -> dict:
         return {"tv": self.tv, "l2": self.l2, "jitter": self.jitter, "flip": self.flip, "feature": self.feature}
@@ -47,16 +47,23 @@ def image_prior_loss(x: torch.Tensor, priors: Priors) -> torch.Tensor:
     return loss
 
 
-class ChannelMatcher:
-    """Batch per-class channel means and stds vs the sidecar's, normalised by the stored variance."""
+class MomentMatcher:
+    """Batch per-class moments of the hidden layers vs the sidecar's (DeepInversion-style).
+
+    Per-sample targets ask every reconstruction to hit one draw; this term instead asks the batch's
+    examples of each class to spread like the recorded class: per channel where the sidecar has
+    channel statistics (SPEC §8.3), per unit otherwise. Each layer's error is divided by the class's
+    mean stored variance, like the objectives' terms. The logits are left to the objective.
+    """
 
     def __init__(self, layers: list[LayerStats], device: torch.device):
-        self.layers = [layer for layer in layers if layer.channel is not None]
+        self.layers = [layer for layer in layers if layer.kind != "logits"]
+        self.by_channel = {layer.key: layer.channel is not None for layer in self.layers}
         t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-        self.mean = {layer.key: t(layer.channel.mean) for layer in self.layers}
-        self.std = {layer.key: t(layer.channel.std) for layer in self.layers}
-        self.scale = {layer.key: t(np.mean(layer.channel.std.astype(np.float64) ** 2, axis=1) + 1e-6)
-                      for layer in self.layers}
+        stats = {layer.key: layer.channel if layer.channel is not None else layer for layer in self.layers}
+        self.mean = {k: t(v.mean) for k, v in stats.items()}  # [C, channels or units]
+        self.std = {k: t(v.std) for k, v in stats.items()}
+        self.scale = {k: t(np.mean(v.std.astype(np.float64) ** 2, axis=1) + 1e-6) for k, v in stats.items()}
 
     @property
     def tensors(self) -> list[str]:
@@ -65,11 +72,12 @@ class ChannelMatcher:
     def loss(self, acts: dict[str, torch.Tensor], classes: torch.Tensor, num_classes: int) -> torch.Tensor:
         total = torch.zeros((), device=classes.device)
         onehot = torch.nn.functional.one_hot(classes, num_classes).float()  # [B, C]
+        n = onehot.sum(0).clamp_min(1)[:, None]  # examples per class
         present = onehot.sum(0) > 0
         for layer in self.layers:
             a = acts[layer.tensor_name]
-            a = a.reshape(a.shape[0], a.shape[1], -1)  # [B, CH, P]
-            n = onehot.sum(0).clamp_min(1)[:, None]  # examples per class
+            # [B, CH, P]: a channel's values over positions, or each unit as its own channel
+            a = a.reshape(a.shape[0], a.shape[1], -1) if self.by_channel[layer.key] else a.reshape(a.shape[0], -1, 1)
             mean = onehot.T @ a.mean(2) / n  # [C, CH]: class mean of per-example channel means
             sq = onehot.T @ a.pow(2).mean(2) / n
             std = (sq - mean ** 2).clamp_min(1e-8).sqrt()

@@ -23,7 +23,7 @@ from ..onnx.graph import OnnxModule, load_onnx
 from ..sidecar import read_sidecar
 from ..transfer import TransferWriter
 from .objectives import Context, build_objective
-from .priors import ChannelMatcher, Priors, augment, image_prior_loss
+from .priors import MomentMatcher, Priors, augment, image_prior_loss
 
 
 @dataclass
@@ -76,9 +76,10 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
     teacher = OnnxModule(proto, source=str(model)).to(dev).eval()
     ctx = Context(sc, proto, dev)
     obj = build_objective(cfg.objective, ctx)
-    matcher = ChannelMatcher(sc.layers, dev) if cfg.priors.feature else None
+    matcher = MomentMatcher(sc.layers, dev) if cfg.priors.feature else None
     if matcher is not None and not matcher.layers:
-        raise DfkdError(f"{sidecar}: --feature-weight needs per-channel statistics, which this sidecar lacks")
+        raise DfkdError(f"{sidecar}: --feature-weight needs statistics of a hidden layer, and this sidecar only has "
+                        "the logits; drop --feature-weight, or re-export with hidden layers in --layers")
     logits = sc.model.logits_name
     taps = list(dict.fromkeys(obj.taps() + (matcher.tensors if matcher else []) + [logits]))
     temperature = ctx.logits_layer.temperature

@@ -851,6 +851,9 @@ def validate(path: str | os.PathLike, model: str | os.PathLike | None = None, *,
         return validate_in_process(path, model)
     cmd = _worker_command(path, model)
     env = {**os.environ, "HDF5_PLUGIN_PRELOAD": "::", "HDF5_PLUGIN_PATH": ""}
+    # the child must import this very package, also when the caller found it through sys.path alone
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
     report = Report(file=str(path), model=str(model) if model is not None else None)
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,

@@ -11,7 +11,7 @@ from dfkd_meta.errors import DfkdError
 from dfkd_meta.onnx.graph import OnnxModule, load_onnx
 from dfkd_meta.reconstruct import synthesize
 from dfkd_meta.reconstruct.objectives import OBJECTIVES, AllLayers, Context, SpectralAllLayers
-from dfkd_meta.reconstruct.priors import Priors
+from dfkd_meta.reconstruct.priors import MomentMatcher, Priors
 from dfkd_meta.reconstruct.sampling import sample_layer, zskd_soft_targets
 from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
 from dfkd_meta.sidecar import read_sidecar
@@ -133,6 +133,69 @@ def test_priors_and_channel_matching_run_and_stay_in_the_domain(cnn_release, tmp
     sc = read_sidecar(cnn_release[1])
     lo, hi = sc.model.input_domain.normalized_range()
     assert ts.x.min() >= lo[0] - 1e-6 and ts.x.max() <= hi[0] + 1e-6 and np.isfinite(ts.loss).all()
+
+
+def _recorded(key: str, a: np.ndarray, classes: np.ndarray, c: int, by_channel: bool, kind="pre_activation"):
+    """LayerStats whose stored moments are exactly those of the batch ``a`` (population std)."""
+    from dfkd_meta.sidecar.types import ChannelStats, LayerStats
+
+    flat = a.reshape(len(a), -1)
+    mean = np.stack([flat[classes == k].mean(0) for k in range(c)]).astype(np.float32)
+    std = np.stack([flat[classes == k].std(0) for k in range(c)]).astype(np.float32)
+    ch = None
+    if by_channel:
+        per = a.reshape(len(a), a.shape[1], -1)
+        ch = ChannelStats(np.stack([per[classes == k].transpose(1, 0, 2).reshape(a.shape[1], -1).mean(1) for k in range(c)]),
+                          np.stack([per[classes == k].transpose(1, 0, 2).reshape(a.shape[1], -1).std(1) for k in range(c)]))
+    return LayerStats(key=key, tensor_name=f"/{key}", order=0, kind=kind, shape=a.shape[1:], mean=mean, std=std,
+                      count=np.bincount(classes, minlength=c), temperature=8.0 if kind == "logits" else None, channel=ch)
+
+
+@pytest.mark.parametrize("by_channel", [False, True], ids=["per-unit", "per-channel"])
+def test_moment_matcher_vanishes_at_the_recorded_moments_and_grows_away_from_them(by_channel):
+    rng = np.random.default_rng(0)
+    classes = np.repeat(np.arange(3), 40)
+    shape = (4, 3, 3) if by_channel else (7,)
+    a = rng.normal(rng.normal(0, 2, (3, *shape))[classes], 1.5).astype(np.float32)
+    logits = _recorded("logits", rng.normal(size=(120, 3)).astype(np.float32), classes, 3, False, "logits")
+    matcher = MomentMatcher([_recorded("h", a, classes, 3, by_channel), logits], torch.device("cpu"))
+    assert [layer.key for layer in matcher.layers] == ["h"]  # the logits are the objective's business
+    cls = torch.as_tensor(classes)
+    at_stats = matcher.loss({"/h": torch.as_tensor(a)}, cls, 3).item()
+    assert at_stats < 1e-6
+    shifted = torch.as_tensor(a).clone().requires_grad_(True)
+    loss = matcher.loss({"/h": shifted + torch.as_tensor(classes == 1)[:, None, None, None].reshape(-1, *[1] * len(shape))
+                         * 2.0}, cls, 3)
+    assert loss.item() > 0.05
+    loss.backward()
+    assert shifted.grad[classes == 1].abs().sum() > 0 and shifted.grad[classes != 1].abs().sum() < 1e-5
+    spread = matcher.loss({"/h": torch.as_tensor(a) * 0.2}, cls, 3).item()  # right place, too little spread
+    assert spread > 0.05
+
+
+def test_moment_matching_runs_on_a_dense_teacher_and_lowers_the_moment_error(release, tmp_path):
+    """An MLP sidecar has no channel statistics: the dense layers are matched per unit."""
+    sc = read_sidecar(release[1])
+    matcher = MomentMatcher(sc.layers, torch.device("cpu"))
+    assert matcher.layers and all(not matcher.by_channel[x.key] for x in matcher.layers)
+    teacher = OnnxModule(load_onnx(release[0])).eval()
+
+    def moment_error(path):
+        ts = read_transfer(path)
+        with torch.no_grad():
+            acts = teacher.run(torch.from_numpy(ts.x), matcher.tensors)
+        return matcher.loss(acts, torch.as_tensor(ts.classes), sc.num_classes).item()
+
+    plain = moment_error(_run(release, tmp_path, "a.h5", objective="top_layer").path)
+    matched = moment_error(_run(release, tmp_path, "b.h5", objective="top_layer", priors=Priors(feature=1.0)).path)
+    assert matched < 0.7 * plain
+
+
+def test_moment_matching_refuses_a_sidecar_with_only_logits(tmp_path):
+    r = digits_release(tmp_path / "rel", "hinton-tiny", 5, layers=["logits"], spectral_k=0)
+    with pytest.raises(DfkdError, match="only has the logits"):
+        _run((r.model_path, r.sidecar_path), tmp_path, objective="top_layer", priors=Priors(feature=1.0))
+    assert not (tmp_path / "t.h5").exists() and not list(tmp_path.glob("t.h5*"))
 
 
 # --- determinism, resume, output ------------------------------------------------------------------

@@ -31,11 +31,10 @@ HERE = Path(__file__).resolve().parent
 PAIRS = {"mlp": ("hinton1200", "hinton800", None), "lenet": ("lenet5", "lenet5-half", 32)}
 METHODS = ("noise", "zskd", "top_layer", "all_layers", "all_layers_dropout", "spectral_all_layers",
            "spectral_layer_pairs", "zskd+moments")
-# "zskd+moments": ZSKD's Dirichlet soft labels plus the moment-matching prior. It reads the
-# sidecar, so it is a metadata method, not the metadata-free baseline.
 # Priors per pair: batch moment matching of the hidden layers for both; image priors for the
-# convolutional pair (small shifts; no flips: digits are not mirror-symmetric). The ZSKD baseline
-# gets the image priors only: moment matching reads the sidecar, and ZSKD is the metadata-free row.
+# convolutional pair (small shifts; no flips: digits are not mirror-symmetric). Moment matching
+# reads the sidecar, so the metadata-free rows (zskd, noise) run without it; "zskd+moments" is
+# ZSKD's soft labels with it, a metadata method.
 PRIORS = {"mlp": Priors(feature=1.0), "lenet": Priors(tv=0.05, jitter=1, feature=0.5)}
 LR = {"mlp": 0.1, "lenet": 0.05}  # Adam step size on the inputs (--lr overrides both)
 
@@ -83,12 +82,13 @@ def run_pair(pair: str, args, work: Path, log) -> list[dict]:
             log(f"{pair}: {method} not applicable (teacher trained without dropout)")
             continue
         t0 = time.perf_counter()
-        rc = reconstruct(release.model_path, release.sidecar_path, folder / f"transfer_{method.replace('+', '_')}.h5",
+        stem = method.replace("+", "_")
+        rc = reconstruct(release.model_path, release.sidecar_path, folder / f"transfer_{stem}.h5",
                          ReconstructConfig(objective=objective_of(method), samples=args.samples, steps=args.steps,
                                            batch_size=args.batch_size, lr=args.lr or LR[pair], seed=args.seed,
                                            priors=priors_for(pair, method)),
                          device=args.device, progress=False,
-                         preview=folder / f"preview_{method.replace('+', '_')}.png" if pair == "lenet" or method != "noise" else None)
+                         preview=folder / f"preview_{stem}.png" if pair == "lenet" or method != "noise" else None)
         student(read_transfer(rc.path), method, round(time.perf_counter() - t0, 1))
     rows[0]["export_seconds"] = round(export_s, 1)
     return rows

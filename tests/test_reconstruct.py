@@ -144,9 +144,9 @@ def _recorded(key: str, a: np.ndarray, classes: np.ndarray, c: int, by_channel: 
     std = np.stack([flat[classes == k].std(0) for k in range(c)]).astype(np.float32)
     ch = None
     if by_channel:
-        per = a.reshape(len(a), a.shape[1], -1)
-        ch = ChannelStats(np.stack([per[classes == k].transpose(1, 0, 2).reshape(a.shape[1], -1).mean(1) for k in range(c)]),
-                          np.stack([per[classes == k].transpose(1, 0, 2).reshape(a.shape[1], -1).std(1) for k in range(c)]))
+        # a class's values of each channel, over its examples and positions: [C][CH, n * P]
+        per = [a[classes == k].swapaxes(0, 1).reshape(a.shape[1], -1) for k in range(c)]
+        ch = ChannelStats(np.stack([v.mean(1) for v in per]), np.stack([v.std(1) for v in per]))
     return LayerStats(key=key, tensor_name=f"/{key}", order=0, kind=kind, shape=a.shape[1:], mean=mean, std=std,
                       count=np.bincount(classes, minlength=c), temperature=8.0 if kind == "logits" else None, channel=ch)
 
@@ -164,8 +164,7 @@ def test_moment_matcher_vanishes_at_the_recorded_moments_and_grows_away_from_the
     at_stats = matcher.loss({"/h": torch.as_tensor(a)}, cls, 3).item()
     assert at_stats < 1e-6
     shifted = torch.as_tensor(a).clone().requires_grad_(True)
-    loss = matcher.loss({"/h": shifted + torch.as_tensor(classes == 1)[:, None, None, None].reshape(-1, *[1] * len(shape))
-                         * 2.0}, cls, 3)
+    loss = matcher.loss({"/h": shifted + 2.0 * torch.as_tensor(classes == 1).reshape(-1, *[1] * len(shape))}, cls, 3)
     assert loss.item() > 0.05
     loss.backward()
     assert shifted.grad[classes == 1].abs().sum() > 0 and shifted.grad[classes != 1].abs().sum() < 1e-5
@@ -177,7 +176,7 @@ def test_moment_matching_runs_on_a_dense_teacher_and_lowers_the_moment_error(rel
     """An MLP sidecar has no channel statistics: the dense layers are matched per unit."""
     sc = read_sidecar(release[1])
     matcher = MomentMatcher(sc.layers, torch.device("cpu"))
-    assert matcher.layers and all(not matcher.by_channel[x.key] for x in matcher.layers)
+    assert matcher.layers and all(x.channel is None for x in matcher.layers)
     teacher = OnnxModule(load_onnx(release[0])).eval()
 
     def moment_error(path):

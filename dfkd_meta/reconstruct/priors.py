@@ -58,7 +58,6 @@ class MomentMatcher:
 
     def __init__(self, layers: list[LayerStats], device: torch.device):
         self.layers = [layer for layer in layers if layer.kind != "logits"]
-        self.by_channel = {layer.key: layer.channel is not None for layer in self.layers}
         t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
         stats = {layer.key: layer.channel if layer.channel is not None else layer for layer in self.layers}
         self.mean = {k: t(v.mean) for k, v in stats.items()}  # [C, channels or units]
@@ -72,12 +71,12 @@ class MomentMatcher:
     def loss(self, acts: dict[str, torch.Tensor], classes: torch.Tensor, num_classes: int) -> torch.Tensor:
         total = torch.zeros((), device=classes.device)
         onehot = torch.nn.functional.one_hot(classes, num_classes).float()  # [B, C]
-        n = onehot.sum(0).clamp_min(1)[:, None]  # examples per class
-        present = onehot.sum(0) > 0
+        count = onehot.sum(0)  # examples per class
+        present, n = count > 0, count.clamp_min(1)[:, None]
         for layer in self.layers:
             a = acts[layer.tensor_name]
             # [B, CH, P]: a channel's values over positions, or each unit as its own channel
-            a = a.reshape(a.shape[0], a.shape[1], -1) if self.by_channel[layer.key] else a.reshape(a.shape[0], -1, 1)
+            a = a.reshape(a.shape[0], a.shape[1], -1) if layer.channel is not None else a.reshape(a.shape[0], -1, 1)
             mean = onehot.T @ a.mean(2) / n  # [C, CH]: class mean of per-example channel means
             sq = onehot.T @ a.pow(2).mean(2) / n
             std = (sq - mean ** 2).clamp_min(1e-8).sqrt()

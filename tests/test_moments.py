@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfkd_meta.stats.moments import ClassMoments, update_channels
+from dfkd_meta.stats.moments import ClassMoments, pool_positions
 
 
 @settings(max_examples=60, deadline=None)
@@ -45,14 +46,39 @@ def test_merging_shards_equals_one_pass():
 def test_channel_statistics_pool_over_positions_in_any_batching():
     rng = np.random.default_rng(2)
     v, y = rng.normal(3, 2, (40, 3, 4, 5)).astype(np.float32), rng.integers(0, 2, 40)
-    m = ClassMoments(2, 3)
+    v[:, 1] += rng.normal(0, 5, (4, 5)).astype(np.float32)  # positions of a channel differ in mean
+    m = ClassMoments(2, 60)
     for i in range(0, 40, 7):
-        update_channels(m, v[i:i + 7], y[i:i + 7])
+        m.update(v[i:i + 7].reshape(len(v[i:i + 7]), -1), y[i:i + 7])
+    pooled = pool_positions(m, 3)
     for c in range(2):
-        pooled = v[y == c].transpose(1, 0, 2, 3).reshape(3, -1)
-        np.testing.assert_allclose(m.mean[c], pooled.astype(np.float64).mean(1), atol=1e-6)
-        np.testing.assert_allclose(m.std()[c], pooled.astype(np.float64).std(1), atol=1e-6)
-        assert m.count[c] == pooled.shape[1]
+        ref = v[y == c].transpose(1, 0, 2, 3).reshape(3, -1).astype(np.float64)
+        np.testing.assert_allclose(pooled.mean[c], ref.mean(1), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(pooled.std()[c], ref.std(1), rtol=1e-6)
+        assert pooled.count[c] == ref.shape[1]
+
+
+def test_pooling_refuses_units_that_do_not_split_into_channels():
+    with pytest.raises(ValueError, match="do not split"):
+        pool_positions(ClassMoments(2, 10), 3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(offset=st.sampled_from([0.0, 300.0, -2e3]), scale=st.sampled_from([1e-2, 1.0, 50.0]),
+       batch=st.integers(1, 600), seed=st.integers(0, 1000))
+def test_float32_batches_keep_float32_accuracy(offset, scale, batch, seed):
+    """ONNX Runtime hands over float32: per-batch reduction in float32, merged in float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(offset, scale, (1500, 7)).astype(np.float32)
+    y = rng.integers(0, 3, 1500)
+    m = ClassMoments(3, 7)
+    for i in range(0, 1500, batch):
+        m.update(x[i:i + batch], y[i:i + batch])
+    for c in range(3):
+        ref = x[y == c].astype(np.float64)
+        # |offset| / scale up to 2e5: the spread must still come out to float32 accuracy
+        np.testing.assert_allclose(m.mean[c], ref.mean(0), rtol=0, atol=1e-6 * (abs(offset) + scale))
+        np.testing.assert_allclose(m.std()[c], ref.std(0), rtol=0, atol=1e-5 * scale)
 
 
 def test_low_rank_factors_capture_the_covariance_and_never_exceed_the_variance():

@@ -146,6 +146,27 @@ def test_conv_attributes(groups, k, s, d, pads, auto, bias):
 
 
 @FUZZ
+@given(cin=st.integers(1, 3), k=st.integers(1, 4), d=st.integers(1, 2), s=st.integers(1, 2),
+       pads=st.lists(st.integers(0, 3), min_size=4, max_size=4), bias=st.booleans())
+def test_conv_input_gradient_equals_torch(cin, k, d, s, pads, bias):
+    """Frozen-weight convolutions may take the forward-convolution input gradient; it must agree."""
+    x = torch.from_numpy(f32(3, cin, 9, 8)).double().requires_grad_()
+    w = torch.from_numpy(f32(5, cin, k, k + 1)).double()
+    b = torch.from_numpy(f32(5)).double() if bias else None
+    attrs = {"strides": [s, s], "dilations": [d, d], "pads": pads}
+    assume(9 + pads[0] + pads[2] > d * (k - 1) and 8 + pads[1] + pads[3] > d * k)
+    y = OPS["Conv"]([x, w] + ([b] if bias else []), attrs)
+    g = torch.from_numpy(R.standard_normal(tuple(y.shape)))
+    (got,) = torch.autograd.grad(y, x, g)
+    xr = x.detach().requires_grad_()
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(xr, (pads[1], pads[3], pads[0], pads[2])), w, b,
+                                     stride=s, dilation=d)
+    (want,) = torch.autograd.grad(ref, xr, g)
+    np.testing.assert_allclose(y.detach().numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@FUZZ
 @given(kind=st.sampled_from(["MaxPool", "AveragePool"]), k=st.integers(1, 3), s=st.integers(1, 3),
        pads=st.lists(st.integers(0, 1), min_size=4, max_size=4), ceil=st.integers(0, 1), incl=st.integers(0, 1))
 def test_pool_attributes(kind, k, s, pads, ceil, incl):

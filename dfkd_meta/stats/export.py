@@ -29,7 +29,7 @@ from ..sidecar import (ChannelStats, DatasetProvenance, LayerStats, Sidecar, Sid
                        validate, write_sidecar)
 from ..sidecar.binding import model_binding
 from ..train import dropout_keep_from_metadata, export_onnx
-from .moments import ClassMoments, update_channels
+from .moments import ClassMoments, pool_positions
 from .spectral import LayerRef, plan_spectral
 
 MAX_COV_UNITS = 4096  # a full co-moment matrix per class above this would not fit comfortably in memory
@@ -148,28 +148,31 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
     c = data.num_classes
     moments = {key: ClassMoments(c, math.prod(shape), cov=cov_rank > 0 and math.prod(shape) <= MAX_COV_UNITS)
                for key, _, _, shape in chosen}
-    channels = {key: ClassMoments(c, shape[0]) for key, _, _, shape in chosen if len(shape) >= 2}
     coef = {p.key: ClassMoments(c, p.k) for p in plans}
+    bases = {p.key: p.basis.astype(np.float32) for p in plans}
     runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen])
     n_total = min(data.size(split), limit) if limit else data.size(split)
     seen, t1 = 0, time.perf_counter()
     bar = tqdm(total=n_total, desc="statistics", unit="ex", disable=None if progress else True, leave=False)
     model_shape = facts.inputs[0].per_example_shape
-    for x, y in data.batches(split, batch_size, limit=limit):
-        out = runner.run(as_model_input(x, model_shape))
+
+    def accumulate(out: dict[str, np.ndarray], y: np.ndarray) -> None:
         values = {}
         for key, tensor, kind, shape in chosen:
-            v = out[tensor].astype(np.float64) / (temperature if kind == "logits" else 1.0)
-            if not np.isfinite(v).all():
-                raise DfkdError(f"{onnx_path}: tensor {tensor!r} is not finite on the data; check the model and the "
-                                "input normalisation")
-            values[key] = v.reshape(len(v), -1)
+            v = out[tensor].reshape(len(y), -1)
+            values[key] = v / np.float32(temperature) if kind == "logits" else v
             moments[key].update(values[key], y)
-            if key in channels:
-                update_channels(channels[key], v, y)
+            if not (np.isfinite(moments[key].mean).all() and np.isfinite(moments[key].m2).all()):
+                raise DfkdError(f"{onnx_path}: tensor {tensor!r} is not finite (or beyond float32 range) on the data; "
+                                "check the model and the input normalisation")
         for p in plans:
             signal = np.concatenate([values[r.key] for r in p.layers], axis=1)
-            coef[p.key].update(signal @ p.basis, y)
+            coef[p.key].update(signal @ bases[p.key], y)
+
+    for x, y in data.batches(split, batch_size, limit=limit):
+        order = np.argsort(y, kind="stable")  # each class becomes one contiguous slice of every tensor
+        x, y = x[order], y[order]
+        accumulate(runner.run(as_model_input(x, model_shape)), y)
         seen += len(y)
         bar.update(len(y))
     bar.close()
@@ -186,8 +189,7 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
             temperature=temperature if kind == "logits" else None, dropout_keep_prob=keep.get(tensor),
             cov_factors=m.low_rank_factors(min(cov_rank, m.mean.shape[1])).astype(np.float32)
             if m.comoment is not None else None,
-            channel=ChannelStats(channels[key].mean.astype(np.float32), channels[key].std().astype(np.float32))
-            if key in channels else None))
+            channel=_channel_stats(m, shape[0]) if len(shape) >= 2 else None))
     blocks = [SpectralStats(key=p.key, scope=p.scope, layers=[r.key for r in p.layers], k=p.k,
                             eigenvalues=p.eigenvalues, basis=p.basis.astype(np.float32),
                             coef_mean=coef[p.key].mean.astype(np.float32),
@@ -219,6 +221,11 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
         "pass_seconds": round(t_pass, 3), "samples_per_second": round(seen / max(t_pass, 1e-9), 1),
     }
     return ExportResult(onnx_path, sidecar_path, summary)
+
+
+def _channel_stats(moments: ClassMoments, channels: int) -> ChannelStats:
+    pooled = pool_positions(moments, channels)
+    return ChannelStats(pooled.mean.astype(np.float32), pooled.std().astype(np.float32))
 
 
 def _logits_name(facts, path: Path) -> str:

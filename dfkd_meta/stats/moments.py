@@ -1,4 +1,10 @@
-"""Streaming per-class moments: one pass, float64, mergeable (Chan et al.), memory independent of N."""
+"""Streaming per-class moments: one pass, mergeable (Chan et al.), memory independent of N.
+
+Each batch is reduced per class in the precision it arrives in (float32 from ONNX Runtime), as
+sums of values shifted by the class's running mean, so rounding stays at the level of the spread
+rather than of the offset; the batch results are merged into float64 accumulators. Sorting a batch by label first makes each
+class a contiguous slice, so no per-class copies are made.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -16,16 +22,32 @@ class ClassMoments:
         self.mean = np.zeros((num_classes, units))
         self.m2 = np.zeros((num_classes, units))
         self.comoment = np.zeros((num_classes, units, units)) if cov else None
+        self._scratch = np.empty((0, units), np.float32)  # reused: a fresh large array per class costs page faults
 
     def update(self, values: np.ndarray, labels: np.ndarray) -> None:
-        """Add a batch: ``values`` [B, units], ``labels`` [B]."""
-        values = values.astype(np.float64, copy=False)
-        for c in np.unique(labels):
-            v = values[labels == c]
-            mean_b = v.mean(axis=0)
-            dev = v - mean_b
-            self._merge(int(c), len(v), mean_b, np.einsum("ij,ij->j", dev, dev),
-                        dev.T @ dev if self.comoment is not None else None)
+        """Add a batch: ``values`` [B, units] (float32 or float64), ``labels`` [B]."""
+        labels = np.asarray(labels)
+        if len(labels) > 1 and (labels[1:] < labels[:-1]).any():
+            order = np.argsort(labels, kind="stable")
+            values, labels = values[order], labels[order]
+        classes, starts = np.unique(labels, return_index=True)
+        for c, lo, hi in zip(classes, starts, [*starts[1:], len(labels)]):
+            v = values[lo:hi]
+            # Shifted sums: with the shift near the class mean, float32 sums lose nothing that
+            # matters, and sum(d^2) - sum(d)^2/n (in float64) has no cancellation.
+            shift = (self.mean[c] if self.count[c] else v[0]).astype(v.dtype)
+            if self._scratch.dtype != v.dtype or len(self._scratch) < len(v):
+                self._scratch = np.empty((max(len(v), len(self._scratch)), v.shape[1]), v.dtype)
+            d = np.subtract(v, shift, out=self._scratch[:len(v)])
+            s1 = d.sum(axis=0).astype(np.float64)
+            n_b = hi - lo
+            mean_b = shift + s1 / n_b
+            m2_b = np.maximum(np.einsum("ij,ij->j", d, d).astype(np.float64) - s1 * s1 / n_b, 0.0)
+            co_b = None
+            if self.comoment is not None:
+                d64 = d.astype(np.float64)
+                co_b = d64.T @ d64 - np.outer(s1, s1) / n_b
+            self._merge(int(c), n_b, mean_b, m2_b, co_b)
 
     def _merge(self, c: int, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray, co_b: np.ndarray | None) -> None:
         n_a = self.count[c]
@@ -72,19 +94,21 @@ class ClassMoments:
         return out
 
 
-def update_channels(moments: ClassMoments, values: np.ndarray, labels: np.ndarray) -> None:
-    """Per-channel statistics pooled over positions (SPEC §8.3), from [B, CH, positions...] activations.
+def pool_positions(moments: ClassMoments, channels: int) -> ClassMoments:
+    """Per-channel moments pooled over positions (SPEC §8.3), derived exactly from per-unit ones.
 
-    Exact: each example contributes P positions with mean m_e and within-example M2 w_e, so a class
-    has mean mean(m_e) and M2 = sum(w_e) + P * sum((m_e - mean)^2), merged as in ClassMoments.
+    ``moments`` holds units in [channels, positions...] order. By the law of total variance a
+    channel's mean is the mean of its units' means and its M2 is the units' M2 plus
+    n * sum((unit mean - channel mean)^2); the count is n * positions.
     """
-    v = values.reshape(values.shape[0], values.shape[1], -1)
-    positions = v.shape[2]
-    m = v.mean(axis=2, dtype=np.float64)
-    dev = v - m[:, :, None]
-    within = np.einsum("bcp,bcp->bc", dev, dev, dtype=np.float64)
-    for c in np.unique(labels):
-        sel = labels == c
-        mean_b = m[sel].mean(axis=0)
-        m2_b = within[sel].sum(axis=0) + positions * ((m[sel] - mean_b) ** 2).sum(axis=0)
-        moments._merge(int(c), int(sel.sum()) * positions, mean_b, m2_b, None)
+    classes, units = moments.mean.shape
+    if units % channels:
+        raise ValueError(f"{units} units do not split into {channels} channels")
+    positions = units // channels
+    mean_u = moments.mean.reshape(classes, channels, positions)
+    pooled = ClassMoments(classes, channels)
+    pooled.count = moments.count * positions
+    pooled.mean = mean_u.mean(axis=2)
+    pooled.m2 = (moments.m2.reshape(classes, channels, positions).sum(axis=2)
+                 + moments.count[:, None] * ((mean_u - pooled.mean[:, :, None]) ** 2).sum(axis=2))
+    return pooled

@@ -197,6 +197,33 @@ def test_moment_matching_refuses_a_sidecar_with_only_logits(tmp_path):
     assert not (tmp_path / "t.h5").exists() and not list(tmp_path.glob("t.h5*"))
 
 
+def test_channel_scope_matches_only_the_layers_with_channel_statistics():
+    rng = np.random.default_rng(1)
+    classes = np.repeat(np.arange(2), 20)
+    conv = _recorded("conv", rng.normal(size=(40, 3, 2, 2)).astype(np.float32), classes, 2, True)
+    dense = _recorded("dense", rng.normal(size=(40, 5)).astype(np.float32), classes, 2, False)
+    cpu = torch.device("cpu")
+    assert [x.key for x in MomentMatcher([conv, dense], cpu).layers] == ["conv", "dense"]
+    only = MomentMatcher([conv, dense], cpu, scope="channels")
+    assert [x.key for x in only.layers] == ["conv"] and only.tensors == ["/conv"]
+    # a wrong dense layer costs nothing under the channel scope
+    acts = {"/conv": torch.as_tensor(rng.normal(size=(40, 3, 2, 2)).astype(np.float32)),
+            "/dense": torch.full((40, 5), 50.0)}
+    cls = torch.as_tensor(classes)
+    assert MomentMatcher([conv, dense], cpu).loss(acts, cls, 2).item() > 10 * only.loss(acts, cls, 2).item()
+
+
+def test_channel_scope_is_refused_on_a_dense_sidecar(release, tmp_path):
+    with pytest.raises(DfkdError, match="--feature-layers channels needs a layer with channel statistics"):
+        _run(release, tmp_path, objective="top_layer", priors=Priors(feature=1.0, feature_layers="channels"))
+    assert not list(tmp_path.glob("t.h5*"))
+
+
+def test_unknown_feature_layers_are_refused():
+    with pytest.raises(ValueError, match="feature_layers 'dense'"):
+        Priors(feature=1.0, feature_layers="dense")
+
+
 # --- determinism, resume, output ------------------------------------------------------------------
 
 def test_same_seed_same_output_other_seed_other_output(release, tmp_path):
@@ -258,3 +285,18 @@ def test_cli_refuses_unbound_sidecars_and_writes_nothing(release, cnn_release, t
                                       "--preview", str(tmp_path / "p.png"), "--json"])
     assert r.exit_code == 0, r.output
     assert out.is_file() and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_feature_layers_reach_the_transfer_settings(release, cnn_release, tmp_path):
+    out = tmp_path / "t.h5"
+    args = ["--samples", "20", "--steps", "3", "-q", "--feature-weight", "2", "--feature-layers", "channels"]
+    r = CliRunner().invoke(cli_main, ["reconstruct", "--model", str(cnn_release[0]), "--sidecar",
+                                      str(cnn_release[1]), "-o", str(out), *args])
+    assert r.exit_code == 0, r.output
+    priors = read_transfer(out).provenance["settings"]["priors"]
+    assert priors["feature_layers"] == "channels" and priors["feature"] == 2.0
+    dense_out = tmp_path / "d.h5"
+    r = CliRunner().invoke(cli_main, ["reconstruct", "--model", str(release[0]), "--sidecar", str(release[1]),
+                                      "-o", str(dense_out), *args])
+    assert r.exit_code == 1 and "--feature-layers channels needs" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not list(tmp_path.glob("d.h5*"))

@@ -9,6 +9,9 @@ import torch
 from ..sidecar.types import LayerStats
 
 
+FEATURE_LAYERS = ("all", "channels")
+
+
 @dataclass
 class Priors:
     """Weights of the optional priors; all off by default."""
@@ -18,9 +21,15 @@ class Priors:
     jitter: int = 0  # random shift of up to this many pixels per step (image inputs)
     flip: bool = False  # random horizontal flips per step (only for flip-symmetric classes)
     feature: float = 0.0  # batch moment matching of hidden layers (channel stats where stored, else unit stats)
+    feature_layers: str = "all"  # "all" hidden layers, or only "channels": the layers with channel statistics
+
+    def __post_init__(self):
+        if self.feature_layers not in FEATURE_LAYERS:
+            raise ValueError(f"feature_layers {self.feature_layers!r}: expected one of {FEATURE_LAYERS}")
 
     def as_dict(self) -> dict:
-        return {"tv": self.tv, "l2": self.l2, "jitter": self.jitter, "flip": self.flip, "feature": self.feature}
+        return {"tv": self.tv, "l2": self.l2, "jitter": self.jitter, "flip": self.flip, "feature": self.feature,
+                "feature_layers": self.feature_layers}
 
 
 def augment(x: torch.Tensor, priors: Priors, gen: torch.Generator) -> torch.Tensor:
@@ -54,10 +63,13 @@ class MomentMatcher:
     examples of each class to spread like the recorded class: per channel where the sidecar has
     channel statistics (SPEC §8.3), per unit otherwise. Each layer's error is divided by the class's
     mean stored variance, like the objectives' terms. The logits are left to the objective.
+    ``scope="channels"`` matches only the layers with channel statistics (the conv maps): on a CNN
+    the per-unit terms of its dense layers can pull against sharper per-sample objectives.
     """
 
-    def __init__(self, layers: list[LayerStats], device: torch.device):
-        self.layers = [layer for layer in layers if layer.kind != "logits"]
+    def __init__(self, layers: list[LayerStats], device: torch.device, scope: str = "all"):
+        self.layers = [layer for layer in layers if layer.kind != "logits"
+                       and (scope == "all" or layer.channel is not None)]
         t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
         stats = {layer.key: layer.channel if layer.channel is not None else layer for layer in self.layers}
         self.mean = {k: t(v.mean) for k, v in stats.items()}  # [C, channels or units]

@@ -76,8 +76,11 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
     teacher = OnnxModule(proto, source=str(model)).to(dev).eval()
     ctx = Context(sc, proto, dev)
     obj = build_objective(cfg.objective, ctx)
-    matcher = MomentMatcher(sc.layers, dev) if cfg.priors.feature else None
+    matcher = MomentMatcher(sc.layers, dev, cfg.priors.feature_layers) if cfg.priors.feature else None
     if matcher is not None and not matcher.layers:
+        if cfg.priors.feature_layers == "channels":
+            raise DfkdError(f"{sidecar}: --feature-layers channels needs a layer with channel statistics (a conv "
+                            "map), and this sidecar has none; use --feature-layers all")
         raise DfkdError(f"{sidecar}: --feature-weight needs statistics of a hidden layer, and this sidecar only has "
                         "the logits; drop --feature-weight, or re-export with hidden layers in --layers")
     logits = sc.model.logits_name

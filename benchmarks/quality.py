@@ -30,7 +30,9 @@ from dfkd_meta.transfer import read_transfer
 HERE = Path(__file__).resolve().parent
 PAIRS = {"mlp": ("hinton1200", "hinton800", None), "lenet": ("lenet5", "lenet5-half", 32)}
 METHODS = ("noise", "zskd", "top_layer", "all_layers", "all_layers_dropout", "spectral_all_layers",
-           "spectral_layer_pairs", "zskd+moments")
+           "spectral_layer_pairs", "zskd+moments", "gaussian")
+# "gaussian": no optimisation; inputs drawn from the per-class Gaussian that the first stored layer's
+# mean and covariance factors imply (--init first-layer), labelled by the teacher.
 # Priors per pair: batch moment matching of the hidden layers for both; image priors for the
 # convolutional pair (small shifts; no flips: digits are not mirror-symmetric). Moment matching
 # reads the sidecar, so the metadata-free rows (zskd, noise) run without it; "zskd+moments" is
@@ -47,7 +49,7 @@ METHOD_LR = {("lenet", "zskd+moments"): 0.1}
 def priors_for(pair: str, method: str) -> Priors:
     if (pair, method) in METHOD_PRIORS:
         return METHOD_PRIORS[pair, method]
-    return replace(PRIORS[pair], feature=0.0) if method in ("zskd", "noise") else PRIORS[pair]
+    return replace(PRIORS[pair], feature=0.0) if method in ("zskd", "noise", "gaussian") else PRIORS[pair]
 
 
 def lr_for(pair: str, method: str, override: float | None) -> float:
@@ -55,7 +57,11 @@ def lr_for(pair: str, method: str, override: float | None) -> float:
 
 
 def objective_of(method: str) -> str:
-    return method.removesuffix("+moments")
+    return "noise" if method == "gaussian" else method.removesuffix("+moments")
+
+
+def init_of(method: str) -> str:
+    return "first-layer" if method == "gaussian" else "uniform"
 
 
 def run_pair(pair: str, args, work: Path, log) -> list[dict]:
@@ -97,7 +103,7 @@ def run_pair(pair: str, args, work: Path, log) -> list[dict]:
         rc = reconstruct(release.model_path, release.sidecar_path, folder / f"transfer_{stem}.h5",
                          ReconstructConfig(objective=objective_of(method), samples=args.samples, steps=args.steps,
                                            batch_size=args.batch_size, lr=lr_for(pair, method, args.lr), seed=args.seed,
-                                           priors=priors_for(pair, method)),
+                                           init=init_of(method), priors=priors_for(pair, method)),
                          device=args.device, progress=False,
                          preview=folder / f"preview_{stem}.png" if pair == "lenet" or method != "noise" else None)
         student(read_transfer(rc.path), method, round(time.perf_counter() - t0, 1))
@@ -140,7 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=None, help="input step size (default: 0.1 for mlp, 0.05 for lenet)")
-    ap.add_argument("--cov-rank", type=int, default=0)
+    ap.add_argument("--cov-rank", type=int, default=32, help="covariance factors per layer (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", type=Path, default=Path("runs/bench"))

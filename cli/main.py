@@ -205,13 +205,17 @@ def export(model, data_spec, resize, output, layers, temperature, cov_rank, spec
                    "layer (per channel where the sidecar has channel statistics, else per unit).")
 @click.option("--feature-layers", type=click.Choice(["all", "channels"]), default="all", show_default=True,
               help="Layers the moment matching covers: every hidden layer, or only those with channel statistics.")
+@click.option("--init", "init", type=click.Choice(["uniform", "first-layer"]), default="uniform", show_default=True,
+              help="Starting inputs: uniform over the input domain, or a per-class Gaussian whose image under the "
+                   "first stored layer (affine in the input) has its recorded mean and covariance factors; export "
+                   "with --cov-rank for the covariance.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its .partial file.")
 @click.option("--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples per class.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @DEVICE
 @QUIET
 def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, lr, seed, tv, l2, jitter, flip,
-                feature_weight, feature_layers, resume, preview, as_json, device, quiet):
+                feature_weight, feature_layers, init, resume, preview, as_json, device, quiet):
     """Reconstruct a transfer set from a teacher and its sidecar (no data needed)."""
     from dfkd_meta.fileio import require_file
     from dfkd_meta.reconstruct.priors import Priors
@@ -222,7 +226,7 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
     require_file(sidecar, "sidecar")
     cfg = ReconstructConfig(objective=objective, samples=samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                             priors=Priors(tv=tv, l2=l2, jitter=jitter, flip=flip, feature=feature_weight,
-                                          feature_layers=feature_layers))
+                                          feature_layers=feature_layers), init=init)
     result = run(model, sidecar, output, cfg, device=device, resume=resume, progress=not quiet, preview=preview)
     s = result.summary
     if as_json:

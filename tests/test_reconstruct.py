@@ -300,3 +300,77 @@ def test_cli_feature_layers_reach_the_transfer_settings(release, cnn_release, tm
                                       "-o", str(dense_out), *args])
     assert r.exit_code == 1 and "--feature-layers channels needs" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and not list(tmp_path.glob("d.h5*"))
+
+
+# --- first-layer initialisation -------------------------------------------------------------------
+
+def _first_layer(model_path, sc, x: np.ndarray) -> np.ndarray:
+    m = OnnxModule(load_onnx(model_path)).double().eval()
+    first = sc.layers_in_order()[0]
+    with torch.no_grad():
+        out = m.run(torch.from_numpy(x).double().reshape(-1, *sc.model.input_shape[1:]), [first.tensor_name])
+    return out[first.tensor_name].reshape(len(x), -1).numpy()
+
+
+def test_first_layer_gaussian_reproduces_the_recorded_moments(release):
+    """hinton-small's first Gemm maps 64 inputs to 128 units: the pullback is exact in its range."""
+    from dfkd_meta.reconstruct.init import FirstLayerGaussian
+
+    sc = read_sidecar(release[1], release[0])
+    first = sc.layers_in_order()[0]
+    start = FirstLayerGaussian(sc, load_onnx(release[0]))
+    assert start.has_directions and start.mean.shape == (10, 64) and (start.sigma > 0).all()
+    scale = float(first.std.mean())
+    np.testing.assert_allclose(_first_layer(release[0], sc, start.mean), first.mean, atol=2e-3 * scale)
+    classes = np.full(6000, 3)
+    h = _first_layer(release[0], sc, start.sample(classes, torch.Generator().manual_seed(0)).numpy())
+    np.testing.assert_allclose(h.mean(0), first.mean[3], atol=0.1 * scale)
+    # the factors and the isotropic rest carry the class's total variance (per unit only on average)
+    np.testing.assert_allclose((h.var(0)).mean(), (first.std[3].astype(np.float64) ** 2).mean(), rtol=0.1)
+
+
+def test_first_layer_init_runs_inside_the_domain_and_is_seeded(release, tmp_path):
+    a = _run(release, tmp_path, "a.h5", objective="noise", init="first-layer", seed=3)
+    b = _run(release, tmp_path, "b.h5", objective="noise", init="first-layer", seed=3)
+    ta, tb = read_transfer(a.path), read_transfer(b.path)
+    assert np.array_equal(ta.x, tb.x) and ta.provenance["settings"]["init"] == "first-layer"
+    uniform = read_transfer(_run(release, tmp_path, "u.h5", objective="noise", seed=3).path)
+    lo, hi = read_sidecar(release[1]).model.input_domain.normalized_range()
+    assert ta.x.min() >= min(lo) - 1e-6 and ta.x.max() <= max(hi) + 1e-6
+    # drawn for their classes: the teacher agrees far more often than on uniform noise
+    assert (ta.teacher_logits.argmax(1) == ta.classes).mean() > (uniform.teacher_logits.argmax(1) == uniform.classes).mean() + 0.3
+
+
+def test_first_layer_init_refuses_a_non_affine_first_layer(release, tmp_path):
+    import onnx
+
+    from dfkd_meta.data import load_data
+    from dfkd_meta.stats.export import export_release
+
+    proto = onnx.load(str(release[0]))
+    relu = next(n.output[0] for n in proto.graph.node if n.op_type == "Relu")
+    r = export_release(release[0], load_data("digits"), tmp_path / "rel", layers=[relu, "logits"], spectral_k=0,
+                       progress=False)
+    with pytest.raises(DfkdError, match="not an affine function of the input.*--init uniform"):
+        _run((r.model_path, r.sidecar_path), tmp_path, objective="noise", init="first-layer")
+    assert not list(tmp_path.glob("t.h5*"))
+
+
+def test_first_layer_init_refuses_an_oversized_jacobian(release, tmp_path, monkeypatch):
+    from dfkd_meta.reconstruct import init
+
+    monkeypatch.setattr(init, "MAX_JACOBIAN_ENTRIES", 1000)
+    with pytest.raises(DfkdError, match="Jacobian.*limit; use --init uniform"):
+        _run(release, tmp_path, objective="noise", init="first-layer")
+    assert not list(tmp_path.glob("t.h5*"))
+
+
+def test_cli_init_choices(release, tmp_path):
+    out = tmp_path / "t.h5"
+    base = ["reconstruct", "--model", str(release[0]), "--sidecar", str(release[1]), "-o", str(out), "-q",
+            "--objective", "noise", "--samples", "20"]
+    r = CliRunner().invoke(cli_main, [*base, "--init", "first-layer"])
+    assert r.exit_code == 0, r.output
+    assert read_transfer(out).provenance["settings"]["init"] == "first-layer"
+    r = CliRunner().invoke(cli_main, [*base, "-o", str(tmp_path / "u.h5"), "--init", "zeros"])
+    assert r.exit_code == 2 and "zeros" in r.output and not (tmp_path / "u.h5").exists()

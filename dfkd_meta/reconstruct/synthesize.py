@@ -22,6 +22,7 @@ from ..fileio import sha256_file
 from ..onnx.graph import OnnxModule, load_onnx
 from ..sidecar import read_sidecar
 from ..transfer import TransferWriter
+from .init import INITS, FirstLayerGaussian
 from .objectives import Context, build_objective
 from .priors import MomentMatcher, Priors, augment, image_prior_loss
 
@@ -35,10 +36,12 @@ class ReconstructConfig:
     lr: float = 0.05
     seed: int = 0
     priors: Priors = field(default_factory=Priors)
+    init: str = "uniform"  # starting inputs: "uniform" over the input domain, or "first-layer" (init.py)
 
     def settings(self) -> dict:
         return {"objective": self.objective, "samples": self.samples, "steps": self.steps,
-                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, "priors": self.priors.as_dict()}
+                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, "init": self.init,
+                "priors": self.priors.as_dict()}
 
 
 @dataclass
@@ -70,6 +73,8 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
     """Build a transfer set from ``model`` and its ``sidecar`` (validated and bound first)."""
     if cfg.samples < 1 or cfg.batch_size < 1 or cfg.steps < 0 or cfg.lr <= 0:
         raise UsageError("--samples and --batch-size must be >= 1, --steps >= 0 and --lr > 0")
+    if cfg.init not in INITS:
+        raise UsageError(f"--init {cfg.init!r}: expected one of {', '.join(INITS)}")
     sc = read_sidecar(sidecar, model)  # refuses invalid or unbound sidecars: nothing is written before this
     dev = resolve_device(device)
     proto = load_onnx(model)
@@ -83,6 +88,7 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
                             "map), and this sidecar has none; use --feature-layers all")
         raise DfkdError(f"{sidecar}: --feature-weight needs statistics of a hidden layer, and this sidecar only has "
                         "the logits; drop --feature-weight, or re-export with hidden layers in --layers")
+    start = FirstLayerGaussian(sc, proto, str(sidecar)) if cfg.init == "first-layer" else None
     logits = sc.model.logits_name
     taps = list(dict.fromkeys(obj.taps() + (matcher.tensors if matcher else []) + [logits]))
     temperature = ctx.logits_layer.temperature
@@ -106,8 +112,12 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
             gen = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{cfg.seed}/{b}".encode()).digest()[:7], "big"))
             classes = _batch_classes(b, size, c, rng)
             batch = obj.start(classes, rng)
-            x0 = torch.rand((size, *input_shape), generator=gen)  # uniform over the valid input domain
-            x = (lo + (hi - lo) * x0.to(dev)).requires_grad_(steps > 0)
+            if start is None:
+                x0 = torch.rand((size, *input_shape), generator=gen)  # uniform over the valid input domain
+                x = lo + (hi - lo) * x0.to(dev)
+            else:
+                x = torch.maximum(torch.minimum(start.sample(classes, gen).to(dev), hi), lo)
+            x.requires_grad_(steps > 0)
             if steps:
                 opt = torch.optim.Adam([x], lr=cfg.lr)
                 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)

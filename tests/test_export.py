@@ -174,6 +174,25 @@ def test_failed_export_leaves_nothing(mlp_release, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("poison", ["nan", "overflow"])
+def test_non_finite_activations_stop_the_export_and_leave_nothing(digits, tmp_path, poison):
+    class Poisoned(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.out = torch.nn.Linear(64, 16), torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = x.flatten(1)
+            # NaN on the negative inputs, or finite values whose squares overflow float32
+            x = torch.log(x) if poison == "nan" else x * 1e30
+            return self.out(torch.relu(self.hidden(x)))
+
+    torch.manual_seed(0)
+    with pytest.raises(DfkdError, match="is not finite .* on the data; check the model and the input normalisation"):
+        export_release(Poisoned().eval(), digits, tmp_path / "rel", spectral_k=0, progress=False)
+    assert not (tmp_path / "rel").exists()
+
+
 def test_cli_train_then_export(tmp_path):
     runner = CliRunner()
     teacher = tmp_path / "t.onnx"

@@ -32,6 +32,7 @@ class FirstLayerGaussian:
         if d * units > MAX_JACOBIAN_ENTRIES:
             raise DfkdError(f"{source}: --init first-layer needs the {units} x {d} Jacobian of layer {first.key!r}, "
                             f"over the {MAX_JACOBIAN_ENTRIES:,}-entry limit; use --init uniform")
+        self.source = source
         h0, jac = self._jacobian(OnnxModule(model, source=source).double().eval(), first, d)
         self.has_directions = first.cov_factors is not None
         pinv = np.linalg.pinv(jac, rcond=1e-6)  # [d, units]
@@ -53,13 +54,17 @@ class FirstLayerGaussian:
 
         with torch.no_grad():
             h0 = f(torch.zeros(1, d, dtype=torch.float64))[0]
-            cols = [f(torch.eye(d, dtype=torch.float64)[i:i + 256]) - h0 for i in range(0, d, 256)]
+            cols = []
+            for i in range(0, d, 256):  # column j is f(e_j) - f(0)
+                basis = torch.zeros(min(256, d - i), d, dtype=torch.float64)
+                basis[torch.arange(len(basis)), torch.arange(i, i + len(basis))] = 1.0
+                cols.append(f(basis) - h0)
             jac = torch.cat(cols).T  # [units, d]
             probe = torch.randn(4, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
             got, want = f(probe), probe @ jac.T + h0
         if not torch.allclose(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()) + 1e-9):
-            raise DfkdError(f"layer {layer.key!r} (the first stored layer) is not an affine function of the input, so "
-                            "--init first-layer cannot pull its statistics back; use --init uniform")
+            raise DfkdError(f"{self.source}: layer {layer.key!r} (the first stored layer) is not an affine function "
+                            "of the input, so --init first-layer cannot pull its statistics back; use --init uniform")
         return h0.numpy(), jac.numpy()
 
     def sample(self, classes: np.ndarray, gen: torch.Generator) -> torch.Tensor:
@@ -67,7 +72,9 @@ class FirstLayerGaussian:
         x = torch.from_numpy(self.mean[classes])
         if self.has_directions:
             z = torch.randn(len(classes), self.directions.shape[2], generator=gen, dtype=torch.float64)
-            x = x + torch.einsum("bdr,br->bd", torch.from_numpy(self.directions[classes]), z)
+            for c in np.unique(classes):  # per class: a [B, d, R] gather would be large
+                sel = torch.from_numpy(classes == c)
+                x[sel] += z[sel] @ torch.from_numpy(self.directions[c]).T
         noise = torch.randn(x.shape, generator=gen, dtype=torch.float64)
         x = x + torch.from_numpy(self.sigma[classes])[:, None] * noise
         return x.float().reshape(len(classes), *self.input_shape)

@@ -182,7 +182,7 @@ def export(model, data_spec, resize, output, layers, temperature, cov_rank, spec
                f"({', '.join(x['key'] for x in s['layers'])}), {len(s['spectral_blocks'])} spectral blocks")
     click.echo(f"  {s['seconds']:.1f} s ({s['samples_per_second']:.0f} examples/s in the statistics pass)")
     if s["cov_skipped_layers"]:
-        click.echo(f"  note: no covariance for layers with more than 4096 units: {s['cov_skipped_layers']}")
+        click.echo(f"  note: no covariance for layers too large for the covariance sketch: {s['cov_skipped_layers']}")
 
 
 @main.command()

@@ -16,17 +16,21 @@ def test_streaming_equals_direct_and_ignores_batch_size(n, units, classes, batch
     rng = np.random.default_rng(seed)
     x = rng.normal(offset, 2.0, (n, units))
     y = rng.integers(0, classes, n)
-    m = ClassMoments(classes, units, cov=True)
+    m = ClassMoments(classes, units, cov_rank=units)  # sketch as wide as the layer: the covariance is exact
     for i in range(0, n, batch):
         m.update(x[i:i + batch], y[i:i + batch])
+    factors = m.low_rank_factors()
     for c in range(classes):
         sel = x[y == c]
         assert m.count[c] == len(sel)
         if len(sel):
             np.testing.assert_allclose(m.mean[c], sel.mean(0), rtol=1e-12, atol=1e-9)
             np.testing.assert_allclose(m.std()[c], sel.std(0), rtol=1e-8, atol=1e-9)
-            np.testing.assert_allclose(m.comoment[c] / len(sel), np.cov(sel.T, bias=True).reshape(units, units),
-                                       rtol=1e-8, atol=1e-7)
+            np.testing.assert_allclose(m.sketch[c] / len(sel), np.cov(sel.T, bias=True).reshape(units, units) @ m.omega,
+                                       rtol=1e-7, atol=1e-6)
+            if len(sel) > 1:
+                f = factors[c]
+                np.testing.assert_allclose(f @ f.T, np.cov(sel.T, bias=True).reshape(units, units), rtol=1e-6, atol=1e-5)
         else:
             assert (m.mean[c] == 0).all() and (m.std()[c] == 0).all()
 
@@ -34,13 +38,16 @@ def test_streaming_equals_direct_and_ignores_batch_size(n, units, classes, batch
 def test_merging_shards_equals_one_pass():
     rng = np.random.default_rng(1)
     x, y = rng.normal(0, 1, (500, 3)), rng.integers(0, 3, 500)
-    whole, a, b = ClassMoments(3, 3), ClassMoments(3, 3), ClassMoments(3, 3)
+    whole, a, b = (ClassMoments(3, 3, cov_rank=2) for _ in range(3))
     whole.update(x, y)
     a.update(x[:123], y[:123])
     b.update(x[123:], y[123:])
     a.merge(b)
     np.testing.assert_allclose(a.mean, whole.mean, atol=1e-14)
     np.testing.assert_allclose(a.std(), whole.std(), atol=1e-14)
+    np.testing.assert_allclose(a.sketch, whole.sketch, atol=1e-10)
+    with pytest.raises(ValueError, match="different cov_rank"):
+        a.merge(ClassMoments(3, 3))
 
 
 def test_channel_statistics_pool_over_positions_in_any_batching():
@@ -81,13 +88,33 @@ def test_float32_batches_keep_float32_accuracy(offset, scale, batch, seed):
         np.testing.assert_allclose(m.std()[c], ref.std(0), rtol=0, atol=1e-5 * scale)
 
 
-def test_low_rank_factors_capture_the_covariance_and_never_exceed_the_variance():
+@pytest.mark.parametrize("units", [8, 300])
+def test_low_rank_factors_capture_the_covariance_and_never_exceed_the_variance(units):
+    """With 300 units the sketch (2R+16 = 20 columns) is much narrower than the layer: Nystrom."""
     rng = np.random.default_rng(3)
-    basis = rng.normal(0, 1, (8, 2))
-    x = rng.normal(0, 1, (5000, 2)) @ basis.T + rng.normal(0, 0.05, (5000, 8))
-    m = ClassMoments(1, 8, cov=True)
-    m.update(x, np.zeros(5000, np.int64))
-    f = m.low_rank_factors(2)[0]
+    basis = rng.normal(0, 1, (units, 2))
+    x = rng.normal(0, 1, (5000, 2)) @ basis.T + rng.normal(0, 0.05, (5000, units))
+    m = ClassMoments(1, units, cov_rank=2)
+    for i in range(0, 5000, 512):
+        m.update(x[i:i + 512].astype(np.float32), np.zeros(len(x[i:i + 512]), np.int64))
+    f = m.low_rank_factors()[0]
     cov = np.cov(x.T, bias=True)
+    top = np.linalg.eigh(cov)[1][:, -2:]
     assert np.abs(f @ f.T - cov).max() < 0.01 * np.abs(cov).max()
+    assert np.abs(f @ f.T - top @ top.T @ cov @ top @ top.T).max() < 0.005 * np.abs(cov).max()
     assert ((f * f).sum(1) <= m.std()[0] ** 2).all()
+
+
+def test_nystrom_recovers_a_low_rank_covariance_from_a_narrow_sketch():
+    rng = np.random.default_rng(4)
+    units, rank = 2000, 5
+    spectrum = np.array([50.0, 20.0, 8.0, 3.0, 1.0])
+    q, _ = np.linalg.qr(rng.standard_normal((units, rank)))
+    x = (rng.standard_normal((3000, rank)) * np.sqrt(spectrum)) @ q.T + rng.normal(0, 0.01, (3000, units))
+    m = ClassMoments(1, units, cov_rank=rank)
+    assert m.sketch.shape == (1, units, 2 * rank + 16)
+    m.update(x.astype(np.float32), np.zeros(3000, np.int64))
+    f = m.low_rank_factors()[0]
+    vals = np.sort(np.linalg.svd(f, compute_uv=False) ** 2)[::-1]
+    exact = np.sort(np.linalg.svd(x - x.mean(0), compute_uv=False)[:rank] ** 2 / 3000)[::-1]
+    np.testing.assert_allclose(vals, exact, rtol=0.02)

@@ -29,10 +29,15 @@ from ..sidecar import (ChannelStats, DatasetProvenance, LayerStats, Sidecar, Sid
                        validate, write_sidecar)
 from ..sidecar.binding import model_binding
 from ..train import dropout_keep_from_metadata, export_onnx
-from .moments import ClassMoments, pool_positions
+from .moments import ClassMoments, pool_positions, sketch_width
 from .spectral import LayerRef, plan_spectral
 
-MAX_COV_UNITS = 4096  # a full co-moment matrix per class above this would not fit comfortably in memory
+MAX_SKETCH_ENTRIES = 2 ** 25  # float64 covariance-sketch entries per layer (256 MiB); larger layers get none
+
+
+def _sketch_fits(classes: int, shape, cov_rank: int) -> bool:
+    units = math.prod(shape)
+    return cov_rank > 0 and classes * units * sketch_width(units, cov_rank) <= MAX_SKETCH_ENTRIES
 
 
 @dataclass
@@ -146,7 +151,7 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
     t_graph = time.perf_counter() - t0
 
     c = data.num_classes
-    moments = {key: ClassMoments(c, math.prod(shape), cov=cov_rank > 0 and math.prod(shape) <= MAX_COV_UNITS)
+    moments = {key: ClassMoments(c, math.prod(shape), cov_rank=cov_rank if _sketch_fits(c, shape, cov_rank) else 0)
                for key, _, _, shape in chosen}
     coef = {p.key: ClassMoments(c, p.k) for p in plans}
     bases = {p.key: p.basis.astype(np.float32) for p in plans}
@@ -188,7 +193,7 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
             mean=m.mean.astype(np.float32), std=m.std().astype(np.float32), count=m.count.copy(),
             temperature=temperature if kind == "logits" else None, dropout_keep_prob=keep.get(tensor),
             cov_factors=m.low_rank_factors(min(cov_rank, m.mean.shape[1])).astype(np.float32)
-            if m.comoment is not None else None,
+            if m.sketch is not None else None,
             channel=_channel_stats(m, shape[0]) if len(shape) >= 2 else None))
     blocks = [SpectralStats(key=p.key, scope=p.scope, layers=[r.key for r in p.layers], k=p.k,
                             eigenvalues=p.eigenvalues, basis=p.basis.astype(np.float32),
@@ -210,7 +215,7 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
     report = validate(sidecar_path, onnx_path)
     if not report.valid:
         raise SidecarInvalidError(sidecar_path, report, action="export")
-    skipped_cov = [k for k, m in moments.items() if cov_rank and m.comoment is None]
+    skipped_cov = [k for k, m in moments.items() if cov_rank and m.sketch is None]
     summary = {
         "model": str(onnx_path), "sidecar": str(sidecar_path), "sidecar_bytes": sidecar_path.stat().st_size,
         "samples": seen, "classes": c, "layers": [{"key": k, "tensor": t, "kind": kd, "shape": list(s)}

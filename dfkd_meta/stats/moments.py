@@ -2,26 +2,44 @@
 
 Each batch is reduced per class in the precision it arrives in (float32 from ONNX Runtime), as
 sums of values shifted by the class's running mean, so rounding stays at the level of the spread
-rather than of the offset; the batch results are merged into float64 accumulators. Sorting a batch by label first makes each
-class a contiguous slice, so no per-class copies are made.
+rather than of the offset; the batch results are merged into float64 accumulators. Sorting a
+batch by label first makes each class a contiguous slice, so no per-class copies are made.
+
+Covariance is kept as a Nystrom sketch, co-moment @ Omega with a fixed random orthonormal
+Omega [units, k], k = min(units, 2 * rank + 16): memory units x k per class instead of units^2,
+exact when k = units, and merged like the co-moment itself (the sketch is linear in it). The
+rank-R factors come from the stabilised Nystrom approximation (Tropp et al. 2017, "Fixed-rank
+approximation of a positive-semidefinite matrix from streaming data").
 """
 from __future__ import annotations
 
 import numpy as np
 
 
+def sketch_width(units: int, rank: int) -> int:
+    """Columns of the covariance sketch for factors of ``rank``."""
+    return min(units, 2 * rank + 16)
+
+
 class ClassMoments:
     """Per-class count, mean and sum of squared deviations (M2) of vectors of ``units`` values.
 
-    With ``cov=True`` the full per-class co-moment matrix is kept too (units x units per class),
-    for the low-rank covariance factors of SPEC §8.2.
+    With ``cov_rank`` > 0 a covariance sketch is kept too, for the rank-``cov_rank`` factors of
+    SPEC §8.2 (``low_rank_factors``).
     """
 
-    def __init__(self, num_classes: int, units: int, cov: bool = False):
+    def __init__(self, num_classes: int, units: int, cov_rank: int = 0):
         self.count = np.zeros(num_classes, np.int64)
         self.mean = np.zeros((num_classes, units))
         self.m2 = np.zeros((num_classes, units))
-        self.comoment = np.zeros((num_classes, units, units)) if cov else None
+        self.cov_rank = cov_rank
+        self.omega = self.sketch = None
+        if cov_rank > 0:
+            k = sketch_width(units, cov_rank)
+            # fixed seed: sketches of two shards of the same data merge
+            q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((units, k)))
+            self.omega = q  # [units, k], orthonormal columns
+            self.sketch = np.zeros((num_classes, units, k))  # co-moment @ omega
         self._scratch = np.empty((0, units), np.float32)  # reused: a fresh large array per class costs page faults
 
     def update(self, values: np.ndarray, labels: np.ndarray) -> None:
@@ -43,55 +61,72 @@ class ClassMoments:
             n_b = hi - lo
             mean_b = shift + s1 / n_b
             m2_b = np.maximum(np.einsum("ij,ij->j", d, d).astype(np.float64) - s1 * s1 / n_b, 0.0)
-            co_b = None
-            if self.comoment is not None:
-                d64 = d.astype(np.float64)
-                co_b = d64.T @ d64 - np.outer(s1, s1) / n_b
-            self._merge(int(c), n_b, mean_b, m2_b, co_b)
+            sk_b = None
+            if self.sketch is not None:  # (D^T D - s1 s1^T / n) @ omega, for shifted values D
+                sk_b = d.T.astype(np.float64) @ (d.astype(np.float64) @ self.omega) - np.outer(s1, s1 @ self.omega) / n_b
+            self._merge(int(c), n_b, mean_b, m2_b, sk_b)
 
-    def _merge(self, c: int, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray, co_b: np.ndarray | None) -> None:
+    def _merge(self, c: int, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray, sk_b: np.ndarray | None) -> None:
         n_a = self.count[c]
         n = n_a + n_b
         delta = mean_b - self.mean[c]
         self.mean[c] += delta * (n_b / n)
         self.m2[c] += m2_b + delta ** 2 * (n_a * n_b / n)
-        if co_b is not None:
-            self.comoment[c] += co_b + np.outer(delta, delta) * (n_a * n_b / n)
+        if sk_b is not None:
+            self.sketch[c] += sk_b + np.outer(delta, delta @ self.omega) * (n_a * n_b / n)
         self.count[c] = n
 
     def merge(self, other: ClassMoments) -> None:
         """Fold in moments computed elsewhere (another shard of the data)."""
+        if (self.sketch is None) != (other.sketch is None) or self.cov_rank != other.cov_rank:
+            raise ValueError("cannot merge moments kept with different cov_rank")
         for c in np.flatnonzero(other.count):
             self._merge(int(c), int(other.count[c]), other.mean[c], other.m2[c],
-                        other.comoment[c] if self.comoment is not None and other.comoment is not None else None)
+                        other.sketch[c] if other.sketch is not None else None)
 
     def std(self) -> np.ndarray:
         """Population standard deviation (divisor n, SPEC §8.1); 0 for empty classes."""
         n = np.maximum(self.count, 1)[:, None]
         return np.sqrt(np.maximum(self.m2 / n, 0.0))
 
-    def low_rank_factors(self, rank: int) -> np.ndarray:
-        """[C, units, rank] factors F with F F^T the best rank-R part of each class covariance.
+    def low_rank_factors(self, rank: int | None = None) -> np.ndarray:
+        """[C, units, rank] factors F with F F^T the rank-R Nystrom approximation of each class covariance.
 
-        Since the covariance minus F F^T is positive semi-definite, diag(F F^T) <= variance holds
+        The approximation is below the covariance in the PSD order, so diag(F F^T) <= variance holds
         up to rounding; rows are shrunk by that rounding so SPEC §8.2's psi >= 0 holds exactly.
         """
-        if self.comoment is None:
-            raise ValueError("covariance was not accumulated (cov=False)")
+        if self.sketch is None:
+            raise ValueError("covariance was not accumulated (cov_rank=0)")
+        rank = self.cov_rank if rank is None else rank
         classes, units = self.mean.shape
         out = np.zeros((classes, units, rank))
         var = self.std() ** 2
         for c in range(classes):
             if self.count[c] < 2:
                 continue
-            cov = self.comoment[c] / self.count[c]
-            vals, vecs = np.linalg.eigh(cov)
-            top = np.argsort(vals)[::-1][:rank]
-            f = vecs[:, top] * np.sqrt(np.maximum(vals[top], 0.0))
+            f = _nystrom_factors(self.sketch[c] / self.count[c], self.omega, rank)
             rowsum = (f * f).sum(axis=1)
             shrink = np.where(rowsum > var[c], np.sqrt(var[c] / np.maximum(rowsum, 1e-300)), 1.0)
-            out[c, :, :len(top)] = f * shrink[:, None]
+            out[c, :, :f.shape[1]] = f * shrink[:, None]
         return out
+
+
+def _nystrom_factors(y: np.ndarray, omega: np.ndarray, rank: int) -> np.ndarray:
+    """Top-``rank`` factors of the PSD matrix A from its sketch Y = A @ Omega (Tropp et al. 2017, Alg. 3)."""
+    nu = np.sqrt(y.shape[0]) * np.spacing(np.linalg.norm(y))  # a tiny shift keeps the Cholesky factor defined
+    y_nu = y + nu * omega
+    b = omega.T @ y_nu
+    b = (b + b.T) / 2
+    try:
+        chol = np.linalg.cholesky(b)  # lower: b = L L^T
+        e = np.linalg.solve(chol, y_nu.T).T  # Y_nu L^-T
+    except np.linalg.LinAlgError:  # numerically rank-deficient: use the pseudo-inverse square root
+        vals, vecs = np.linalg.eigh(b)
+        keep = vals > vals.max() * 1e-12
+        e = y_nu @ (vecs[:, keep] / np.sqrt(vals[keep]))
+    u, sv, _ = np.linalg.svd(e, full_matrices=False)
+    lam = np.maximum(sv[:rank] ** 2 - nu, 0.0)
+    return u[:, :rank] * np.sqrt(lam)
 
 
 def pool_positions(moments: ClassMoments, channels: int) -> ClassMoments:

@@ -151,7 +151,8 @@ def train(arch, data_spec, resize, output, epochs, batch_size, lr, seed, exporte
 @click.option("--layers", help="Comma-separated tensor names (default: hidden pre-activations and the logits).")
 @click.option("--temperature", type=float, default=8.0, show_default=True, help="Logits are recorded divided by it.")
 @click.option("--cov-rank", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Per-class low-rank covariance factors of this rank (0: none).")
+              help="Per-class low-rank covariance factors of this rank (0: none); reconstruct --init first-layer "
+                   "needs them on the first layer (32 is a good start).")
 @click.option("--spectral-k", type=click.IntRange(min=0), default=None,
               help="Eigenvectors per spectral block (default 64 for all layers, 32 per pair; 0: no spectral stats).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)

@@ -26,7 +26,7 @@ class FirstLayerGaussian:
     """Class-conditional Gaussian over inputs whose image under the first stored layer has its moments."""
 
     def __init__(self, sidecar: Sidecar, model: onnx.ModelProto, source: str = "sidecar"):
-        self.layer = first = sidecar.layers_in_order()[0]
+        first = sidecar.layers_in_order()[0]
         self.input_shape = tuple(sidecar.model.input_shape[1:])
         d, units = math.prod(self.input_shape), math.prod(first.shape)
         if d * units > MAX_JACOBIAN_ENTRIES:

@@ -116,7 +116,7 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
                 x0 = torch.rand((size, *input_shape), generator=gen)  # uniform over the valid input domain
                 x = lo + (hi - lo) * x0.to(dev)
             else:
-                x = torch.maximum(torch.minimum(start.sample(classes, gen).to(dev), hi), lo)
+                x = start.sample(classes, gen).to(dev).clamp(lo, hi)
             x.requires_grad_(steps > 0)
             if steps:
                 opt = torch.optim.Adam([x], lr=cfg.lr)

@@ -160,8 +160,10 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
     seen, t1 = 0, time.perf_counter()
     bar = tqdm(total=n_total, desc="statistics", unit="ex", disable=None if progress else True, leave=False)
     model_shape = facts.inputs[0].per_example_shape
-
-    def accumulate(out: dict[str, np.ndarray], y: np.ndarray) -> None:
+    for x, y in data.batches(split, batch_size, limit=limit):
+        order = np.argsort(y, kind="stable")  # each class becomes one contiguous slice of every tensor
+        x, y = x[order], y[order]
+        out = runner.run(as_model_input(x, model_shape))
         values = {}
         for key, tensor, kind, shape in chosen:
             v = out[tensor].reshape(len(y), -1)
@@ -173,11 +175,6 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
         for p in plans:
             signal = np.concatenate([values[r.key] for r in p.layers], axis=1)
             coef[p.key].update(signal @ bases[p.key], y)
-
-    for x, y in data.batches(split, batch_size, limit=limit):
-        order = np.argsort(y, kind="stable")  # each class becomes one contiguous slice of every tensor
-        x, y = x[order], y[order]
-        accumulate(runner.run(as_model_input(x, model_shape)), y)
         seen += len(y)
         bar.update(len(y))
     bar.close()

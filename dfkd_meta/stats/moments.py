@@ -63,7 +63,8 @@ class ClassMoments:
             m2_b = np.maximum(np.einsum("ij,ij->j", d, d).astype(np.float64) - s1 * s1 / n_b, 0.0)
             sk_b = None
             if self.sketch is not None:  # (D^T D - s1 s1^T / n) @ omega, for shifted values D
-                sk_b = d.T.astype(np.float64) @ (d.astype(np.float64) @ self.omega) - np.outer(s1, s1 @ self.omega) / n_b
+                d64 = d.astype(np.float64)
+                sk_b = d64.T @ (d64 @ self.omega) - np.outer(s1, s1 @ self.omega) / n_b
             self._merge(int(c), n_b, mean_b, m2_b, sk_b)
 
     def _merge(self, c: int, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray, sk_b: np.ndarray | None) -> None:

@@ -7,18 +7,48 @@ import sys
 import click
 
 from dfkd_meta import __version__
-from dfkd_meta.errors import DfkdError
+from dfkd_meta.convention import CHOICES_HELP as CONVENTION_CHOICES
+from dfkd_meta.errors import DfkdError, UsageError
 
 
-class _Group(click.Group):
-    """Turns user errors into one line on stderr and an exit code, never a traceback."""
+def _fail(exc: DfkdError, names: dict[str, str] | None = None) -> None:
+    click.echo(f"error: {exc.render(names)}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class _Command(click.Command):
+    """A command whose library errors name its flags: ``{param}`` placeholders become ``--param``.
+
+    Options map by their destination name; ``flag_aliases`` maps library parameter names that
+    differ from it (``{"name": "--student"}``).
+    """
+
+    def __init__(self, *args, flag_aliases: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.flag_aliases = flag_aliases or {}
+
+    def flag_names(self) -> dict[str, str]:
+        names = {p.name: max(p.opts, key=len) for p in self.params if isinstance(p, click.Option) and p.name}
+        names.update({p.name: p.name.upper() for p in self.params if isinstance(p, click.Argument) and p.name})
+        return {**names, **self.flag_aliases}
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except DfkdError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(exc, self.flag_names())
+
+
+class _Group(click.Group):
+    """Turns user errors into one line on stderr and an exit code, never a traceback."""
+
+    command_class = _Command
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DfkdError as exc:
+            _fail(exc)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -30,27 +60,65 @@ def main() -> None:
     """Data-free knowledge distillation from model-release metadata."""
 
 
+DATA_HELP = "digits (bundled 8x8 digits), mnist:DIR (MNIST-layout IDX folder) or npz:FILE (x images or feature vectors, y labels)."
+CONVENTION_HELP = CONVENTION_CHOICES
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
 @main.command()
-@click.argument("sidecar", type=click.Path(dir_okay=False))
-@click.option("--model", type=click.Path(dir_okay=False), help="The ONNX file the sidecar must be bound to.")
+@click.argument("path", type=click.Path())
+@click.option("--model", type=click.Path(dir_okay=False), help="The ONNX file the sidecar must be bound to "
+              "(default for a release folder: the model beside the sidecar).")
+@click.option("--data", help="Also re-check the release against labelled data: the teacher's accuracy fed by the "
+                             "recorded input domain, and the logits' statistics against a fresh pass. " + DATA_HELP)
+@click.option("--resize", type=int, help="Pad/resize --data images to N x N, as for the export.")
+@click.option("--limit", type=click.IntRange(min=1), help="Re-check on the first N examples only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Seconds before a file that hangs libhdf5 is reported as DM103.")
-def validate(sidecar: str, model: str | None, as_json: bool, timeout: float) -> None:
-    """Check SIDECAR against the format spec (and, with --model, its binding to the model).
+def validate(path: str, model: str | None, data: str | None, resize: int | None, limit: int | None, as_json: bool,
+             timeout: float) -> None:
+    """Check a sidecar (or a release folder) against the format spec, and its binding to the model.
 
+    PATH is a .dfkd.h5 sidecar, or a release folder holding one sidecar and its model.
     Exit status: 0 valid, 1 invalid, 2 not run (usage error, missing or unreadable path).
+
+    \b
+    Examples:
+      dfkd-meta validate release/teacher.dfkd.h5 --model release/teacher.onnx
+      dfkd-meta validate release/ --data mnist:DATA/mnist --json
     """
+    from dfkd_meta.sidecar.release import locate_release
+    from dfkd_meta.sidecar.validator import SEVERITY_ORDER
     from dfkd_meta.sidecar.validator import validate as run
 
+    sidecar, model = locate_release(path, model)
     report = run(sidecar, model, timeout=timeout)
+    numbers = None
+    if data is not None and report.valid:
+        if model is None:
+            raise UsageError("{data} re-checks the teacher: pass {model} too (or a release folder)")
+        from dfkd_meta.data import load_data
+        from dfkd_meta.sidecar import read_sidecar
+        from dfkd_meta.stats.recheck import recheck_release
+
+        findings, numbers = recheck_release(read_sidecar(sidecar, model), str(model), load_data(data, resize),
+                                            limit=limit)
+        report.findings = sorted(report.findings + findings, key=lambda f: SEVERITY_ORDER[f.severity])
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(json.dumps({**report.to_dict(), **({"recheck": numbers} if numbers else {})}, indent=2))
     else:
         for f in report.findings:
             click.echo(f.format())
             if f.severity != "info" and f.fix:
                 click.echo(f"        fix: {f.fix}")
+        if numbers:
+            click.echo(f"re-check on {data} ({numbers['split']}, {numbers['samples']} examples): teacher accuracy "
+                       f"{numbers['accuracy']:.4f} (threshold {numbers['min_accuracy']:.2f}), mean confidence "
+                       f"{numbers['mean_confidence']:.3f}"
+                       + (f", logits means within {numbers['logits_max_mean_difference_in_stds']:.3f} recorded stds"
+                          if "logits_max_mean_difference_in_stds" in numbers else ""))
         click.echo(report.summary())
     sys.exit(0 if report.valid else 1)
 
@@ -85,11 +153,6 @@ def inspect(model: str, as_json: bool) -> None:
         click.echo(f"  {'*' if r['default'] else ' '} {r['name']:<{width}}  {r['op']:<18} {dims(r['shape']):<14} {r['kind']}")
 
 
-DATA_HELP = "digits (bundled 8x8 digits), mnist:DIR (MNIST-layout IDX folder) or npz:FILE."
-DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-
-
 @main.command()
 @click.argument("sidecar", type=click.Path(dir_okay=False))
 @click.option("--model", type=click.Path(dir_okay=False), help="Also check the binding to this ONNX file.")
@@ -109,45 +172,67 @@ def show(sidecar: str, model: str | None, plot: str | None, as_json: bool) -> No
             click.echo(f"wrote {plot}")
 
 
-@main.command()
-@click.option("--model", "arch", required=True, help="hinton1200, hinton800, lenet5, lenet5-half, bn-cnn, ... or module:factory.")
-@click.option("--data", "data_spec", default="digits", show_default=True, help=DATA_HELP)
+@main.command(flag_aliases={"name": "--model"})
+@click.option("--model", "name", required=True, help="hinton1200, hinton800, hinton-small, hinton-tiny, lenet5, "
+              "lenet5-half, bn-cnn, or module:factory (imports and runs that module's code).")
+@click.option("--data", default="digits", show_default=True, help=DATA_HELP)
 @click.option("--resize", type=int, help="Pad/resize images to N x N (LeNet uses 32).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ONNX teacher.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True)
+@click.option("--input-norm", default="data", show_default=True, help="How the teacher's inputs are normalised, "
+              "recorded in its ONNX metadata: " + CONVENTION_HELP)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Passes over the train split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Examples per step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate (cosine schedule).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation and shuffling.")
+@click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True,
+              help="torch's TorchScript-based (legacy) or torch.export-based (dynamo) ONNX exporter.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @DEVICE
 @QUIET
-def train(arch, data_spec, resize, output, epochs, batch_size, lr, seed, exporter, as_json, device, quiet):
-    """Train a reference teacher on labelled data and write it as ONNX."""
+def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, exporter, as_json, device, quiet):
+    """Train a reference teacher on labelled data and write it as ONNX.
+
+    \b
+    Example:
+      dfkd-meta train --model lenet5 --data mnist:DATA/mnist --resize 32 -o teacher.onnx
+    """
     from dfkd_meta.data import load_data
     from dfkd_meta.models import build_model, hidden_dropout_keep_probs
-    from dfkd_meta.train import export_onnx, train_teacher
+    from dfkd_meta.onnx.torch_export import export_onnx
+    from dfkd_meta.train import train_teacher
 
-    data = load_data(data_spec, resize)
-    model = build_model(arch, data.input_shape, data.num_classes)
-    result = train_teacher(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                           progress=not quiet)
-    path = export_onnx(result.model, data.input_shape, output, exporter=exporter,
+    source = load_data(data, resize)
+    model = build_model(name, source.input_shape, source.num_classes)
+    result = train_teacher(model, source, input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr,
+                           seed=seed, device=device, progress=not quiet,
+                           log=None if quiet or as_json else (lambda line: click.echo(line)))
+    path = export_onnx(result.model, source.input_shape, output, exporter=exporter, convention=result.convention,
                        dropout_keep=hidden_dropout_keep_probs(result.model))
-    summary = {"model": str(path), "architecture": arch, "data": data_spec, "test_accuracy": result.test_accuracy,
+    summary = {"model": str(path), "architecture": name, "data": data, "test_accuracy": result.test_accuracy,
+               "input_convention": result.convention.describe(),
                "train_seconds": round(result.seconds, 2), "history": result.history}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         acc = f"{result.test_accuracy:.4f}" if result.test_accuracy is not None else "n/a (no test split)"
-        click.echo(f"wrote {path} ({arch}, test accuracy {acc}, {result.seconds:.1f} s)")
+        click.echo(f"wrote {path} ({name}, test accuracy {acc}, {result.seconds:.1f} s); input convention "
+                   f"{result.convention.describe()}")
 
 
 @main.command()
 @click.option("--model", required=True, type=click.Path(dir_okay=False), help="The trained ONNX teacher.")
-@click.option("--data", "data_spec", default="digits", show_default=True, help=DATA_HELP)
+@click.option("--data", default="digits", show_default=True, help="The labelled data the statistics are taken from: "
+              + DATA_HELP)
 @click.option("--resize", type=int, help="Pad/resize images to N x N, as for training.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Release folder to write.")
+@click.option("--input-norm", help="How the teacher expects its inputs: " + CONVENTION_HELP + ". Default: what the "
+              "teacher's ONNX metadata records (dfkd-meta train writes it), else raw values.")
+@click.option("--value-range", help="LO,HI: the raw value range of valid inputs (default: the convention's, else [0, 1] "
+              "for images in [0, 1], else the data's observed min and max).")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Refuse when the teacher is right on fewer of the "
+              "examples (default: halfway between chance and 1, at least 0.5).")
+@click.option("--force", is_flag=True, help="Export even when the teacher fails the accuracy check (recorded).")
 @click.option("--layers", help="Comma-separated tensor names (default: hidden pre-activations and the logits).")
 @click.option("--temperature", type=float, default=8.0, show_default=True, help="Logits are recorded divided by it.")
 @click.option("--cov-rank", type=click.IntRange(min=0), default=0, show_default=True,
@@ -155,30 +240,47 @@ def train(arch, data_spec, resize, output, epochs, batch_size, lr, seed, exporte
                    "needs them on the first layer (32 is a good start).")
 @click.option("--spectral-k", type=click.IntRange(min=0), default=None,
               help="Eigenvectors per spectral block (default 64 for all layers, 32 per pair; 0: no spectral stats).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="The split the statistics are taken from.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N examples.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Examples per ONNX Runtime call.")
 @click.option("--name", help="Release file stem (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (sizes, time, samples/s).")
 @QUIET
-def export(model, data_spec, resize, output, layers, temperature, cov_rank, spectral_k, split, limit, batch_size,
-           name, as_json, quiet):
-    """Write a release folder: the ONNX teacher and its statistics sidecar."""
+def export(model, data, resize, output, input_norm, value_range, min_accuracy, force, layers, temperature, cov_rank,
+           spectral_k, split, limit, batch_size, name, as_json, quiet):
+    """Write a release folder: the ONNX teacher and its statistics sidecar.
+
+    The teacher is fed its own input convention and must be right on most of the examples it is
+    described on; a wrong convention is refused instead of silently recorded.
+
+    \b
+    Examples:
+      dfkd-meta export --model teacher.onnx --data npz:train.npz -o release/
+      dfkd-meta export --model resnet.onnx --data npz:images.npz --input-norm imagenet -o release/
+    """
     from dfkd_meta.data import load_data
     from dfkd_meta.fileio import require_file
     from dfkd_meta.stats.export import export_release
 
     require_file(model, "model")
-    data = load_data(data_spec, resize)
-    result = export_release(model, data, output, layers=[x.strip() for x in layers.split(",") if x.strip()]
+    source = load_data(data, resize)
+    result = export_release(model, source, output, layers=[x.strip() for x in layers.split(",") if x.strip()]
                             if layers else None, temperature=temperature, cov_rank=cov_rank,
-                            spectral_k=spectral_k, split=split, batch_size=batch_size,
-                            limit=limit, name=name, progress=not quiet)
+                            spectral_k=spectral_k, split=split, batch_size=batch_size, limit=limit,
+                            input_norm=input_norm, value_range=_pair(value_range, "value_range"),
+                            min_accuracy=min_accuracy, force=force, name=name, progress=not quiet)
     s = result.summary
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
+    t, conv = s["teacher_check"], s["input_convention"]
     click.echo(f"wrote {s['model']} and {s['sidecar']} ({s['sidecar_bytes'] / 1e6:.2f} MB)")
+    click.echo(f"  input convention {conv['description']}, raw range {conv['value_range']}")
+    click.echo(f"  teacher on the {t['samples']} {t['split']} examples: accuracy {t['accuracy']:.4f} "
+               f"(threshold {t['min_accuracy']:.2f}), mean confidence {t['mean_confidence']:.3f}"
+               + (" -- BELOW THE THRESHOLD, exported with --force" if t["forced"] else ""))
     click.echo(f"  {s['samples']} examples, {s['classes']} classes, {len(s['layers'])} layers "
                f"({', '.join(x['key'] for x in s['layers'])}), {len(s['spectral_blocks'])} spectral blocks")
     click.echo(f"  {s['seconds']:.1f} s ({s['samples_per_second']:.0f} examples/s in the statistics pass)")
@@ -186,22 +288,36 @@ def export(model, data_spec, resize, output, layers, temperature, cov_rank, spec
         click.echo(f"  note: no covariance for layers too large for the covariance sketch: {s['cov_skipped_layers']}")
 
 
-@main.command()
+def _pair(text: str | None, param: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{{{param}}} {text!r}: expected LO,HI (two numbers)") from None
+    return lo, hi
+
+
+@main.command(flag_aliases={"feature": "--feature-weight"})
 @click.option("--model", required=True, type=click.Path(dir_okay=False), help="The ONNX teacher.")
 @click.option("--sidecar", required=True, type=click.Path(dir_okay=False), help="Its .dfkd.h5 statistics sidecar.")
 @click.option("--objective", default="all_layers", show_default=True,
               help="top_layer, all_layers, all_layers_dropout, spectral_all_layers, spectral_layer_pairs, noise or zskd.")
-@click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Transfer-set size (class-balanced).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The transfer-set file to write.")
-@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tv", type=click.FloatRange(min=0), default=0.0, help="Total-variation prior weight.")
+@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Optimisation steps per batch (Adam, cosine schedule).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Inputs optimised together.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              help="Adam step size on the inputs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The same seed gives the same file.")
+@click.option("--tv", type=click.FloatRange(min=0), default=0.0, help="Total-variation prior weight (image inputs).")
 @click.option("--l2", type=click.FloatRange(min=0), default=0.0, help="L2 prior weight.")
-@click.option("--jitter", type=click.IntRange(min=0), default=0, help="Random shifts of up to N pixels.")
-@click.option("--flip", is_flag=True, help="Random horizontal flips (flip-symmetric classes only).")
-@click.option("--feature-weight", type=click.FloatRange(min=0), default=0.0,
+@click.option("--jitter", type=click.IntRange(min=0), default=0, help="Random shifts of up to N pixels (image inputs).")
+@click.option("--flip", is_flag=True, help="Random horizontal flips (image inputs; flip-symmetric classes only).")
+@click.option("--feature-weight", "feature", type=click.FloatRange(min=0), default=0.0,
               help="Batch moment matching: each class's examples spread like the recorded class on every hidden "
                    "layer (per channel where the sidecar has channel statistics, else per unit).")
 @click.option("--feature-layers", type=click.Choice(["all", "channels"]), default="all", show_default=True,
@@ -210,14 +326,22 @@ def export(model, data_spec, resize, output, layers, temperature, cov_rank, spec
               help="Starting inputs: uniform over the input domain, or a per-class Gaussian whose image under the "
                    "first stored layer (affine in the input) has its recorded mean and covariance factors; export "
                    "with --cov-rank for the covariance.")
+@click.option("--store", type=click.Choice(["model", "raw"]), default="model", show_default=True,
+              help="Store inputs as the model takes them (normalised) or as raw values; the file says which.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its .partial file.")
-@click.option("--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples per class.")
+@click.option("--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples per class (images).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @DEVICE
 @QUIET
 def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, lr, seed, tv, l2, jitter, flip,
-                feature_weight, feature_layers, init, resume, preview, as_json, device, quiet):
-    """Reconstruct a transfer set from a teacher and its sidecar (no data needed)."""
+                feature, feature_layers, init, store, resume, preview, as_json, device, quiet):
+    """Reconstruct a transfer set from a teacher and its sidecar (no data needed).
+
+    \b
+    Example:
+      dfkd-meta reconstruct --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 \\
+          --objective spectral_all_layers --samples 10000 -o transfer.h5 --preview samples.png
+    """
     from dfkd_meta.fileio import require_file
     from dfkd_meta.reconstruct.priors import Priors
     from dfkd_meta.reconstruct.synthesize import ReconstructConfig
@@ -226,8 +350,8 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
     require_file(model, "model")
     require_file(sidecar, "sidecar")
     cfg = ReconstructConfig(objective=objective, samples=samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                            priors=Priors(tv=tv, l2=l2, jitter=jitter, flip=flip, feature=feature_weight,
-                                          feature_layers=feature_layers), init=init)
+                            priors=Priors(tv=tv, l2=l2, jitter=jitter, flip=flip, feature=feature,
+                                          feature_layers=feature_layers), init=init, store=store)
     result = run(model, sidecar, output, cfg, device=device, resume=resume, progress=not quiet, preview=preview)
     s = result.summary
     if as_json:
@@ -238,46 +362,58 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
                + (f" (resumed after {s['resumed_batches']} batches)" if s["resumed_batches"] else ""))
 
 
-@main.command()
+@main.command(flag_aliases={"name": "--student", "source": "--transfer/--data"})
 @click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="The ONNX teacher.")
 @click.option("--transfer", type=click.Path(dir_okay=False), help="A transfer set from `dfkd-meta reconstruct`.")
-@click.option("--data", "data_spec", help="Distill on real data instead (vanilla KD baseline): " + DATA_HELP)
+@click.option("--data", help="Distill on real data instead (vanilla KD baseline): " + DATA_HELP)
 @click.option("--resize", type=int, help="Pad/resize --data/--eval images to N x N.")
-@click.option("--student", required=True, help="A reference model name (hinton800, lenet5-half, ...) or module:factory.")
+@click.option("--input-norm", help="How the teacher expects real --data/--eval inputs: " + CONVENTION_HELP +
+              ". Default: what the transfer set records, else the teacher's ONNX metadata, else raw values.")
+@click.option("--student", required=True, help="A reference model name (hinton800, lenet5-half, ...) or "
+              "module:factory (imports and runs that module's code).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="student.onnx to write (+ .json report).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Default: the transfer set's (else 8).")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Weight of cross-entropy on the teacher's argmax labels.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Passes over the inputs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Examples per step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate (cosine schedule).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation and shuffling.")
 @click.option("--eval", "eval_spec", help="Labelled data to report accuracies on: " + DATA_HELP)
+@click.option("--force", is_flag=True, help="With --data: go ahead even when the teacher fails the accuracy check.")
 @click.option("--resume", is_flag=True, help="Continue from the per-epoch checkpoint <output>.ckpt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @DEVICE
 @QUIET
-def distill(teacher, transfer, data_spec, resize, student, output, temperature, alpha, epochs, batch_size, lr, seed,
-            eval_spec, resume, as_json, device, quiet):
-    """Train a student on a transfer set (or real data) against the teacher's softened outputs."""
+def distill(teacher, transfer, data, resize, input_norm, student, output, temperature, alpha, epochs, batch_size, lr,
+            seed, eval_spec, force, resume, as_json, device, quiet):
+    """Train a student on a transfer set (or real data) against the teacher's softened outputs.
+
+    \b
+    Example:
+      dfkd-meta distill --teacher release/teacher.onnx --transfer transfer.h5 --student lenet5-half \\
+          -o student.onnx --eval mnist:DATA/mnist --resize 32
+    """
     from dfkd_meta.data import load_data
     from dfkd_meta.distill import DistillConfig, load_transfer_for, write_student
     from dfkd_meta.distill import distill as run
-    from dfkd_meta.errors import UsageError
     from dfkd_meta.fileio import require_file
     from dfkd_meta.models import build_model
 
     require_file(teacher, "teacher")
-    if (transfer is None) == (data_spec is None):
+    if (transfer is None) == (data is None):
         raise UsageError("pass exactly one of --transfer FILE (data-free) or --data SPEC (KD with real data)")
-    source = load_transfer_for(teacher, require_file(transfer, "transfer set")) if transfer else load_data(data_spec, resize)
+    source = load_transfer_for(teacher, require_file(transfer, "transfer set")) if transfer else load_data(data, resize)
     input_shape = tuple(source.x.shape[1:]) if transfer else source.input_shape
     num_classes = source.teacher_logits.shape[1] if transfer else source.num_classes
     model = build_model(student, input_shape, num_classes)
-    cfg = DistillConfig(temperature=temperature, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    result = run(teacher, model, source, cfg, device=device, checkpoint=output + ".ckpt", resume=resume,
-                 eval_data=load_data(eval_spec, resize) if eval_spec else None, progress=not quiet)
-    path = write_student(result.student, input_shape, output, {**result.report, "student": student})
+    cfg = DistillConfig(temperature=temperature, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                        force=force)
+    result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
+                 resume=resume, eval_data=load_data(eval_spec, resize) if eval_spec else None, progress=not quiet)
+    path = write_student(result.student, input_shape, output, {**result.report, "student": student},
+                         convention=result.convention, image_shape=result.image_shape)
     r = result.report
     if as_json:
         click.echo(json.dumps({**r, "student": student, "output": str(path)}, indent=2, default=str))

@@ -2,58 +2,129 @@
 
 - ``digits``      scikit-learn's bundled 8x8 digits (the embedded default), split 80/20.
 - ``mnist:DIR``   a folder of MNIST-layout IDX files (gzipped or raw): MNIST, Fashion-MNIST, ...
-- ``npz:FILE``    arrays ``x`` and ``y`` (``x_test``/``y_test`` optional), loaded without pickle.
+- ``npz:FILE``    arrays ``x`` and ``y`` (``x_test``/``y_test`` optional), loaded without pickle:
+                  images [N, H, W] or [N, C, H, W], or flat feature vectors [N, D].
 
-Every source yields NCHW float32 images normalised as ``(r - mean) / std`` with raw values ``r``
-in [0, 1]; mean and std come from the source's train split. ``resize`` pads (when growing by an
-even margin, as classic LeNet does with 28 -> 32) or interpolates to a square size.
+A source holds *raw* values: uint8 images scaled to [0, 1], float arrays as they are. It never
+normalises on its own: a ``Feed`` (a teacher's input convention, then the teacher's input shape)
+turns raw examples into model inputs, and every caller of ``batches`` says which feed it wants.
+``resize`` pads images (when growing by an even margin, as classic LeNet does with 28 -> 32) or
+interpolates them to a square size.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import io
+import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .convention import IDENTITY, InputConvention
 from .errors import DfkdError, UsageError
-from .sidecar.types import InputDomain
 
 SPLITS = ("train", "test")
 
 
+@dataclass(frozen=True)
+class Feed:
+    """Raw examples -> a model's inputs: the input convention per channel, then the model's input shape.
+
+    ``model_shape`` None keeps the data's shape; a model taking flat vectors gets images flattened
+    in C order.
+    """
+
+    convention: InputConvention = IDENTITY
+    model_shape: tuple[int, ...] | None = None
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        x = self.convention.apply(raw)
+        if self.model_shape is None or tuple(x.shape[1:]) == tuple(self.model_shape):
+            return x
+        return x.reshape(len(x), *self.model_shape)
+
+
+RAW = Feed()  # raw values, the data's own shape
+
+
 @dataclass
 class DataSource:
-    """A labelled image data set held in memory as raw values in [0, 1], normalised on the way out."""
+    """A labelled data set held in memory as raw values; ``batches`` feeds them through a ``Feed``."""
 
     name: str
     description: str
     license: str
     class_names: list[str]
-    raw: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (x uint8 or float [N,C,H,W], y int64 [N])
-    mean: float = 0.0
-    std: float = 1.0
+    raw: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (x uint8 or float [N, C, H, W] or [N, D], y int64 [N])
     resize: int | None = None
     spec: str = ""
-    _scale: dict[str, float] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
+    def is_image(self) -> bool:
+        return self.raw["train"][0].ndim == 4
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
+        """Per-example shape of the raw examples after resizing: (C, H, W) or (D,)."""
         x = self.raw["train"][0]
+        if not self.is_image:
+            return tuple(x.shape[1:])
         c, h, w = x.shape[1:]
         return (c, self.resize, self.resize) if self.resize else (c, h, w)
 
     @property
-    def input_domain(self) -> InputDomain:
-        return InputDomain("NCHW", 0.0, 1.0, (self.mean,), (self.std,))
+    def layout(self) -> str:
+        return "NCHW" if self.is_image else "NC"
+
+    def value_range(self) -> tuple[float, float]:
+        """Raw value range: [0, 1] for uint8 images or floats inside it, else the train split's min and max."""
+        x = self.raw["train"][0]
+        if x.dtype == np.uint8:
+            return 0.0, 1.0
+        lo, hi = float(x.min()), float(x.max())
+        if 0.0 <= lo and hi <= 1.0:
+            return 0.0, 1.0
+        return (lo, hi) if lo < hi else (lo, lo + 1.0)
+
+    def channel_stats(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (axis 1) mean and std of the raw values, float64, streamed; a constant channel gets std 1."""
+        x = self._split(split)[0]
+        scale = 255.0 if x.dtype == np.uint8 else 1.0
+        channels = x.shape[1]
+        total, sq, n = np.zeros(channels), np.zeros(channels), 0
+        axes = (0,) + tuple(range(2, x.ndim))
+        for start in range(0, len(x), 8192):
+            block = x[start:start + 8192].astype(np.float64) / scale
+            total += block.sum(axis=axes)
+            sq += np.square(block).sum(axis=axes)
+            n += math.prod(block.shape[i] for i in axes)
+        mean = total / n
+        var = np.maximum(sq / n - mean * mean, 0.0)
+        std = np.sqrt(var)
+        # a constant channel (a border pixel, a constant feature) would divide by ~0: leave it unscaled
+        std = np.where(std > 1e-6 * max(1.0, float(np.abs(mean).max())), std, 1.0)
+        return mean, std
+
+    def scalar_stats(self, split: str = "train") -> tuple[float, float]:
+        """Mean and std of all raw values of the split together (what earlier `dfkd-meta train` normalised by)."""
+        x = self._split(split)[0]
+        scale = 255.0 if x.dtype == np.uint8 else 1.0
+        total, sq, n = 0.0, 0.0, 0
+        for start in range(0, len(x), 8192):
+            block = x[start:start + 8192].astype(np.float64) / scale
+            total += block.sum()
+            sq += np.square(block).sum()
+            n += block.size
+        mean = total / n
+        return float(mean), float(max(np.sqrt(max(sq / n - mean * mean, 0.0)), 1e-6))
 
     def size(self, split: str = "train") -> int:
         return len(self._split(split)[1])
@@ -61,35 +132,37 @@ class DataSource:
     def labels(self, split: str = "train") -> np.ndarray:
         return self._split(split)[1]
 
+    def has_split(self, split: str) -> bool:
+        return split in self.raw
+
     def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self.raw:
             raise UsageError(f"{self.spec or self.name}: no {split!r} split; it has {sorted(self.raw)}")
         return self.raw[split]
 
-    def _prepare(self, x: np.ndarray) -> np.ndarray:
+    def _raw_batch(self, x: np.ndarray) -> np.ndarray:
         scale = 255.0 if x.dtype == np.uint8 else 1.0
         x = x.astype(np.float32)
+        if scale != 1.0:
+            x *= np.float32(1.0 / scale)
         if self.resize:
-            x = _resize(x, self.resize)  # pads with raw 0, which normalises like a black pixel
-        # one fused scale and shift, in place: ~20x faster than (x/255 - mean)/std with temporaries
-        x *= np.float32(1.0 / (scale * self.std))
-        x -= np.float32(self.mean / self.std)
+            x = _resize(x, self.resize)  # pads with raw 0 (a black pixel)
         return x
 
-    def batches(self, split: str = "train", batch_size: int = 256, *, shuffle: bool = False,
+    def batches(self, split: str = "train", batch_size: int = 256, *, feed: Feed, shuffle: bool = False,
                 seed: int = 0, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(x float32 [B, C, H, W] normalised, y int64 [B]) batches, streamed from memory."""
+        """(model inputs float32 [B, ...] through ``feed``, labels int64 [B]) batches, streamed from memory."""
         x, y = self._split(split)
         order = np.random.default_rng(seed).permutation(len(y)) if shuffle else np.arange(len(y))
         if limit is not None:
             order = order[:limit]
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            yield self._prepare(x[idx]), y[idx]
+            yield feed(self._raw_batch(x[idx])), y[idx]
 
-    def arrays(self, split: str = "train", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, split: str = "train", *, feed: Feed, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The whole split at once (small data sets and tests)."""
-        xs, ys = zip(*self.batches(split, 4096, limit=limit))
+        xs, ys = zip(*self.batches(split, 4096, feed=feed, limit=limit))
         return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -99,11 +172,6 @@ def fits(data_shape: tuple[int, ...], model_shape: tuple[int, ...] | None) -> bo
         return False
     return tuple(model_shape) == tuple(data_shape) or (
         len(model_shape) == 1 and model_shape[0] == int(np.prod(data_shape)))
-
-
-def as_model_input(x: np.ndarray, model_shape: tuple[int, ...]) -> np.ndarray:
-    """``x`` [B, ...] reshaped for a model whose per-example input is ``model_shape`` (e.g. flattened)."""
-    return x if tuple(x.shape[1:]) == tuple(model_shape) else x.reshape(len(x), *model_shape)
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
@@ -116,19 +184,6 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     t = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(x)), size=(size, size),
                                         mode="bilinear", align_corners=False)
     return t.numpy()
-
-
-def _normalisation(x: np.ndarray) -> tuple[float, float]:
-    """Mean and std of the raw values in [0, 1], in float64, streamed over rows."""
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    total, sq, n = 0.0, 0.0, 0
-    for start in range(0, len(x), 8192):
-        block = x[start:start + 8192].astype(np.float64) / scale
-        total += block.sum()
-        sq += np.square(block).sum()
-        n += block.size
-    mean = total / n
-    return float(mean), float(max(np.sqrt(max(sq / n - mean * mean, 0.0)), 1e-6))
 
 
 # --- digits --------------------------------------------------------------------------------------
@@ -206,7 +261,7 @@ def _check_sums(folder: Path) -> None:
 def load_mnist_source(folder: str | os.PathLike) -> DataSource:
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"{folder}: no such folder; --data mnist:DIR takes a folder of MNIST-layout IDX files")
+        raise UsageError(f"{folder}: no such folder; {{data}} mnist:DIR takes a folder of MNIST-layout IDX files")
     _check_sums(folder)
     raw = {}
     for split, (img_stem, lbl_stem) in _IDX_FILES.items():
@@ -230,7 +285,7 @@ def load_mnist_source(folder: str | os.PathLike) -> DataSource:
 def load_npz_source(path: str | os.PathLike) -> DataSource:
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: no such file; --data npz:FILE takes an .npz with arrays x and y")
+        raise UsageError(f"{path}: no such file; {{data}} npz:FILE takes an .npz with arrays x and y")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -248,22 +303,23 @@ def load_npz_source(path: str | os.PathLike) -> DataSource:
 
 def _npz_pair(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if x.dtype != np.uint8 and x.dtype.kind != "f":
-        raise DfkdError(f"{path}: x has dtype {x.dtype}; use uint8 images or floats in [0, 1]")
+        raise DfkdError(f"{path}: x has dtype {x.dtype}; use uint8 images or float values")
     if x.ndim == 3:
         x = x[:, None]
-    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or y.dtype.kind not in "iu":
-        raise DfkdError(f"{path}: x {x.shape} / y {y.shape} {y.dtype}; need x [N, (C,) H, W] and integer y [N]")
+    if x.ndim not in (2, 4) or y.ndim != 1 or len(x) != len(y) or y.dtype.kind not in "iu" or len(y) == 0:
+        raise DfkdError(f"{path}: x {x.shape} / y {y.shape} {y.dtype}; need x as images [N, (C,) H, W] or "
+                        "feature vectors [N, D], and integer labels y [N], N >= 1")
     if y.min() < 0:
-        raise DfkdError(f"{path}: negative class labels")
-    if x.dtype.kind == "f" and (x.min() < 0 or x.max() > 1):
-        raise DfkdError(f"{path}: float x outside [0, 1]; scale the raw values to [0, 1]")
+        raise DfkdError(f"{path}: negative class labels; labels are class indices 0..C-1")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DfkdError(f"{path}: x holds NaN or infinite values; clean the data first")
     return x, y.astype(np.int64)
 
 
 # --- the --data syntax ---------------------------------------------------------------------------
 
 def load_data(spec: str, resize: int | None = None) -> DataSource:
-    """Parse ``digits``, ``mnist:DIR`` or ``npz:FILE`` and load it."""
+    """Parse ``digits``, ``mnist:DIR`` or ``npz:FILE`` and load it (raw values; see ``Feed``)."""
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         src = load_digits_source()
@@ -272,9 +328,14 @@ def load_data(spec: str, resize: int | None = None) -> DataSource:
     elif kind == "npz" and arg:
         src = load_npz_source(arg)
     else:
-        raise UsageError(f"--data {spec!r}: expected digits, mnist:DIR or npz:FILE")
-    if resize is not None and resize < 1:
-        raise UsageError(f"--resize {resize}: must be a positive size")
+        raise UsageError(f"{{data}} {spec!r}: expected digits, mnist:DIR or npz:FILE")
+    if resize is not None:
+        if resize < 1:
+            raise UsageError(f"{{resize}} {resize}: must be a positive size")
+        if not src.is_image:
+            raise UsageError(f"{{resize}} {resize}: {spec} holds feature vectors, not images; drop {{resize}}")
+    if "test" in src.raw and src.raw["test"][0].shape[1:] != src.raw["train"][0].shape[1:]:
+        raise DfkdError(f"{spec}: test examples have shape {list(src.raw['test'][0].shape[1:])}, train examples "
+                        f"{list(src.raw['train'][0].shape[1:])}; both splits need one shape")
     src.resize, src.spec = resize, spec
-    src.mean, src.std = _normalisation(src.raw["train"][0])
     return src

@@ -14,7 +14,8 @@ from .models import build_model, hidden_dropout_keep_probs
 from .reconstruct.synthesize import ReconstructConfig, reconstruct
 from .sidecar import validate
 from .stats.export import export_release
-from .train import export_onnx, train_teacher
+from .onnx.torch_export import export_onnx
+from .train import train_teacher
 from .transfer import read_transfer
 
 
@@ -65,7 +66,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
     log(f"[1/5] training teacher {cfg.teacher} on {cfg.data} ({cfg.teacher_epochs} epochs)")
     trained = train_teacher(build_model(cfg.teacher, data.input_shape, data.num_classes), data,
                             epochs=cfg.teacher_epochs, seed=cfg.seed, device=dev, progress=progress)
-    teacher_path = export_onnx(trained.model, data.input_shape, out / "teacher.onnx",
+    teacher_path = export_onnx(trained.model, data.input_shape, out / "teacher.onnx", convention=trained.convention,
                                dropout_keep=hidden_dropout_keep_probs(trained.model))
     log(f"[2/5] exporting the release (ONNX + sidecar) to {out / 'release'}")
     release = export_release(teacher_path, data, out / "release", progress=progress)

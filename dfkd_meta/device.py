@@ -12,8 +12,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+            raise UsageError(f"{{device}} {spec}: CUDA is not available on this machine; use {{device}} cpu or auto")
         return torch.device(spec)
     if spec == "cpu":
         return torch.device("cpu")
-    raise UsageError(f"--device {spec!r}: expected auto, cpu or cuda[:N]")
+    raise UsageError(f"{{device}} {spec!r}: expected auto, cpu or cuda[:N]")

@@ -1,19 +1,43 @@
-"""User-facing errors: one line naming the file, the problem and the fix."""
+"""User-facing errors: one line naming the file, the problem and the fix.
+
+A message names the caller's parameters as ``{name}`` placeholders. ``str(err)`` renders them as
+the Python parameter names a library caller passed; the CLI renders them as its flags
+(``err.render({"input_norm": "--input-norm"})``), so neither is told about the other's spelling.
+"""
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
 
 class DfkdError(Exception):
     """An error caused by the user's input (bad file, bad option), not by a bug.
 
-    The CLI prints ``str(err)`` on one line and exits with ``exit_code``; no traceback.
+    The CLI prints it on one line and exits with ``exit_code``; no traceback.
     """
 
     exit_code = 1
 
     def __init__(self, message: str, *, exit_code: int | None = None):
         super().__init__(message)
+        self.template = message
         if exit_code is not None:
             self.exit_code = exit_code
+
+    @property
+    def params(self) -> list[str]:
+        """The parameter names the message refers to."""
+        return _PLACEHOLDER.findall(self.template)
+
+    def render(self, names: Mapping[str, str] | None = None) -> str:
+        """The message with each ``{param}`` spelled as ``names[param]`` (default: the parameter name)."""
+        names = names or {}
+        return _PLACEHOLDER.sub(lambda m: names.get(m.group(1), m.group(1)), self.template)
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class UsageError(DfkdError):

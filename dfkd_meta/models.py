@@ -76,14 +76,14 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
         return MODELS[name](tuple(input_shape), num_classes)
     module_name, sep, attr = name.partition(":")
     if not sep:
-        raise UsageError(f"--model {name!r}: not one of {sorted(MODELS)} nor module:factory")
+        raise UsageError(f"{{name}} {name!r}: not one of {', '.join(sorted(MODELS))}, nor module:factory")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise UsageError(f"--model {name!r}: cannot import {attr} from {module_name} ({exc})") from None
+        raise UsageError(f"{{name}} {name!r}: cannot import {attr} from {module_name} ({exc})") from None
     model = factory(tuple(input_shape), num_classes)
     if not isinstance(model, nn.Module):
-        raise UsageError(f"--model {name!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+        raise UsageError(f"{{name}} {name!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 

@@ -4,9 +4,10 @@ HDF5, written batch by batch to ``<path>.partial`` (so an interrupted run can re
 onto ``<path>`` when complete. Layout (every dataset's first axis is N):
 
     (described in spec/TRANSFER.md)
-    /          @dfkd_type="transfer_set" @dfkd_type_version="1.0.0" @temperature
+    /          @dfkd_type="transfer_set" @dfkd_type_version="1.1.0" @temperature
                @model_sha256 @sidecar_sha256 @objective @settings (JSON) @created_utc @writer_*
-    /x               float32 [N, *input_shape]   model inputs (normalised, as the model takes them)
+               @input_space ("model" or "raw") @input_domain (JSON: the sidecar's input domain)
+    /x               float32 [N, *input_shape]   inputs, in the space @input_space names
     /classes         int64   [N]                 the class each input was reconstructed for
     /teacher_logits  float32 [N, C]
     /teacher_soft    float32 [N, C]              softmax(logits / temperature)
@@ -27,8 +28,28 @@ from .errors import DfkdError, UsageError
 from .sidecar.types import utc_now
 from .sidecar.validator import disable_hdf5_plugins, scan_container
 
-TRANSFER_TYPE, TRANSFER_VERSION = "transfer_set", "1.0.0"
+TRANSFER_TYPE, TRANSFER_VERSION = "transfer_set", "1.1.0"
 DATASETS = ("x", "classes", "teacher_logits", "teacher_soft", "loss")
+INPUT_SPACES = ("model", "raw")  # x as the model takes it (normalised), or raw values before normalisation
+
+
+def _channel_view(domain: dict, ndim: int) -> tuple[int, ...]:
+    return (1, *([1] * (ndim - 2)), -1) if domain.get("layout") == "NHWC" else (1, -1, *([1] * (ndim - 2)))
+
+
+def raw_to_model(x: np.ndarray, domain: dict) -> np.ndarray:
+    """Model inputs from raw values, by the recorded input domain: (r - norm_mean) / norm_std per channel."""
+    view = _channel_view(domain, x.ndim)
+    mean = np.asarray(domain["norm_mean"], np.float64).reshape(view)
+    std = np.asarray(domain["norm_std"], np.float64).reshape(view)
+    return ((x.astype(np.float64) - mean) / std).astype(np.float32)
+
+
+def model_to_raw(x: np.ndarray, domain: dict) -> np.ndarray:
+    view = _channel_view(domain, x.ndim)
+    mean = np.asarray(domain["norm_mean"], np.float64).reshape(view)
+    std = np.asarray(domain["norm_std"], np.float64).reshape(view)
+    return (x.astype(np.float64) * std + mean).astype(np.float32)
 
 
 @dataclass
@@ -40,9 +61,17 @@ class TransferSet:
     loss: np.ndarray
     temperature: float
     provenance: dict = field(default_factory=dict)
+    input_space: str = "model"
+    input_domain: dict | None = None  # layout, value_min, value_max, norm_mean, norm_std, convention, image_shape
 
     def __len__(self) -> int:
         return len(self.classes)
+
+    def model_inputs(self) -> np.ndarray:
+        """``x`` as the teacher takes it, whatever space the file stores it in."""
+        if self.input_space == "model":
+            return self.x
+        return raw_to_model(self.x, self.input_domain)
 
 
 class TransferWriter:
@@ -53,13 +82,16 @@ class TransferWriter:
     """
 
     def __init__(self, path: str | os.PathLike, *, input_shape: tuple[int, ...], num_classes: int,
-                 temperature: float, provenance: dict, resume: bool = False):
+                 temperature: float, provenance: dict, input_domain: dict, input_space: str = "model",
+                 resume: bool = False):
+        if input_space not in INPUT_SPACES:
+            raise UsageError(f"{{store}} {input_space!r}: expected one of {', '.join(INPUT_SPACES)}")
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         disable_hdf5_plugins()
         if resume and self.partial.exists():
-            self.f = self._reopen(provenance)
+            self.f = self._reopen(provenance, input_domain, input_space)
         else:
             self.partial.unlink(missing_ok=True)
             self.f = h5py.File(self.partial, "w", track_order=False)
@@ -67,6 +99,8 @@ class TransferWriter:
             a["dfkd_type"], a["dfkd_type_version"] = TRANSFER_TYPE, TRANSFER_VERSION
             a["writer_name"], a["writer_version"], a["created_utc"] = "dfkd-meta", __version__, utc_now()
             a["temperature"] = float(temperature)
+            a["input_space"] = input_space
+            a["input_domain"] = json.dumps(input_domain, sort_keys=True)
             for k, v in provenance.items():
                 a[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
             shapes = {"x": tuple(input_shape), "classes": (), "teacher_logits": (num_classes,),
@@ -77,22 +111,23 @@ class TransferWriter:
                                       chunks=(max(1, min(256, 2 ** 20 // max(1, 4 * int(np.prod(shape))))), *shape))
         self.done = len(self.f["classes"])
 
-    def _reopen(self, provenance: dict) -> h5py.File:
+    def _reopen(self, provenance: dict, input_domain: dict, input_space: str) -> h5py.File:
         problems = [f for f in scan_container(self.partial) if f.severity == "error"]
         if problems:
-            raise DfkdError(f"{self.partial}: the partial file is damaged ({problems[0].message}); rerun without --resume")
+            raise DfkdError(f"{self.partial}: the partial file is damaged ({problems[0].message}); rerun without {{resume}}")
         f = h5py.File(self.partial, "r+")
-        for k, v in provenance.items():
+        for k, v in {**provenance, "input_space": input_space,
+                     "input_domain": json.dumps(input_domain, sort_keys=True)}.items():
             want = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
             got = f.attrs.get(k)
             if (got.decode() if isinstance(got, bytes) else got) != want:
                 f.close()
                 raise UsageError(f"{self.partial}: it was made with a different {k}; rerun with the same settings, "
-                                 "or without --resume to start over")
+                                 "or without {resume} to start over")
         lengths = {len(f[name]) for name in DATASETS}
         if len(lengths) != 1:
             f.close()
-            raise DfkdError(f"{self.partial}: datasets of different lengths; rerun without --resume")
+            raise DfkdError(f"{self.partial}: datasets of different lengths; rerun without {{resume}}")
         return f
 
     def append(self, **batch: np.ndarray) -> None:
@@ -143,9 +178,23 @@ def read_transfer(path: str | os.PathLike, num_classes: int | None = None) -> Tr
     temperature = attrs.get("temperature")
     if not isinstance(temperature, (float, np.floating)) or not temperature > 0:
         bad.append("@temperature")
+    space = attrs.get("input_space", "model")  # files of version 1.0 stored model inputs only
+    domain = None
+    if "input_domain" in attrs:
+        try:
+            domain = json.loads(attrs["input_domain"]) if isinstance(attrs["input_domain"], str) else None
+            if not isinstance(domain, dict):
+                raise ValueError
+            np.asarray(domain["norm_mean"], np.float64), np.asarray(domain["norm_std"], np.float64)
+        except (ValueError, TypeError, KeyError):
+            bad.append("@input_domain")
+            domain = None
+    if not isinstance(space, str) or space not in INPUT_SPACES or (space == "raw" and domain is None):
+        bad.append("@input_space")
     if bad:
         raise DfkdError(f"{path}: inconsistent transfer set ({', '.join(sorted(set(bad)))}); re-run reconstruct")
-    prov = {k: v for k, v in attrs.items() if k not in ("dfkd_type", "dfkd_type_version", "temperature")}
+    prov = {k: v for k, v in attrs.items()
+            if k not in ("dfkd_type", "dfkd_type_version", "temperature", "input_space", "input_domain")}
     if "settings" in prov:
         try:
             prov["settings"] = json.loads(prov["settings"])
@@ -154,4 +203,4 @@ def read_transfer(path: str | os.PathLike, num_classes: int | None = None) -> Tr
     return TransferSet(x=data["x"].astype(np.float32), classes=data["classes"].astype(np.int64),
                        teacher_logits=data["teacher_logits"].astype(np.float32),
                        teacher_soft=data["teacher_soft"].astype(np.float32), loss=data["loss"].astype(np.float32),
-                       temperature=float(temperature), provenance=prov)
+                       temperature=float(temperature), provenance=prov, input_space=space, input_domain=domain)

@@ -33,17 +33,19 @@ def shared_dataset(name: str) -> Path:
 
 
 def digits_release(folder: Path, arch: str = "hinton-small", epochs: int = 40, **export_kw):
-    """Train ``arch`` on digits (seed 0), write it as ONNX (dropout recorded) and export its release."""
+    """Train ``arch`` on digits (seed 0), write it as ONNX (convention and dropout recorded), export its release."""
     import torch
 
     from dfkd_meta.data import load_data
     from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+    from dfkd_meta.onnx.torch_export import export_onnx
     from dfkd_meta.stats.export import export_release
-    from dfkd_meta.train import export_onnx, train_teacher
+    from dfkd_meta.train import train_teacher
 
     data = load_data("digits")
     torch.manual_seed(0)
-    model = train_teacher(build_model(arch, data.input_shape, 10), data, epochs=epochs, progress=False,
-                          device="cpu").model
-    path = export_onnx(model, data.input_shape, folder / f"{arch}.onnx", dropout_keep=hidden_dropout_keep_probs(model))
+    trained = train_teacher(build_model(arch, data.input_shape, 10), data, epochs=epochs, progress=False,
+                            device="cpu")
+    path = export_onnx(trained.model, data.input_shape, folder / f"{arch}.onnx", convention=trained.convention,
+                       dropout_keep=hidden_dropout_keep_probs(trained.model))
     return export_release(path, data, folder / "release", progress=False, **export_kw)

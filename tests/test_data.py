@@ -8,38 +8,54 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfkd_meta.data import load_data, parse_idx
+from dfkd_meta.convention import parse
+from dfkd_meta.data import RAW, Feed, load_data, parse_idx
 from dfkd_meta.errors import DfkdError, UsageError
 
 from .conftest import shared_dataset
 
 
-def test_digits_split_is_fixed_and_normalised():
+def test_digits_split_is_fixed_and_raw_unless_a_feed_normalises_it():
     a, b = load_data("digits"), load_data("digits")
-    assert a.input_shape == (1, 8, 8) and a.num_classes == 10
+    assert a.input_shape == (1, 8, 8) and a.num_classes == 10 and a.layout == "NCHW"
     assert a.size("train") == 1437 and a.size("test") == 360
-    xa, ya = a.arrays("train")
-    xb, yb = b.arrays("train")
+    xa, ya = a.arrays("train", feed=RAW)
+    xb, yb = b.arrays("train", feed=RAW)
     assert np.array_equal(ya, yb) and np.array_equal(xa, xb)
-    assert abs(xa.mean()) < 1e-5 and abs(xa.std() - 1) < 1e-4  # normalised by the train split's own moments
-    lo, hi = a.input_domain.normalized_range()
-    assert xa.min() >= lo[0] - 1e-6 and xa.max() <= hi[0] + 1e-6
+    assert xa.min() == 0.0 and xa.max() == 1.0 and a.value_range() == (0.0, 1.0)  # raw: nothing applied
+    conv = parse("data", a.channel_stats)
+    xn, _ = a.arrays("train", feed=Feed(conv))
+    assert abs(xn.mean()) < 1e-5 and abs(xn.std() - 1) < 1e-4  # the data option standardises the train split
+    np.testing.assert_allclose(xn, (xa - conv.norm_mean[0]) / conv.norm_std[0], atol=1e-5)
+
+
+def test_feed_flattens_for_a_flat_model_and_applies_per_channel_conventions():
+    d = load_data("digits")
+    x, _ = next(d.batches("test", 5, feed=Feed(parse("0.5/0.25"), (64,))))
+    raw, _ = next(d.batches("test", 5, feed=RAW))
+    assert x.shape == (5, 64)
+    np.testing.assert_allclose(x, ((raw - 0.5) / 0.25).reshape(5, 64), atol=1e-6)
+    rgb = np.random.default_rng(0).random((4, 3, 2, 2)).astype(np.float32)
+    out = parse("imagenet").apply(rgb)
+    for c, (m, s) in enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))):
+        np.testing.assert_allclose(out[:, c], (rgb[:, c] - m) / s, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UsageError, match="3 channels, the data 1"):
+        parse("imagenet").apply(raw)
 
 
 def test_resize_pads_by_even_margins_and_interpolates_otherwise():
     d = load_data("digits", resize=12)
-    x, _ = next(d.batches("test", 4))
+    x, _ = next(d.batches("test", 4, feed=RAW))
     assert x.shape == (4, 1, 12, 12)
-    background = (0 - d.mean) / d.std
-    assert np.allclose(x[:, :, :2, :], background) and np.allclose(x[:, :, :, -2:], background)
+    assert np.allclose(x[:, :, :2, :], 0.0) and np.allclose(x[:, :, :, -2:], 0.0)  # raw black padding
     assert load_data("digits", resize=7).input_shape == (1, 7, 7)
 
 
 def test_batches_cover_the_split_once_and_shuffle_by_seed():
     d = load_data("digits")
-    ys = np.concatenate([y for _, y in d.batches("train", 100, shuffle=True, seed=3)])
+    ys = np.concatenate([y for _, y in d.batches("train", 100, feed=RAW, shuffle=True, seed=3)])
     assert sorted(ys.tolist()) == sorted(d.labels("train").tolist())
-    again = np.concatenate([y for _, y in d.batches("train", 100, shuffle=True, seed=3)])
+    again = np.concatenate([y for _, y in d.batches("train", 100, feed=RAW, shuffle=True, seed=3)])
     assert np.array_equal(ys, again)
 
 
@@ -108,9 +124,25 @@ def test_npz_source_and_pickle_refusal(tmp_path):
     np.savez(tmp_path / "evil.npz", x=np.array([object()], dtype=object), y=np.zeros(1, np.int64))
     with pytest.raises(DfkdError, match="without pickled objects"):
         load_data(f"npz:{tmp_path / 'evil.npz'}")
-    np.savez(tmp_path / "bad.npz", x=np.ones((3, 4, 4), np.float32) * 2, y=np.zeros(3, np.int64))
-    with pytest.raises(DfkdError, match="outside \\[0, 1\\]"):
+    np.savez(tmp_path / "bad.npz", x=np.full((3, 4, 4), np.nan, np.float32), y=np.zeros(3, np.int64))
+    with pytest.raises(DfkdError, match="NaN or infinite"):
         load_data(f"npz:{tmp_path / 'bad.npz'}")
+
+
+def test_npz_feature_vectors_keep_their_values_and_range(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(3.0, 10.0, (40, 7)).astype(np.float32)
+    np.savez(tmp_path / "tab.npz", x=x, y=np.arange(40) % 3)
+    d = load_data(f"npz:{tmp_path / 'tab.npz'}")
+    assert d.input_shape == (7,) and d.layout == "NC" and not d.is_image and d.num_classes == 3
+    got, _ = d.arrays("train", feed=RAW)
+    assert np.array_equal(got, x)
+    assert d.value_range() == (float(x.min()), float(x.max()))  # the observed range, as documented
+    mean, std = d.channel_stats()
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, x.astype(np.float64).std(0), rtol=1e-5)
+    with pytest.raises(UsageError, match="feature vectors, not images"):
+        load_data(f"npz:{tmp_path / 'tab.npz'}", resize=8)
 
 
 def test_real_mnist_and_fashion_mnist():
@@ -119,4 +151,4 @@ def test_real_mnist_and_fashion_mnist():
         assert d.size("train") == 60000 and d.size("test") == 10000 and d.input_shape == (1, 32, 32)
         assert d.class_names[0] == first_class
         assert np.bincount(d.labels("test"), minlength=10).min() > 800
-    assert abs(load_data(f"mnist:{shared_dataset('mnist')}").mean - 0.1307) < 1e-3
+    assert abs(load_data(f"mnist:{shared_dataset('mnist')}").scalar_stats()[0] - 0.1307) < 1e-3

@@ -17,7 +17,7 @@ from dfkd_meta.errors import DfkdError
 from dfkd_meta.models import build_model
 from dfkd_meta.onnx.graph import OnnxModule
 from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
-from dfkd_meta.train import export_onnx
+from dfkd_meta.onnx.torch_export import export_onnx
 from dfkd_meta.transfer import read_transfer
 
 from .conftest import digits_release

@@ -8,13 +8,15 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import main as cli_main
-from dfkd_meta.data import load_data
+from dfkd_meta.convention import IDENTITY, InputConvention
+from dfkd_meta.data import Feed, load_data
 from dfkd_meta.errors import DfkdError
 from dfkd_meta.models import build_model, hidden_dropout_keep_probs
 from dfkd_meta.onnx.graph import OnnxModule
+from dfkd_meta.onnx.torch_export import export_onnx
 from dfkd_meta.sidecar import read_sidecar, validate
 from dfkd_meta.stats.export import export_release
-from dfkd_meta.train import export_onnx, train_teacher
+from dfkd_meta.train import train_teacher
 
 from .conftest import shared_dataset
 
@@ -26,13 +28,13 @@ def digits():
     return load_data("digits")
 
 
-def _teacher(tmp_path_factory, digits, arch: str, exporter: str = "legacy", epochs: int = 3):
+def _teacher(tmp_path_factory, digits, arch: str, exporter: str = "legacy", epochs: int = 10):
     torch.manual_seed(0)
-    model = train_teacher(build_model(arch, digits.input_shape, 10), digits, epochs=epochs, progress=False,
-                          device="cpu").model
+    trained = train_teacher(build_model(arch, digits.input_shape, 10), digits, epochs=epochs, progress=False,
+                            device="cpu")
     path = tmp_path_factory.mktemp(f"{arch}-{exporter}") / f"{arch}.onnx"
-    return export_onnx(model, digits.input_shape, path, exporter=exporter,
-                       dropout_keep=hidden_dropout_keep_probs(model)), model
+    return export_onnx(trained.model, digits.input_shape, path, exporter=exporter, convention=trained.convention,
+                       dropout_keep=hidden_dropout_keep_probs(trained.model)), trained.model
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,20 @@ def mlp_release(tmp_path_factory, digits):
     return path, result
 
 
-def _direct(model_path, data, tensors, split="train"):
-    """The tensors over the whole split, computed by the torch path (independent of the ORT pass)."""
+def _direct(model_path, data, tensors, split="train", convention: InputConvention | None = None):
+    """The tensors over the whole split, computed by the torch path (independent of the ORT pass).
+
+    The inputs follow ``convention``, else the one the model's metadata records, else raw values.
+    """
+    import onnx as onnx_
+
+    from dfkd_meta.convention import from_model
+
     module = OnnxModule.from_file(model_path)
-    x, y = data.arrays(split)
+    if convention is None:
+        meta = {p.key: p.value for p in onnx_.load(str(model_path), load_external_data=False).metadata_props}
+        convention = from_model(meta) or IDENTITY
+    x, y = data.arrays(split, feed=Feed(convention))
     with torch.no_grad():
         out = module.run(torch.from_numpy(x), taps=tensors)
     return {t: out[t].double().numpy() for t in tensors}, y
@@ -128,7 +140,7 @@ def test_spectral_coefficients_are_projections_of_the_activations(mlp_release, d
 
 
 def test_cnn_release_has_channel_statistics(tmp_path_factory, digits, tmp_path):
-    path, _ = _teacher(tmp_path_factory, digits, "bn-cnn", epochs=1)
+    path, _ = _teacher(tmp_path_factory, digits, "bn-cnn", epochs=8)
     result = export_release(path, digits, tmp_path, spectral_k=8, progress=False)
     sc = read_sidecar(result.sidecar_path, result.model_path)
     conv = [layer for layer in sc.layers if len(layer.shape) == 3]
@@ -143,7 +155,7 @@ def test_cnn_release_has_channel_statistics(tmp_path_factory, digits, tmp_path):
 
 
 def test_dynamo_release_binds_its_external_data(tmp_path_factory, digits, tmp_path):
-    path, _ = _teacher(tmp_path_factory, digits, "hinton-small", exporter="dynamo", epochs=1)
+    path, _ = _teacher(tmp_path_factory, digits, "hinton-small", exporter="dynamo", epochs=10)
     result = export_release(path, digits, tmp_path, spectral_k=0, progress=False)
     data_file = result.model_path.parent / (result.model_path.name + ".data")
     assert data_file.is_file()
@@ -158,7 +170,8 @@ def test_dynamo_release_binds_its_external_data(tmp_path_factory, digits, tmp_pa
 def test_export_from_a_torch_module(digits, tmp_path):
     torch.manual_seed(0)
     model = build_model("hinton-small", digits.input_shape, 10).eval()
-    result = export_release(model, digits, tmp_path / "rel", name="mine", spectral_k=4, limit=300, progress=False)
+    result = export_release(model, digits, tmp_path / "rel", name="mine", spectral_k=4, limit=300, force=True,
+                            progress=False)
     assert result.model_path.name == "mine.onnx" and result.sidecar_path.name == "mine.dfkd.h5"
     assert validate(result.sidecar_path, result.model_path).valid
     assert result.summary["samples"] == 300
@@ -188,7 +201,7 @@ def test_non_finite_activations_stop_the_export_and_leave_nothing(digits, tmp_pa
             return self.out(torch.relu(self.hidden(x)))
 
     torch.manual_seed(0)
-    with pytest.raises(DfkdError, match="is not finite .* on the data; check the model and the input normalisation"):
+    with pytest.raises(DfkdError, match="is not finite .* on the data; check the model and its input convention"):
         export_release(Poisoned().eval(), digits, tmp_path / "rel", spectral_k=0, progress=False)
     assert not (tmp_path / "rel").exists()
 
@@ -216,7 +229,7 @@ def test_mnist_integration(tmp_path):
     torch.manual_seed(0)
     model = build_model("hinton-small", data.input_shape, 10).eval()
     path = export_onnx(model, data.input_shape, tmp_path / "m.onnx")
-    result = export_release(path, data, tmp_path / "rel", limit=3000, spectral_k=16, progress=False)
+    result = export_release(path, data, tmp_path / "rel", limit=3000, spectral_k=16, force=True, progress=False)
     sc = read_sidecar(result.sidecar_path, result.model_path)
     values, _ = _direct(path, data, [sc.layers[0].tensor_name])
     x_y = data.labels("train")[:3000]
@@ -243,12 +256,13 @@ def test_teacher_taking_flattened_input(digits, tmp_path):
 
     torch.manual_seed(0)
     path = export_onnx(_FlatMLP().eval(), (64,), tmp_path / "flat.onnx")
-    result = export_release(path, digits, tmp_path / "rel", spectral_k=4, progress=False)
+    result = export_release(path, digits, tmp_path / "rel", spectral_k=4, force=True, progress=False)
     sc = read_sidecar(result.sidecar_path, result.model_path)
     assert sc.model.input_shape == (-1, 64) and sc.model.input_domain.layout == "NC"
     rc = reconstruct(result.model_path, result.sidecar_path, tmp_path / "t.h5",
                      ReconstructConfig(samples=20, steps=5, batch_size=20), device="cpu", progress=False)
     assert read_transfer(rc.path).x.shape == (20, 64)
-    report = distill(result.model_path, build_model("hinton-tiny", (1, 8, 8), 10), digits, DistillConfig(epochs=1),
+    report = distill(result.model_path, build_model("hinton-tiny", (1, 8, 8), 10), digits,
+                     DistillConfig(epochs=1, force=True),
                      device="cpu", eval_data=digits, progress=False).report
     assert 0 <= report["student_accuracy"] <= 1

@@ -30,8 +30,8 @@ class FirstLayerGaussian:
         self.input_shape = tuple(sidecar.model.input_shape[1:])
         d, units = math.prod(self.input_shape), math.prod(first.shape)
         if d * units > MAX_JACOBIAN_ENTRIES:
-            raise DfkdError(f"{source}: --init first-layer needs the {units} x {d} Jacobian of layer {first.key!r}, "
-                            f"over the {MAX_JACOBIAN_ENTRIES:,}-entry limit; use --init uniform")
+            raise DfkdError(f"{source}: {{init}} first-layer needs the {units} x {d} Jacobian of layer {first.key!r}, "
+                            f"over the {MAX_JACOBIAN_ENTRIES:,}-entry limit; use {{init}} uniform")
         self.source = source
         h0, jac = self._jacobian(OnnxModule(model, source=source).double().eval(), first, d)
         self.has_directions = first.cov_factors is not None
@@ -64,7 +64,7 @@ class FirstLayerGaussian:
             got, want = f(probe), probe @ jac.T + h0
         if not torch.allclose(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()) + 1e-9):
             raise DfkdError(f"{self.source}: layer {layer.key!r} (the first stored layer) is not an affine function "
-                            "of the input, so --init first-layer cannot pull its statistics back; use --init uniform")
+                            "of the input, so {init} first-layer cannot pull its statistics back; use {init} uniform")
         return h0.numpy(), jac.numpy()
 
     def sample(self, classes: np.ndarray, gen: torch.Generator) -> torch.Tensor:

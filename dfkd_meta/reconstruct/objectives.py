@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import DfkdError
+from ..errors import DfkdError, UsageError
 from ..sidecar.types import LayerStats, Sidecar, SpectralStats
 from .sampling import sample_layer, sample_spectral, zskd_soft_targets
 
@@ -38,7 +38,7 @@ class Context:
         for layer in self.layers:
             if layer.kind == "logits":
                 return layer
-        raise DfkdError("the sidecar has no logits layer; re-export it with the logits among --layers")
+        raise DfkdError("the sidecar has no logits layer; re-export it with the logits among the export's {layers}")
 
 
 @dataclass
@@ -186,7 +186,7 @@ class _SpectralMatching(Objective):
         super().__init__(ctx)
         if not self.blocks():
             raise DfkdError(f"{self.name}: the sidecar has no such spectral blocks; re-export it with "
-                            "--spectral-k K (K > 0)")
+                            "the export's {spectral_k} K (K > 0)")
         self._basis = {b.key: _t(b.basis, ctx) for b in self.blocks()}
         self._scale = {b.key: _t(np.mean(b.coef_std.astype(np.float64) ** 2, axis=1) + EPS, ctx)
                        for b in self.blocks()}
@@ -285,5 +285,5 @@ class ZSKD(Objective):
 
 def build_objective(name: str, ctx: Context) -> Objective:
     if name not in OBJECTIVES:
-        raise DfkdError(f"--objective {name!r}: expected one of {sorted(OBJECTIVES)}")
+        raise UsageError(f"{{objective}} {name!r}: expected one of {', '.join(sorted(OBJECTIVES))}")
     return OBJECTIVES[name](ctx)

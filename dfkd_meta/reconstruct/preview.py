@@ -1,4 +1,4 @@
-"""A PNG grid of reconstructed samples, one row per class (image inputs only)."""
+"""A PNG grid of reconstructed samples, one row per class (image inputs only, flattened ones included)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,18 +9,23 @@ from ..errors import DfkdError
 from ..plotting import pyplot, save_png
 from ..sidecar.types import Sidecar
 from ..transfer import TransferSet
+from .inputs import to_raw
 
 
 def save_preview(ts: TransferSet, sidecar: Sidecar, path: str | Path, per_class: int = 8) -> Path:
-    dom = sidecar.model.input_domain
-    if dom.layout not in ("NCHW", "NHWC"):
-        raise DfkdError(f"--preview needs image inputs; this model's layout is {dom.layout}")
+    binding, dom = sidecar.model, sidecar.model.input_domain
+    image = binding.image_shape
+    if image is None or len(image) != 3:
+        raise DfkdError(f"{path}: {{preview}} draws images, and this model takes feature vectors "
+                        f"(layout {dom.layout}, no image shape recorded); drop {{preview}}")
     plt = pyplot()
 
-    x = ts.x if dom.layout == "NHWC" else np.moveaxis(ts.x, 1, -1)
-    mean, std = np.asarray(dom.norm_mean), np.asarray(dom.norm_std)
-    raw = np.clip((x * std + mean - dom.value_min) / (dom.value_max - dom.value_min), 0, 1)
-    names = sidecar.model.class_names or [str(i) for i in range(sidecar.num_classes)]
+    raw = to_raw(ts.x, binding) if ts.input_space == "model" else ts.x
+    if dom.layout == "NHWC":
+        raw = np.moveaxis(raw, -1, 1)
+    raw = raw.reshape(len(raw), *image)  # [N, C, H, W]
+    raw = np.clip((np.moveaxis(raw, 1, -1) - dom.value_min) / (dom.value_max - dom.value_min), 0, 1)
+    names = binding.class_names or [str(i) for i in range(sidecar.num_classes)]
     fig, axes = plt.subplots(sidecar.num_classes, per_class, figsize=(per_class * 0.9, sidecar.num_classes * 0.9),
                              squeeze=False)
     for c in range(sidecar.num_classes):

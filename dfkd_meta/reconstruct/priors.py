@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..sidecar.types import LayerStats
+from .inputs import ImageView
 
 
 FEATURE_LAYERS = ("all", "channels")
@@ -31,27 +32,33 @@ class Priors:
         return {"tv": self.tv, "l2": self.l2, "jitter": self.jitter, "flip": self.flip, "feature": self.feature,
                 "feature_layers": self.feature_layers}
 
+    def image_options(self) -> list[str]:
+        """The options set that need image inputs, as parameter placeholders for messages."""
+        return [f"{{{name}}}" for name, on in (("tv", self.tv), ("jitter", self.jitter), ("flip", self.flip)) if on]
 
-def augment(x: torch.Tensor, priors: Priors, gen: torch.Generator) -> torch.Tensor:
-    """Random jitter (roll) and flip of image batches; identity for vector inputs."""
-    if x.dim() < 4:
+
+def augment(x: torch.Tensor, priors: Priors, gen: torch.Generator, view: ImageView | None) -> torch.Tensor:
+    """Random jitter (roll) and flip of the images behind the inputs (``view``); identity when both are off."""
+    if not (priors.jitter or priors.flip):
         return x
+    img = view.to_image(x)
     if priors.jitter:
         dy, dx = (int(v) for v in torch.randint(-priors.jitter, priors.jitter + 1, (2,), generator=gen))
-        x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+        img = torch.roll(img, shifts=(dy, dx), dims=(-2, -1))
     if priors.flip and bool(torch.randint(0, 2, (1,), generator=gen)):
-        x = torch.flip(x, dims=(-1,))
-    return x
+        img = torch.flip(img, dims=(-1,))
+    return view.from_image(img)
 
 
-def image_prior_loss(x: torch.Tensor, priors: Priors) -> torch.Tensor:
-    """Per-sample TV + L2 (zero when both weights are zero or the input is not an image)."""
+def image_prior_loss(x: torch.Tensor, priors: Priors, view: ImageView | None) -> torch.Tensor:
+    """Per-sample TV (on the images behind the inputs) + L2 (zero when both weights are zero)."""
     loss = torch.zeros(x.shape[0], device=x.device)
     if priors.l2:
         loss = loss + priors.l2 * x.flatten(1).pow(2).mean(1)
-    if priors.tv and x.dim() >= 4:
-        tv = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1) + \
-             (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    if priors.tv:
+        img = view.to_image(x)
+        tv = (img[..., 1:, :] - img[..., :-1, :]).abs().flatten(1).mean(1) + \
+             (img[..., :, 1:] - img[..., :, :-1]).abs().flatten(1).mean(1)
         loss = loss + priors.tv * tv
     return loss
 

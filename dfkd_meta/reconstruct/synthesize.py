@@ -23,6 +23,7 @@ from ..onnx.graph import OnnxModule, load_onnx
 from ..sidecar import read_sidecar
 from ..transfer import TransferWriter
 from .init import INITS, FirstLayerGaussian
+from .inputs import domain_bounds, require_image, to_raw
 from .objectives import Context, build_objective
 from .priors import MomentMatcher, Priors, augment, image_prior_loss
 
@@ -37,6 +38,7 @@ class ReconstructConfig:
     seed: int = 0
     priors: Priors = field(default_factory=Priors)
     init: str = "uniform"  # starting inputs: "uniform" over the input domain, or "first-layer" (init.py)
+    store: str = "model"  # the transfer file's x: "model" inputs (normalised) or "raw" values
 
     def settings(self) -> dict:
         return {"objective": self.objective, "samples": self.samples, "steps": self.steps,
@@ -55,16 +57,13 @@ def _batch_classes(b: int, size: int, num_classes: int, rng: np.random.Generator
     return rng.permutation((np.arange(size) + b * size) % num_classes)
 
 
-def _domain_bounds(sidecar, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel bounds of valid (normalised) inputs, shaped to broadcast against a batch."""
-    dom, shape = sidecar.model.input_domain, sidecar.model.input_shape[1:]
-    lo, hi = dom.normalized_range()
-    if dom.layout == "NHWC":
-        view = (1, *([1] * (len(shape) - 1)), -1)
-    else:
-        view = (1, -1, *([1] * (len(shape) - 1)))
-    as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device).reshape(view)  # noqa: E731
-    return as_t(lo), as_t(hi)
+def input_domain_record(binding) -> dict:
+    """The sidecar's input domain as the transfer file records it (SPEC §6.1, TRANSFER.md)."""
+    dom = binding.input_domain
+    return {"layout": dom.layout, "value_min": dom.value_min, "value_max": dom.value_max,
+            "norm_mean": list(dom.norm_mean), "norm_std": list(dom.norm_std),
+            "convention": dom.convention.name if dom.convention else None,
+            "image_shape": list(binding.image_shape) if binding.image_shape else None}
 
 
 def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: ReconstructConfig, *,
@@ -72,10 +71,11 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
                 preview: str | Path | None = None) -> ReconstructResult:
     """Build a transfer set from ``model`` and its ``sidecar`` (validated and bound first)."""
     if cfg.samples < 1 or cfg.batch_size < 1 or cfg.steps < 0 or cfg.lr <= 0:
-        raise UsageError("--samples and --batch-size must be >= 1, --steps >= 0 and --lr > 0")
+        raise UsageError("{samples} and {batch_size} must be >= 1, {steps} >= 0 and {lr} > 0")
     if cfg.init not in INITS:
-        raise UsageError(f"--init {cfg.init!r}: expected one of {', '.join(INITS)}")
+        raise UsageError(f"{{init}} {cfg.init!r}: expected one of {', '.join(INITS)}")
     sc = read_sidecar(sidecar, model)  # refuses invalid or unbound sidecars: nothing is written before this
+    view = require_image(sc.model, cfg.priors.image_options(), str(sidecar)) if cfg.priors.image_options() else None
     dev = resolve_device(device)
     proto = load_onnx(model)
     teacher = OnnxModule(proto, source=str(model)).to(dev).eval()
@@ -84,21 +84,22 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
     matcher = MomentMatcher(sc.layers, dev, cfg.priors.feature_layers) if cfg.priors.feature else None
     if matcher is not None and not matcher.layers:
         if cfg.priors.feature_layers == "channels":
-            raise DfkdError(f"{sidecar}: --feature-layers channels needs a layer with channel statistics (a conv "
-                            "map), and this sidecar has none; use --feature-layers all")
-        raise DfkdError(f"{sidecar}: --feature-weight needs statistics of a hidden layer, and this sidecar only has "
-                        "the logits; drop --feature-weight, or re-export with hidden layers in --layers")
+            raise DfkdError(f"{sidecar}: {{feature_layers}} channels needs a layer with channel statistics (a conv "
+                            "map), and this sidecar has none; use {feature_layers} all")
+        raise DfkdError(f"{sidecar}: {{feature_weight}} needs statistics of a hidden layer, and this sidecar only has "
+                        "the logits; drop {feature_weight}, or re-export with hidden layers in the export's {layers}")
     start = FirstLayerGaussian(sc, proto, str(sidecar)) if cfg.init == "first-layer" else None
     logits = sc.model.logits_name
     taps = list(dict.fromkeys(obj.taps() + (matcher.tensors if matcher else []) + [logits]))
     temperature = ctx.logits_layer.temperature
-    lo, hi = _domain_bounds(sc, dev)
+    lo, hi = domain_bounds(sc.model, dev)
     c = sc.num_classes
     input_shape = sc.model.input_shape[1:]
     provenance = {"model_sha256": sc.model.sha256, "sidecar_sha256": sha256_file(sidecar),
                   "objective": cfg.objective, "settings": cfg.settings()}
     writer = TransferWriter(out, input_shape=input_shape, num_classes=c, temperature=temperature,
-                            provenance=provenance, resume=resume)
+                            provenance=provenance, input_domain=input_domain_record(sc.model), input_space=cfg.store,
+                            resume=resume)
     n_batches = math.ceil(cfg.samples / cfg.batch_size)
     first = writer.done // cfg.batch_size
     steps = cfg.steps if obj.optimise else 0
@@ -123,9 +124,9 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
                 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
                 transforms = obj.transforms(batch)
                 for _ in range(steps):
-                    acts = teacher.run(augment(x, cfg.priors, gen), taps, transform=transforms)
+                    acts = teacher.run(augment(x, cfg.priors, gen, view), taps, transform=transforms)
                     per_sample, terms = obj.loss(acts, batch)
-                    loss = per_sample.mean() + image_prior_loss(x, cfg.priors).mean()
+                    loss = per_sample.mean() + image_prior_loss(x, cfg.priors, view).mean()
                     if matcher is not None:
                         loss = loss + cfg.priors.feature * matcher.loss(acts, batch.classes, c)
                     opt.zero_grad(set_to_none=True)
@@ -143,7 +144,8 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
                 acts = teacher.run(x, taps, transform=obj.transforms(batch))
                 per_sample, _ = obj.loss(acts, batch)
                 out_logits = acts[logits] if not batch.masks else teacher.run(x, [logits])[logits]
-                writer.append(x=x.detach().cpu().numpy(), classes=classes,
+                x_out = x.detach().cpu().numpy()
+                writer.append(x=to_raw(x_out, sc.model) if cfg.store == "raw" else x_out, classes=classes,
                               teacher_logits=out_logits.cpu().numpy(),
                               teacher_soft=torch.softmax(out_logits / temperature, 1).cpu().numpy(),
                               loss=per_sample.cpu().numpy())

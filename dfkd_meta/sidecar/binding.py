@@ -25,7 +25,7 @@ def model_binding(model_path: str | os.PathLike, input_domain: InputDomain, *, l
     outputs = {o.name: o for o in facts.outputs}
     if logits_name is None:
         if len(outputs) != 1:
-            raise DfkdError(f"{path}: the model has outputs {sorted(outputs)}; name the logits with --logits NAME")
+            raise DfkdError(f"{path}: the model has outputs {sorted(outputs)}; name the logits with {logits_name}")
         logits_name = next(iter(outputs))
     if logits_name not in outputs:
         raise DfkdError(f"{path}: {logits_name!r} is not an output; outputs are {sorted(outputs)}")

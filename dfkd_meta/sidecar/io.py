@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import DfkdError
 from ..fileio import atomic_path
 from .schema import load_schema
-from .types import (ChannelStats, DatasetProvenance, InputDomain, LayerStats, ModelBinding, PrivacyBlock,
-                    Sidecar, SpectralStats)
+from .types import (ChannelStats, ConventionRecord, DatasetProvenance, InputDomain, LayerStats, ModelBinding,
+                    PrivacyBlock, Sidecar, SpectralStats, TeacherCheck)
 from .validator import Report, disable_hdf5_plugins, validate, validate_in_process
 
 STR = h5py.string_dtype("utf-8")
@@ -100,6 +100,14 @@ def _write_model(root: h5py.Group, m: ModelBinding, compression: str | None) -> 
     d.attrs["value_max"] = float(m.input_domain.value_max)
     d.attrs["norm_mean"] = np.array(m.input_domain.norm_mean, dtype=np.float64)
     d.attrs["norm_std"] = np.array(m.input_domain.norm_std, dtype=np.float64)
+    conv = m.input_domain.convention
+    if conv is not None:
+        c = _typed_group(d, "convention", "input_convention")
+        c.attrs["dfkd_ignorable"] = np.int64(1)  # added in 1.1: 1.0 readers skip it
+        c.attrs["name"] = conv.name
+        c.attrs["source"] = conv.source
+        if conv.image_shape is not None:
+            c.attrs["image_shape"] = np.array(conv.image_shape, dtype=np.int64)
 
 
 def _write_dataset(root: h5py.Group, d: DatasetProvenance, compression: str | None) -> None:
@@ -109,6 +117,16 @@ def _write_dataset(root: h5py.Group, d: DatasetProvenance, compression: str | No
     g.attrs["license"] = d.license
     g.attrs["sample_count"] = np.int64(d.sample_count)
     _dataset(g, "class_counts", d.class_counts, np.int64, None)
+    tc = d.teacher_check
+    if tc is not None:
+        t = _typed_group(g, "teacher_check", "teacher_check")
+        t.attrs["dfkd_ignorable"] = np.int64(1)  # added in 1.1: 1.0 readers skip it
+        t.attrs["split"] = tc.split
+        t.attrs["samples"] = np.int64(tc.samples)
+        t.attrs["accuracy"] = float(tc.accuracy)
+        t.attrs["mean_confidence"] = float(tc.mean_confidence)
+        t.attrs["min_accuracy"] = float(tc.min_accuracy)
+        t.attrs["forced"] = np.int64(1 if tc.forced else 0)
 
 
 def _write_layer(parent: h5py.Group, s: LayerStats, compression: str | None) -> None:
@@ -259,7 +277,23 @@ def _read_input_domain(g: h5py.Group) -> InputDomain:
     a = g.attrs
     return InputDomain(layout=_s(a["layout"]), value_min=float(a["value_min"]), value_max=float(a["value_max"]),
                        norm_mean=tuple(float(v) for v in a["norm_mean"]),
-                       norm_std=tuple(float(v) for v in a["norm_std"]))
+                       norm_std=tuple(float(v) for v in a["norm_std"]),
+                       convention=_read(g["convention"]) if "convention" in g else None)
+
+
+@_reader("input_convention")
+def _read_convention(g: h5py.Group) -> ConventionRecord:
+    a = g.attrs
+    return ConventionRecord(name=_s(a["name"]), source=_s(a["source"]),
+                            image_shape=tuple(int(v) for v in a["image_shape"]) if "image_shape" in a else None)
+
+
+@_reader("teacher_check")
+def _read_teacher_check(g: h5py.Group) -> TeacherCheck:
+    a = g.attrs
+    return TeacherCheck(split=_s(a["split"]), samples=int(a["samples"]), accuracy=float(a["accuracy"]),
+                        mean_confidence=float(a["mean_confidence"]), min_accuracy=float(a["min_accuracy"]),
+                        forced=bool(int(a["forced"])))
 
 
 @_reader("dataset_provenance")
@@ -267,7 +301,8 @@ def _read_dataset(g: h5py.Group) -> DatasetProvenance:
     a = g.attrs
     return DatasetProvenance(name=_s(a["name"]), description=_s(a["description"]), license=_s(a["license"]),
                              sample_count=int(a["sample_count"]),
-                             class_counts=np.asarray(g["class_counts"][()], dtype=np.int64))
+                             class_counts=np.asarray(g["class_counts"][()], dtype=np.int64),
+                             teacher_check=_read(g["teacher_check"]) if "teacher_check" in g else None)
 
 
 @_reader("channel_stats")

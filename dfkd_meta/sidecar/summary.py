@@ -24,9 +24,18 @@ def describe(sidecar: Sidecar, path: str | os.PathLike) -> dict:
                   "input_domain": {"layout": m.input_domain.layout,
                                    "range": [m.input_domain.value_min, m.input_domain.value_max],
                                    "norm_mean": list(m.input_domain.norm_mean),
-                                   "norm_std": list(m.input_domain.norm_std)}},
+                                   "norm_std": list(m.input_domain.norm_std),
+                                   "convention": None if m.input_domain.convention is None else {
+                                       "name": m.input_domain.convention.name,
+                                       "source": m.input_domain.convention.source,
+                                       "image_shape": None if m.input_domain.convention.image_shape is None
+                                       else list(m.input_domain.convention.image_shape)}}},
         "dataset": {"name": d.name, "description": d.description, "license": d.license,
-                    "samples": d.sample_count, "class_counts": d.class_counts.tolist()},
+                    "samples": d.sample_count, "class_counts": d.class_counts.tolist(),
+                    "teacher_check": None if d.teacher_check is None else {
+                        "split": d.teacher_check.split, "samples": d.teacher_check.samples,
+                        "accuracy": d.teacher_check.accuracy, "mean_confidence": d.teacher_check.mean_confidence,
+                        "min_accuracy": d.teacher_check.min_accuracy, "forced": d.teacher_check.forced}},
         "layers": [{"key": x.key, "tensor": x.tensor_name, "order": x.order, "kind": x.kind, "shape": list(x.shape),
                     "units": x.units, "temperature": x.temperature, "dropout_keep_prob": x.dropout_keep_prob,
                     "cov_rank": None if x.cov_factors is None else int(x.cov_factors.shape[2]),
@@ -57,7 +66,13 @@ def format_summary(info: dict) -> str:
         f"logits   {m['logits']}: {m['classes']} classes" + (f" ({', '.join(m['class_names'][:10])}"
                                                             f"{', ...' if len(m['class_names']) > 10 else ''})"
                                                             if m["class_names"] else ""),
+        f"         input convention: " + (f"{dom['convention']['name']} ({dom['convention']['source']})"
+                                       + (f", flattened images {dom['convention']['image_shape']}"
+                                          if dom['convention']['image_shape'] else "")
+                                       if dom["convention"] else "not recorded (a sidecar made before format 1.1)"),
         f"data     {d['name']} ({d['license']}): {d['samples']} examples, per class {d['class_counts']}",
+        "teacher  " + (_check_line(d["teacher_check"]) if d["teacher_check"] else
+                       "not checked on the data (a sidecar made before format 1.1; `dfkd-meta validate --data` checks it)"),
         "layers:",
     ]
     for x in info["layers"]:
@@ -75,6 +90,12 @@ def format_summary(info: dict) -> str:
                  f"privacy: {p['mechanism']} epsilon={p['epsilon']:g} delta={p['delta']:g} clip={p['clip_norm']:g} "
                  f"on {p['applies_to']}")
     return "\n".join(lines)
+
+
+def _check_line(t: dict) -> str:
+    line = (f"right on {t['accuracy']:.2%} of the {t['samples']} {t['split']} examples (mean confidence "
+            f"{t['mean_confidence']:.3f}, threshold {t['min_accuracy']:.2f})")
+    return line + (" -- BELOW THE THRESHOLD: the publisher forced the export" if t["forced"] else "")
 
 
 def plot_top_layer(sidecar: Sidecar, path: str | os.PathLike) -> Path:

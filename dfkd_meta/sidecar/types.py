@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FORMAT_NAME = "dfkd-meta"
-FORMAT_VERSION = "1.0.0"
+FORMAT_VERSION = "1.1.0"
 LAYER_KINDS = ("pre_activation", "post_activation", "logits")
 SPECTRAL_GRAPH = "abs_weight_normalized_laplacian"
 SPECTRAL_GRAPH_VERSION = 1
@@ -20,6 +20,15 @@ def utc_now() -> str:
 
 
 @dataclass
+class ConventionRecord:
+    """Where the input normalisation came from, and the image behind a flat input (SPEC §6.1.1, format 1.1)."""
+
+    name: str  # none | data | imagenet | custom
+    source: str  # option | model_metadata | legacy_train | default
+    image_shape: tuple[int, ...] | None = None  # (C, H, W) of images fed flattened (layout NC)
+
+
+@dataclass
 class InputDomain:
     """What a valid model input looks like (SPEC §6.1): x = (r - norm_mean) / norm_std, r in range."""
 
@@ -28,6 +37,7 @@ class InputDomain:
     value_max: float
     norm_mean: tuple[float, ...] = (0.0,)
     norm_std: tuple[float, ...] = (1.0,)
+    convention: ConventionRecord | None = None
 
     def normalized_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (low, high) bounds of the model input after normalisation."""
@@ -52,6 +62,30 @@ class ModelBinding:
     external_data: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     class_names: list[str] | None = None
 
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        """(C, H, W) of the images behind the model input: the input itself, or the images it flattens."""
+        dom, shape = self.input_domain, tuple(self.input_shape[1:])
+        if dom.layout == "NCHW":
+            return shape
+        if dom.layout == "NHWC":
+            return (shape[2], shape[0], shape[1])
+        if dom.convention is not None and dom.convention.image_shape is not None:
+            return tuple(dom.convention.image_shape)
+        return None
+
+
+@dataclass
+class TeacherCheck:
+    """The teacher measured on the data the statistics come from, under the recorded convention (SPEC §7.1)."""
+
+    split: str
+    samples: int
+    accuracy: float
+    mean_confidence: float  # mean over examples of the largest softmax probability (temperature 1)
+    min_accuracy: float  # the threshold export applied
+    forced: bool = False  # exported below the threshold on the publisher's request
+
 
 @dataclass
 class DatasetProvenance:
@@ -62,6 +96,7 @@ class DatasetProvenance:
     class_counts: np.ndarray  # int64 [C]
     description: str = ""
     license: str = "unknown"
+    teacher_check: TeacherCheck | None = None
 
 
 @dataclass

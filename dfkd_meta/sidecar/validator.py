@@ -664,6 +664,8 @@ def _model_binding(chk: _Checker, ctx: _GroupContext) -> None:
     shape = a.get("input_shape")
     if shape is not None and (shape[0] != -1 or any(d < 1 for d in shape[1:])):
         chk.add("DM414", f"{p}@input_shape", f"{shape}: the first entry must be -1, the others >= 1")
+    if shape is not None:
+        _input_domain_against_shape(chk, shape)
 
 
 @_semantic("input_domain")
@@ -677,9 +679,15 @@ def _input_domain(chk: _Checker, ctx: _GroupContext) -> None:
         chk.add("DM413", f"{p}@norm_std", f"{std}: every entry must be > 0")
     if mean is not None and std is not None and len(mean) != len(std):
         chk.add("DM413", f"{p}@norm_std", f"norm_mean has {len(mean)} entries, norm_std {len(std)}")
-    shape = (chk.facts.get("model") or {}).get("input_shape")
-    layout = a.get("layout")
-    if shape is None or layout is None:
+    # checked against the binding's input_shape once /model's own attributes are known (_model_binding)
+    chk.facts["input_domain"] = {**a, "path": p,
+                                 "image_shape": (ctx.groups.get("convention") or {}).get("image_shape")}
+
+
+def _input_domain_against_shape(chk: _Checker, shape: list[int]) -> None:
+    dom = chk.facts.get("input_domain") or {}
+    p, layout, mean, std = dom.get("path"), dom.get("layout"), dom.get("norm_mean"), dom.get("norm_std")
+    if layout is None:
         return
     if len(layout) != len(shape):
         chk.add("DM413", f"{p}@layout", f"layout {layout} has rank {len(layout)}, input_shape {shape} rank {len(shape)}")
@@ -688,9 +696,16 @@ def _input_domain(chk: _Checker, ctx: _GroupContext) -> None:
     for name, lst in (("norm_mean", mean), ("norm_std", std)):
         if lst is not None and len(lst) not in (1, channels):
             chk.add("DM413", f"{p}@{name}", f"{len(lst)} entries; needs 1 or the channel count {channels}")
+    image = dom.get("image_shape")
+    if image is not None:
+        if layout != "NC":
+            chk.add("DM413", f"{p}/convention@image_shape", f"only a flat input (layout NC) records the image it "
+                                                             f"flattens; the layout is {layout}")
+        elif math.prod(image) != shape[1]:
+            chk.add("DM413", f"{p}/convention@image_shape", f"{image} has {math.prod(image)} values, the input "
+                                                             f"{shape[1]}")
 
 
-@_semantic("dataset_provenance")
 def _dataset_provenance(chk: _Checker, ctx: _GroupContext) -> None:
     ds, n = ctx.datasets.get("class_counts"), ctx.attrs.get("sample_count")
     if ds is None:
@@ -699,6 +714,25 @@ def _dataset_provenance(chk: _Checker, ctx: _GroupContext) -> None:
     chk.facts["class_counts"] = counts
     if n is not None and int(counts.sum()) != n:
         chk.add("DM510", f"{ctx.path}/class_counts", f"sum {int(counts.sum())} != sample_count {n}")
+
+
+@_semantic("dataset_provenance")
+def _dataset_provenance_rules(chk: _Checker, ctx: _GroupContext) -> None:
+    _dataset_provenance(chk, ctx)
+    tc, n = ctx.groups.get("teacher_check"), ctx.attrs.get("sample_count")
+    if not tc:
+        return
+    p = f"{ctx.path}/teacher_check"
+    if tc.get("samples") is not None and n is not None and tc["samples"] > n:
+        chk.add("DM521", f"{p}@samples", f"{tc['samples']} samples, but the statistics saw {n}")
+    acc, floor, forced = tc.get("accuracy"), tc.get("min_accuracy"), tc.get("forced")
+    if acc is None or floor is None or forced is None or acc >= floor:
+        return
+    if forced:
+        chk.add("DM520", f"{p}@accuracy", f"the teacher was right on {acc:.1%} of the export data, below the "
+                                          f"threshold {floor:.1%}; the publisher forced the export")
+    else:
+        chk.add("DM521", f"{p}@forced", f"accuracy {acc:.1%} is below min_accuracy {floor:.1%} but forced is 0")
 
 
 @_semantic("layer_stats")
@@ -888,6 +922,11 @@ def _child_limits() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash must not litter core files
 
 
+def finding(rule: str, path: str, message: str) -> Finding:
+    """A finding of ``rule`` (severity, section and fix from the schema's rule table)."""
+    r = load_schema().rules[rule]
+    return Finding(r.severity, r.id, r.section, path, message, r.fix)
+
+
 def _dm103(message: str) -> Finding:
-    r = load_schema().rules["DM103"]
-    return Finding(r.severity, r.id, r.section, "/", message, r.fix)
+    return finding("DM103", "/", message)

@@ -1,17 +1,20 @@
 """Model + private data -> release folder: the ONNX teacher and its statistics sidecar.
 
-One streaming pass over the data (ONNX Runtime, no gradients) accumulates, per class and in
-float64, the moments of every chosen layer, of each conv layer's channels, optional low-rank
-covariances, and the spectral coefficients of every spectral block.
+The teacher is fed exactly its input convention (an option, its ONNX metadata, or raw values:
+never a statistic of the data it was not asked for) and is measured on the data first: export
+refuses a teacher that is not right on most of the examples it would describe (``force`` to
+override). One streaming pass over the data (ONNX Runtime, no gradients) then accumulates, per
+class and in float64, the moments of every chosen layer, of each conv layer's channels, optional
+low-rank covariances, and the spectral coefficients of every spectral block.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import shutil
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +22,56 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
-from ..data import DataSource, as_model_input, fits
+from ..convention import InputConvention, resolve
+from ..data import DataSource, Feed, fits
 from ..errors import DfkdError, UsageError
 from ..fileio import atomic_path
 from ..onnx.graph import load_onnx
 from ..onnx.inspect import candidate_layers, external_data_locations, model_facts
 from ..onnx.runtime import OrtModel
+from ..onnx.torch_export import dropout_keep_from_metadata, export_onnx, model_metadata
 from ..sidecar import (ChannelStats, DatasetProvenance, LayerStats, Sidecar, SidecarInvalidError, SpectralStats,
                        validate, write_sidecar)
 from ..sidecar.binding import model_binding
-from ..train import dropout_keep_from_metadata, export_onnx
+from ..sidecar.types import ConventionRecord, InputDomain
 from .moments import ClassMoments, pool_positions, sketch_width
 from .spectral import LayerRef, plan_spectral
+from .teacher_check import PRECHECK_EXAMPLES, AccuracyMeter, default_min_accuracy, require_fit
 
 MAX_SKETCH_ENTRIES = 2 ** 25  # float64 covariance-sketch entries per layer (256 MiB); larger layers get none
+DEFAULT_TEMPERATURE = 8.0
+
+
+@dataclass
+class ExportConfig:
+    """Every setting of an export, with its one default (recorded whole in the summary)."""
+
+    layers: list[str] | None = None  # tensor names; None: hidden pre-activations and the logits
+    temperature: float = DEFAULT_TEMPERATURE  # logits are recorded divided by it
+    cov_rank: int = 0  # per-class low-rank covariance factors (0: none)
+    spectral_k: int | None = None  # eigenvectors per spectral block (None: 64 all layers, 32 per pair; 0: none)
+    split: str = "train"
+    batch_size: int = 512
+    limit: int | None = None  # only the first N examples of the split
+    input_norm: str | InputConvention | None = None  # None: the teacher's metadata, else raw values
+    value_range: tuple[float, float] | None = None  # raw value range; None: the convention's, else the data's
+    min_accuracy: float | None = None  # None: default_min_accuracy(classes)
+    force: bool = False  # export even when the teacher fails the accuracy check
+
+    def check(self) -> None:
+        if not self.temperature > 0:
+            raise UsageError(f"{{temperature}} {self.temperature}: must be > 0")
+        if self.cov_rank < 0 or (self.spectral_k is not None and self.spectral_k < 0):
+            raise UsageError("{cov_rank} and {spectral_k} must be >= 0")
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise UsageError("{batch_size} and {limit} must be >= 1")
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            raise UsageError(f"{{min_accuracy}} {self.min_accuracy}: must be in [0, 1]")
+        if self.value_range is not None and not (len(self.value_range) == 2 and
+                                                 math.isfinite(self.value_range[0]) and
+                                                 math.isfinite(self.value_range[1]) and
+                                                 self.value_range[0] < self.value_range[1]):
+            raise UsageError(f"{{value_range}} {self.value_range}: expected two finite numbers LO < HI")
 
 
 def _sketch_fits(classes: int, shape, cov_rank: int) -> bool:
@@ -59,21 +98,121 @@ def layer_key(tensor: str, taken: set[str]) -> str:
     return candidate
 
 
-def _place_model(model: str | Path | torch.nn.Module, data: DataSource, out_dir: Path, name: str | None,
-                 created: list[Path]) -> Path:
+@dataclass
+class _Plan:
+    """Everything decided before a byte is written: the model, its feed, the layers, the check."""
+
+    source: Path
+    proto: onnx.ModelProto
+    facts: object
+    logits: str
+    chosen: list[tuple]
+    convention: InputConvention
+    feed: Feed
+    domain: InputDomain
+    classes: int
+    class_names: list[str] | None
+    min_accuracy: float
+
+
+def _plan(path: Path, data: DataSource, cfg: ExportConfig) -> _Plan:
+    proto = load_onnx(path)
+    facts = model_facts(path, proto)
+    inp = facts.inputs[0] if len(facts.inputs) == 1 else None
+    if inp is None or not fits(data.input_shape, inp.per_example_shape):
+        got = list(inp.per_example_shape or []) if inp else [i.name for i in facts.inputs]
+        raise DfkdError(f"{path}: the model expects input {got} but {data.spec or data.name} gives "
+                        f"{list(data.input_shape)}; pass {{resize}} N or the matching data set")
+    model_shape = tuple(inp.per_example_shape)
+    logits = _logits_name(facts, path)
+    out_shape = next(o.shape for o in facts.outputs if o.name == logits)
+    classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
+    if classes is None:
+        raise DfkdError(f"{path}: the logits {logits!r} have shape {out_shape}; expected [batch, classes]")
+    top = int(max(data.labels(cfg.split).max(initial=0), 0))
+    if top >= classes:
+        raise DfkdError(f"{path}: the teacher has {classes} classes but {data.spec or data.name} has labels up to "
+                        f"{top}; pass the data set the teacher was trained on")
+    chosen = _choose_layers(proto, facts, logits, cfg.layers, path)
+    convention = resolve(cfg.input_norm, model_metadata(proto), where=str(path), data_stats=data.channel_stats,
+                         scalar_data_stats=data.scalar_stats)
+    if len(model_shape) not in (1, 3):
+        raise DfkdError(f"{path}: input of per-example shape {list(model_shape)}; export handles images "
+                        "[C, H, W] and feature vectors [D]")
+    feed = Feed(convention, model_shape)
+    flat_image = data.is_image and len(model_shape) == 1
+    recorded = convention.flattened(data.input_shape) if flat_image else convention
+    lo, hi = cfg.value_range or ((convention.value_min, convention.value_max)
+                                 if convention.value_min is not None else data.value_range())
+    domain = InputDomain("NCHW" if len(model_shape) == 3 else "NC", float(lo), float(hi),
+                         tuple(float(v) for v in recorded.norm_mean), tuple(float(v) for v in recorded.norm_std),
+                         ConventionRecord(convention.name, convention.source,
+                                          tuple(data.input_shape) if flat_image else None))
+    names = data.class_names if len(data.class_names) == classes else None
+    min_acc = cfg.min_accuracy if cfg.min_accuracy is not None else default_min_accuracy(classes)
+    return _Plan(path, proto, facts, logits, chosen, convention, feed, domain, classes, names, min_acc)
+
+
+def _precheck(plan: _Plan, data: DataSource, cfg: ExportConfig) -> None:
+    """The teacher on a seeded sample of the split, before anything is written."""
+    n = min(data.size(cfg.split), cfg.limit or data.size(cfg.split))
+    if n <= PRECHECK_EXAMPLES:
+        return  # the full pass is as cheap: it checks
+    runner = OrtModel(plan.proto)
+    meter = AccuracyMeter()
+    for x, y in data.batches(cfg.split, cfg.batch_size, feed=plan.feed, shuffle=True, seed=0,
+                             limit=PRECHECK_EXAMPLES):
+        meter.update(runner.run(x)[plan.logits], y)
+    require_fit(meter, plan.min_accuracy, model=str(plan.source), data=data.spec or data.name,
+                convention=plan.convention.describe(), force=cfg.force, partial=True)
+
+
+def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_dir: str | Path,
+                   config: ExportConfig | None = None, *, name: str | None = None,
+                   dropout_keep: dict[str, float] | None = None, progress: bool = True,
+                   **settings) -> ExportResult:
+    """Write ``out_dir/<name>.onnx`` and ``out_dir/<name>.dfkd.h5``; returns paths and a summary.
+
+    ``settings`` override fields of ``config`` (an ``ExportConfig``). A torch module is first
+    written as ONNX (recording ``input_norm`` when given). Nothing is written until the model, the
+    data, the layers and the teacher's accuracy on the data have been checked; a failed export
+    leaves nothing behind.
+    """
+    cfg = replace(config or ExportConfig(), **settings)
+    cfg.check()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dfkd-export-") as scratch:
+        if isinstance(model, torch.nn.Module):
+            from ..models import hidden_dropout_keep_probs
+
+            conv = resolve(cfg.input_norm, {}, data_stats=data.channel_stats)
+            cfg = replace(cfg, input_norm=conv)  # the module's convention: recorded in its ONNX file too
+            source = export_onnx(model, data.input_shape, Path(scratch) / f"{name or 'teacher'}.onnx",
+                                 convention=conv, dropout_keep=hidden_dropout_keep_probs(model))
+        else:
+            source = Path(model)
+        plan = _plan(source, data, cfg)
+        _precheck(plan, data, cfg)
+        out_dir = Path(out_dir)
+        made_dir = not out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        created: list[Path] = []
+        try:
+            return _export(plan, data, out_dir, created, t0, cfg, name=name, dropout_keep=dropout_keep,
+                           progress=progress)
+        except BaseException:
+            for p in created:  # a failed export leaves nothing behind
+                p.unlink(missing_ok=True)
+            if made_dir and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            raise
+
+
+def _place_model(src: Path, out_dir: Path, name: str | None, created: list[Path]) -> Path:
     """The release's copy of the model (external-data files beside it, names unchanged).
 
     Every file this creates is appended to ``created`` so a failed export can remove it.
     """
-    if isinstance(model, torch.nn.Module):
-        from ..models import hidden_dropout_keep_probs
-
-        target = out_dir / f"{name or 'teacher'}.onnx"
-        for p in (target, target.parent / (target.name + ".data")):
-            if not p.exists():
-                created.append(p)
-        return export_onnx(model, data.input_shape, target, dropout_keep=hidden_dropout_keep_probs(model))
-    src = Path(model)
     target = out_dir / f"{name or src.stem}.onnx"
     if src.resolve() != target.resolve():
         for loc in external_data_locations(onnx.load(str(src), load_external_data=False)):
@@ -88,90 +227,38 @@ def _place_model(model: str | Path | torch.nn.Module, data: DataSource, out_dir:
     return target
 
 
-def _check_input(path: Path, facts, data: DataSource) -> None:
-    inp = facts.inputs[0] if len(facts.inputs) == 1 else None
-    if inp is None or not fits(data.input_shape, inp.per_example_shape):
-        got = list(inp.per_example_shape or []) if inp else [i.name for i in facts.inputs]
-        raise DfkdError(f"{path}: the model expects input {got} but --data {data.spec or data.name} gives "
-                        f"{list(data.input_shape)}; pass --resize N or the matching data set")
-
-
-def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_dir: str | Path, *,
-                   layers: list[str] | None = None, temperature: float = 8.0, cov_rank: int = 0,
-                   spectral_k: int | None = None, split: str = "train",
-                   batch_size: int = 512, limit: int | None = None, name: str | None = None,
-                   dropout_keep: dict[str, float] | None = None, progress: bool = True) -> ExportResult:
-    """Write ``out_dir/<name>.onnx`` and ``out_dir/<name>.dfkd.h5``; returns paths and a summary.
-
-    ``spectral_k`` sets the eigenvectors per spectral block (None: 64 for all layers, 32 per pair;
-    0: no spectral statistics).
-    """
-    t0 = time.perf_counter()
-    if temperature <= 0:
-        raise UsageError(f"--temperature {temperature}: must be > 0")
-    loaded = None
-    if isinstance(model, (str, Path)):  # check the inputs before writing anything
-        proto = load_onnx(model)
-        facts = model_facts(model, proto)
-        _check_input(Path(model), facts, data)
-        _choose_layers(proto, facts, _logits_name(facts, Path(model)), layers, Path(model))
-        loaded = (proto, facts)
-    out_dir = Path(out_dir)
-    made_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    created: list[Path] = []
-    try:
-        return _export(model, data, out_dir, created, t0, loaded, layers=layers, temperature=temperature,
-                       cov_rank=cov_rank, spectral_k=spectral_k, split=split,
-                       batch_size=batch_size, limit=limit, name=name, dropout_keep=dropout_keep, progress=progress)
-    except BaseException:
-        for p in created:  # a failed export leaves nothing behind
-            p.unlink(missing_ok=True)
-        if made_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        raise
-
-
-def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: float, loaded: tuple | None, *,
-            layers, temperature, cov_rank, spectral_k, split, batch_size, limit, name, dropout_keep,
-            progress) -> ExportResult:
-    onnx_path = _place_model(model, data, out_dir, name, created)
-    if loaded is not None:
-        proto, facts = loaded  # the release copy has the same bytes as the model checked above
-    else:  # a torch module, exported just now
-        proto = load_onnx(onnx_path)
-        facts = model_facts(onnx_path, proto)
-        _check_input(onnx_path, facts, data)
-    logits = _logits_name(facts, onnx_path)
-    chosen = _choose_layers(proto, facts, logits, layers, onnx_path)
+def _export(plan: _Plan, data: DataSource, out_dir: Path, created: list[Path], t0: float, cfg: ExportConfig, *,
+            name, dropout_keep, progress) -> ExportResult:
+    proto, facts, chosen, c = plan.proto, plan.facts, plan.chosen, plan.classes
     keep = {**dropout_keep_from_metadata(proto), **(dropout_keep or {})}
-
+    model_shape = tuple(facts.inputs[0].per_example_shape)
     refs = [LayerRef(key, tensor, shape) for key, tensor, _, shape in chosen]
-    plans = plan_spectral(proto, refs, data.input_shape, spectral_k, spectral_k, progress) if spectral_k != 0 else []
+    plans = plan_spectral(proto, refs, model_shape, cfg.spectral_k, cfg.spectral_k, progress) \
+        if cfg.spectral_k != 0 else []
     t_graph = time.perf_counter() - t0
 
-    c = data.num_classes
-    moments = {key: ClassMoments(c, math.prod(shape), cov_rank=cov_rank if _sketch_fits(c, shape, cov_rank) else 0)
-               for key, _, _, shape in chosen}
+    moments = {key: ClassMoments(c, math.prod(shape), cov_rank=cfg.cov_rank if _sketch_fits(c, shape, cfg.cov_rank)
+                                 else 0) for key, _, _, shape in chosen}
     coef = {p.key: ClassMoments(c, p.k) for p in plans}
     bases = {p.key: p.basis.astype(np.float32) for p in plans}
     runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen])
-    n_total = min(data.size(split), limit) if limit else data.size(split)
+    meter = AccuracyMeter()
+    n_total = min(data.size(cfg.split), cfg.limit) if cfg.limit else data.size(cfg.split)
     seen, t1 = 0, time.perf_counter()
     bar = tqdm(total=n_total, desc="statistics", unit="ex", disable=None if progress else True, leave=False)
-    model_shape = facts.inputs[0].per_example_shape
-    for x, y in data.batches(split, batch_size, limit=limit):
+    for x, y in data.batches(cfg.split, cfg.batch_size, feed=plan.feed, limit=cfg.limit):
         order = np.argsort(y, kind="stable")  # each class becomes one contiguous slice of every tensor
         x, y = x[order], y[order]
-        out = runner.run(as_model_input(x, model_shape))
+        out = runner.run(x)
+        meter.update(out[plan.logits], y)
         values = {}
         for key, tensor, kind, shape in chosen:
             v = out[tensor].reshape(len(y), -1)
-            values[key] = v / np.float32(temperature) if kind == "logits" else v
+            values[key] = v / np.float32(cfg.temperature) if kind == "logits" else v
             moments[key].update(values[key], y)
             if not (np.isfinite(moments[key].mean).all() and np.isfinite(moments[key].m2).all()):
-                raise DfkdError(f"{onnx_path}: tensor {tensor!r} is not finite (or beyond float32 range) on the data; "
-                                "check the model and the input normalisation")
+                raise DfkdError(f"{plan.source}: tensor {tensor!r} is not finite (or beyond float32 range) on the "
+                                "data; check the model and its input convention ({input_norm})")
         for p in plans:
             signal = np.concatenate([values[r.key] for r in p.layers], axis=1)
             coef[p.key].update(signal @ bases[p.key], y)
@@ -180,16 +267,20 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
     bar.close()
     t_pass = time.perf_counter() - t1
     if seen == 0:
-        raise DfkdError(f"--data {data.spec or data.name}: the {split!r} split is empty")
+        raise DfkdError(f"{data.spec or data.name}: the {cfg.split!r} split is empty")
+    require_fit(meter, plan.min_accuracy, model=str(plan.source), data=data.spec or data.name,
+                convention=plan.convention.describe(), force=cfg.force)
+    check = meter.result(cfg.split, plan.min_accuracy, cfg.force)
 
+    onnx_path = _place_model(plan.source, out_dir, name, created)
     stats = []
     for order, (key, tensor, kind, shape) in enumerate(chosen):
         m = moments[key]
         stats.append(LayerStats(
             key=key, tensor_name=tensor, order=order, kind=kind, shape=tuple(shape),
             mean=m.mean.astype(np.float32), std=m.std().astype(np.float32), count=m.count.copy(),
-            temperature=temperature if kind == "logits" else None, dropout_keep_prob=keep.get(tensor),
-            cov_factors=m.low_rank_factors(min(cov_rank, m.mean.shape[1])).astype(np.float32)
+            temperature=cfg.temperature if kind == "logits" else None, dropout_keep_prob=keep.get(tensor),
+            cov_factors=m.low_rank_factors(min(cfg.cov_rank, m.mean.shape[1])).astype(np.float32)
             if m.sketch is not None else None,
             channel=_channel_stats(m, shape[0]) if len(shape) >= 2 else None))
     blocks = [SpectralStats(key=p.key, scope=p.scope, layers=[r.key for r in p.layers], k=p.k,
@@ -197,13 +288,12 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
                             coef_mean=coef[p.key].mean.astype(np.float32),
                             coef_std=coef[p.key].std().astype(np.float32), weight_tensors=p.weight_tensors)
               for p in plans]
-    labels = data.labels(split)[:limit] if limit else data.labels(split)
+    labels = data.labels(cfg.split)[:cfg.limit] if cfg.limit else data.labels(cfg.split)
     sidecar = Sidecar(
-        model=model_binding(onnx_path, data.input_domain if len(model_shape) > 1 else
-                            dataclasses.replace(data.input_domain, layout="NC"),
-                            logits_name=logits, class_names=data.class_names),
+        model=model_binding(onnx_path, plan.domain, logits_name=plan.logits, class_names=plan.class_names),
         dataset=DatasetProvenance(name=data.name, description=data.description, license=data.license,
-                                  sample_count=seen, class_counts=np.bincount(labels, minlength=c).astype(np.int64)),
+                                  sample_count=seen, class_counts=np.bincount(labels, minlength=c).astype(np.int64),
+                                  teacher_check=check),
         layers=stats, spectral=blocks)
     sidecar_path = out_dir / f"{onnx_path.stem}.dfkd.h5"
     if not sidecar_path.exists():
@@ -212,13 +302,23 @@ def _export(model, data: DataSource, out_dir: Path, created: list[Path], t0: flo
     report = validate(sidecar_path, onnx_path)
     if not report.valid:
         raise SidecarInvalidError(sidecar_path, report, action="export")
-    skipped_cov = [k for k, m in moments.items() if cov_rank and m.sketch is None]
+    skipped_cov = [k for k, m in moments.items() if cfg.cov_rank and m.sketch is None]
+    settings = asdict(cfg)
+    settings["input_norm"] = plan.convention.name
     summary = {
         "model": str(onnx_path), "sidecar": str(sidecar_path), "sidecar_bytes": sidecar_path.stat().st_size,
         "samples": seen, "classes": c, "layers": [{"key": k, "tensor": t, "kind": kd, "shape": list(s)}
                                                    for k, t, kd, s in chosen],
         "spectral_blocks": [{"key": p.key, "nodes": p.basis.shape[0], "k": p.k} for p in plans],
-        "cov_rank": cov_rank, "cov_skipped_layers": skipped_cov, "temperature": temperature,
+        "input_convention": {"name": plan.convention.name, "source": plan.convention.source,
+                             "description": plan.convention.describe(),
+                             "norm_mean": list(plan.domain.norm_mean), "norm_std": list(plan.domain.norm_std),
+                             "value_range": [plan.domain.value_min, plan.domain.value_max]},
+        "teacher_check": {"split": check.split, "samples": check.samples, "accuracy": round(check.accuracy, 6),
+                          "mean_confidence": round(check.mean_confidence, 6), "min_accuracy": check.min_accuracy,
+                          "forced": check.forced},
+        "cov_rank": cfg.cov_rank, "cov_skipped_layers": skipped_cov, "temperature": cfg.temperature,
+        "settings": settings,
         "seconds": round(time.perf_counter() - t0, 3), "graph_seconds": round(t_graph, 3),
         "pass_seconds": round(t_pass, 3), "samples_per_second": round(seen / max(t_pass, 1e-9), 1),
     }
@@ -246,7 +346,7 @@ def _choose_layers(proto, facts, logits: str, names: list[str] | None, path: Pat
         order = {o: k for k, n in enumerate(proto.graph.node) for o in n.output}
         unknown = [n for n in names if n not in order]
         if unknown:
-            raise UsageError(f"{path}: --layers names unknown tensors {unknown}; `dfkd-meta inspect {path}` lists them")
+            raise UsageError(f"{path}: {{layers}} names unknown tensors {unknown}; `dfkd-meta inspect {path}` lists them")
         picked = []
         for n in sorted(dict.fromkeys(names), key=order.__getitem__):
             if n in by_name:
@@ -262,8 +362,8 @@ def _choose_layers(proto, facts, logits: str, names: list[str] | None, path: Pat
     out = []
     for c in picked:
         if c.shape is None:
-            raise DfkdError(f"{path}: the shape of {c.name!r} is not known statically; choose other --layers")
+            raise DfkdError(f"{path}: the shape of {c.name!r} is not known statically; choose other {{layers}}")
         out.append((layer_key("logits" if c.kind == "logits" else c.name, taken), c.name, c.kind, c.shape))
     if not out:
-        raise DfkdError(f"{path}: no statistics layers found; name them with --layers (see `dfkd-meta inspect`)")
+        raise DfkdError(f"{path}: no statistics layers found; name them with {{layers}} (see `dfkd-meta inspect`)")
     return out

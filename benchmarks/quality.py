@@ -24,7 +24,8 @@ from dfkd_meta.reconstruct.priors import Priors
 from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
 from dfkd_meta.sidecar import read_sidecar
 from dfkd_meta.stats.export import export_release
-from dfkd_meta.train import export_onnx, train_teacher
+from dfkd_meta.onnx.torch_export import export_onnx
+from dfkd_meta.train import train_teacher
 from dfkd_meta.transfer import read_transfer
 
 HERE = Path(__file__).resolve().parent
@@ -76,7 +77,8 @@ def run_pair(pair: str, args, work: Path, log) -> list[dict]:
     torch.manual_seed(args.seed)
     trained = train_teacher(build_model(teacher_arch, data.input_shape, 10), data, epochs=args.teacher_epochs,
                             batch_size=128, seed=args.seed, device=args.device, progress=False)
-    export_onnx(trained.model, data.input_shape, teacher_path, dropout_keep=hidden_dropout_keep_probs(trained.model))
+    export_onnx(trained.model, data.input_shape, teacher_path, convention=trained.convention,
+                dropout_keep=hidden_dropout_keep_probs(trained.model))
     rows.append({"pair": pair, "method": f"teacher {teacher_arch}", "accuracy": trained.test_accuracy,
                  "train_seconds": round(time.perf_counter() - t0, 1)})
     log(f"{pair}: teacher {teacher_arch} {trained.test_accuracy:.4f}")

@@ -90,7 +90,6 @@ def validate(path: str, model: str | None, data: str | None, resize: int | None,
       dfkd-meta validate release/ --data mnist:DATA/mnist --json
     """
     from dfkd_meta.sidecar.release import locate_release
-    from dfkd_meta.sidecar.validator import SEVERITY_ORDER
     from dfkd_meta.sidecar.validator import validate as run
 
     sidecar, model = locate_release(path, model)
@@ -105,7 +104,8 @@ def validate(path: str, model: str | None, data: str | None, resize: int | None,
 
         findings, numbers = recheck_release(read_sidecar(sidecar, model), str(model), load_data(data, resize),
                                             limit=limit)
-        report.findings = sorted(report.findings + findings, key=lambda f: SEVERITY_ORDER[f.severity])
+        report.findings += findings
+        report.sort()
     if as_json:
         click.echo(json.dumps({**report.to_dict(), **({"recheck": numbers} if numbers else {})}, indent=2))
     else:

@@ -26,7 +26,7 @@ import numpy as np
 from . import __version__
 from .errors import DfkdError, UsageError
 from .sidecar.types import utc_now
-from .sidecar.validator import disable_hdf5_plugins, scan_container
+from .sidecar.scan import disable_hdf5_plugins, scan_container
 
 TRANSFER_TYPE, TRANSFER_VERSION = "transfer_set", "1.1.0"
 DATASETS = ("x", "classes", "teacher_logits", "teacher_soft", "loss")

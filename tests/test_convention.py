@@ -27,7 +27,7 @@ from dfkd_meta.reconstruct.priors import Priors
 from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
 from dfkd_meta.sidecar import read_sidecar, validate
 from dfkd_meta.sidecar.schema import parse_schema
-from dfkd_meta.sidecar.validator import _Checker
+from dfkd_meta.sidecar.validator import check_file
 from dfkd_meta.stats.export import export_release
 from dfkd_meta.stats.recheck import recheck_release
 from dfkd_meta.transfer import read_transfer
@@ -377,7 +377,7 @@ def test_a_1_0_reader_accepts_1_1_files(tabular_release):
     """Format 1.1 only adds ignorable items: the 1.0 schema's validator finds nothing wrong."""
     schema_1_0 = parse_schema(yaml.safe_load((ROOT / "fixtures/spec-history/dfkd-meta-1.0.0.schema.yaml").read_text()))
     result = tabular_release[0]
-    findings = _Checker(schema_1_0, result.sidecar_path, None).run()
+    findings = check_file(result.sidecar_path, None, schema_1_0)
     assert [f for f in findings if f.severity != "info"] == []
     assert {f.rule for f in findings} == {"DM311", "DM204", "DM206"}
 

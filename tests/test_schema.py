@@ -40,7 +40,8 @@ TYPE = {"type": "object", "additionalProperties": False, "required": ["version",
                            "type": "object", "additionalProperties": False, "required": ["type"],
                            "properties": {"type": {"type": "string"}, "required": {"type": "boolean"}}}},
                        "children": {"type": "object", "additionalProperties": False, "required": ["type", "name_pattern"],
-                                    "properties": {"type": {"type": "string"}, "name_pattern": {"type": "string"}}}}}
+                                    "properties": {"type": {"type": "string"}, "name_pattern": {"type": "string"}}},
+                       "ignorable": {"type": "boolean"}}}
 META_SCHEMA = {
     "type": "object", "additionalProperties": False,
     "required": ["format", "format_version", "limits", "allowed_filters", "rules", "types"],

@@ -14,7 +14,9 @@ from click.testing import CliRunner
 
 from cli.main import main as cli_main
 from dfkd_meta.errors import UsageError
+from dfkd_meta.sidecar import scan as scan_mod
 from dfkd_meta.sidecar import validator as validate_mod
+from dfkd_meta.sidecar import values as values_mod
 from dfkd_meta.sidecar.validator import Report, validate, validate_in_process
 
 from .conftest import CORPUS, corpus_expectations
@@ -67,7 +69,7 @@ def test_missing_paths_are_usage_errors(tmp_path):
 
 def test_child_crash_is_reported_as_dm103(monkeypatch):
     crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
-    monkeypatch.setattr(validate_mod, "_worker_command", lambda p, m: crash)
+    monkeypatch.setattr(validate_mod, "worker_command", lambda p, m: crash)
     report = validate(CORPUS / "valid/mlp_full.dfkd.h5")
     assert [f.rule for f in report.findings] == ["DM103"] and not report.valid
     assert "SIGSEGV" in report.findings[0].message
@@ -75,7 +77,7 @@ def test_child_crash_is_reported_as_dm103(monkeypatch):
 
 def test_child_hang_is_reported_as_dm103(monkeypatch):
     hang = [sys.executable, "-c", "import time; time.sleep(60)"]
-    monkeypatch.setattr(validate_mod, "_worker_command", lambda p, m: hang)
+    monkeypatch.setattr(validate_mod, "worker_command", lambda p, m: hang)
     t0 = time.monotonic()
     report = validate(CORPUS / "valid/mlp_full.dfkd.h5", timeout=1.0)
     assert time.monotonic() - t0 < 20
@@ -83,9 +85,9 @@ def test_child_hang_is_reported_as_dm103(monkeypatch):
 
 
 def test_internal_failure_is_a_finding_not_a_traceback(monkeypatch):
-    def boom(self):
+    def boom(state):
         raise ZeroDivisionError("simulated bug")
-    monkeypatch.setattr(validate_mod._Checker, "_scan", boom)
+    monkeypatch.setattr(scan_mod, "scan", boom)
     report = validate_in_process(CORPUS / "valid/mlp_full.dfkd.h5")
     assert [f.rule for f in report.findings] == ["DM199"]
 
@@ -117,15 +119,15 @@ def test_large_valid_file_is_read_in_bounded_blocks(tmp_path, monkeypatch):
     with h5py.File(side, "r+") as f:
         f.create_dataset("/layers/fc1/cov_factors", data=big)
     seen = []
-    real = validate_mod._blocks
+    real = values_mod.blocks
 
-    def spy(ds, prefix=()):
-        for origin, block in real(ds, prefix):
+    def spy(ds, prefix=(), budget=None):
+        for origin, block in real(ds, prefix, budget=budget):
             if len(origin) == len(prefix) + 1:  # count each block once, not again in the recursion
                 seen.append(block.nbytes)
             yield origin, block
-    monkeypatch.setattr(validate_mod, "BLOCK_BYTES", 1 << 20)
-    monkeypatch.setattr(validate_mod, "_blocks", spy)
+    monkeypatch.setattr(values_mod, "BLOCK_BYTES", 1 << 20)
+    monkeypatch.setattr(values_mod, "blocks", spy)
     report = validate_in_process(side)
     assert report.valid, [f.format() for f in report.findings]
     assert sum(seen) >= big.nbytes  # every value was read ...

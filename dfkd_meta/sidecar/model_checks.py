@@ -4,20 +4,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from typing import TYPE_CHECKING
 
 from ..errors import DfkdError
 from ..fileio import sha256_file
 from ..onnx.inspect import check_model, load_model_proto, model_facts, resolve_external_path
+from . import values
+from .state import ValidationState
 
-if TYPE_CHECKING:
-    from .validator import _Checker
+
+def _layers(chk: ValidationState) -> dict[str, dict]:
+    """Layer key -> validated attributes (with units) of the layers that passed their type check."""
+    out = {}
+    for key, path in chk.children_of_type("/layers", "layer_stats").items():
+        a = dict(chk.group_values(path))
+        shape = a.get("shape")
+        a["units"] = int(np.prod(shape)) if shape is not None else None
+        out[key] = a
+    return out
 
 
-def check_against_model(chk: _Checker, model_path: Path) -> None:
-    binding = chk.facts.get("model")
-    if binding is None:
+def check_against_model(chk: ValidationState, model_path: Path) -> None:
+    """SPEC §6.2, §8.4, §9.3: the binding, the layers and the spectral blocks against the model file."""
+    if chk.types.get("/model") != "model_binding":
         return  # /model itself is missing or of the wrong type: already reported
+    binding = chk.group_values("/model")
     chk.where = "/model"
     if binding.get("sha256") is not None:
         actual = sha256_file(model_path)
@@ -52,30 +62,32 @@ def check_against_model(chk: _Checker, model_path: Path) -> None:
             if shape and isinstance(shape[-1], int) and c is not None and shape[-1] != c:
                 chk.add("DM424", "/model@num_classes", f"sidecar {c} classes, {logits!r} has {shape[-1]}")
 
-    for key, layer in chk.facts["layers"].items():
-        path, name = f"/layers/{key}", layer["tensor_name"]
+    layers = _layers(chk)
+    for key, layer in layers.items():
+        path, name = f"/layers/{key}", layer.get("tensor_name")
         if name is None:
             continue
         if name not in facts.node_outputs and name not in {i.name for i in facts.inputs}:
             chk.add("DM620", f"{path}@tensor_name", f"{name!r} is not a tensor of {model_path.name}")
             continue
-        if layer["kind"] == "logits" and logits is not None and name != logits:
+        if layer.get("kind") == "logits" and logits is not None and name != logits:
             chk.add("DM623", f"{path}@tensor_name", f"{name!r} is not the logits output {logits!r}")
         info = facts.value_info.get(name)
         per_example = info.per_example_shape if info is not None else None
         if per_example is None:
             chk.add("DM622", f"{path}@shape", f"shape of {name!r} not known statically")
-        elif layer["shape"] is not None and tuple(layer["shape"]) != per_example:
+        elif layer.get("shape") is not None and tuple(layer["shape"]) != per_example:
             chk.add("DM621", f"{path}@shape", f"sidecar {list(layer['shape'])}, model {list(per_example)}")
 
-    _spectral_bases(chk, model_path, binding)
-    for path, block in chk.facts.get("spectral", {}).items():
-        missing = [n for n in block["weight_tensors"] or [] if n not in facts.initializers]
+    blocks = {p: chk.group_values(p) for p in chk.children_of_type("/spectral", "spectral_stats").values()}
+    _spectral_bases(chk, model_path, binding, blocks, layers)
+    for path, block in blocks.items():
+        missing = [n for n in block.get("weight_tensors") or [] if n not in facts.initializers]
         if missing:
             chk.add("DM720", f"{path}@weight_tensors", f"not initializers of {model_path.name}: {missing}")
 
 
-def _external_data(chk: _Checker, model_path: Path, referenced: list[str], binding: dict) -> None:
+def _external_data(chk: ValidationState, model_path: Path, referenced: list[str], binding: dict) -> None:
     recorded = dict(zip(binding.get("external_data_paths") or [], binding.get("external_data_sha256") or []))
     for loc in referenced:
         target = resolve_external_path(model_path.parent, loc)
@@ -92,7 +104,7 @@ def _external_data(chk: _Checker, model_path: Path, referenced: list[str], bindi
             chk.add("DM421", "/model@external_data_paths", f"{loc!r} is recorded but the model does not reference it")
 
 
-def _input(chk: _Checker, facts, binding: dict) -> None:
+def _input(chk: ValidationState, facts, binding: dict) -> None:
     if len(facts.inputs) != 1:
         chk.add("DM423", "/model@input_name", f"the model has {len(facts.inputs)} inputs; dfkd-meta needs exactly one")
         return
@@ -108,15 +120,13 @@ def _input(chk: _Checker, facts, binding: dict) -> None:
             chk.add("DM423", "/model@input_shape", f"sidecar {shape}, model {inp.shape}")
 
 
-def _spectral_bases(chk: _Checker, model_path: Path, binding: dict) -> None:
+def _spectral_bases(chk: ValidationState, model_path: Path, binding: dict, blocks: dict[str, dict],
+                    layers: dict[str, dict]) -> None:
     """DM721: every stored basis is an eigenbasis of the graph rebuilt from the model (SPEC §9.1)."""
-    blocks = chk.facts.get("spectral", {})
-    layers = chk.facts["layers"]
     if not blocks or chk.errors_under("/spectral") or chk.errors_under("/layers"):
         return  # a malformed block is already reported; its basis cannot be checked meaningfully
     from ..onnx.graph import load_onnx
     from ..onnx.linearize import adjacency, eigen_residual, jacobian_block, linearised_module, normalized_laplacian
-    from .validator import BLOCK_BYTES
 
     input_shape = tuple(binding.get("input_shape") or ())[1:]
     try:
@@ -138,8 +148,8 @@ def _spectral_bases(chk: _Checker, model_path: Path, binding: dict) -> None:
             chk.add("DM721", path, f"cannot rebuild the graph from the model: {exc}")
             continue
         lap = normalized_laplacian(adjacency(jac, [i["units"] for i in infos]))
-        vals, basis = chk.f[path]["eigenvalues"][()], chk.f[path]["basis"]
-        cols = max(1, BLOCK_BYTES // (8 * max(1, basis.shape[0])))  # column blocks, bounded like every read
+        vals, basis = chk.file[path]["eigenvalues"][()], chk.file[path]["basis"]
+        cols = max(1, values.BLOCK_BYTES // (8 * max(1, basis.shape[0])))  # column blocks, bounded like every read
         residual = np.concatenate([eigen_residual(lap, vals[j:j + cols], basis[:, j:j + cols])
                                    for j in range(0, basis.shape[1], cols)])
         worst = int(residual.argmax())

@@ -68,6 +68,7 @@ class TypeSpec:
     groups: dict[str, GroupRef]
     children_type: str | None = None
     children_pattern: re.Pattern | None = None
+    ignorable: bool = False  # added by a MINOR version: writers mark its groups dfkd_ignorable=1 (SPEC §2)
 
     @property
     def major(self) -> int:
@@ -131,6 +132,7 @@ def _type(name: str, d: dict) -> TypeSpec:
                 for k, v in (d.get("groups") or {}).items()},
         children_type=children["type"] if children else None,
         children_pattern=re.compile(children["name_pattern"]) if children else None,
+        ignorable=bool(d.get("ignorable", False)),
     )
 
 
@@ -149,6 +151,10 @@ def parse_schema(raw: dict) -> Schema:
 
 @functools.cache
 def load_schema() -> Schema:
-    """The schema the validator runs on (parsed once per process)."""
+    """The schema the validator, the writer and the reader run on (parsed once per process)."""
     with open(schema_path(), encoding="utf-8") as f:
         return parse_schema(yaml.safe_load(f))
+
+
+def schema_or_default(schema: Schema | None) -> Schema:
+    return load_schema() if schema is None else schema

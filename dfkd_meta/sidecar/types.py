@@ -1,9 +1,16 @@
-"""Typed, in-memory form of a sidecar (SPEC.md §5-§10). No HDF5 here: see io.py."""
+"""Typed, in-memory form of a sidecar (SPEC.md §5-§10). No HDF5 here: see io.py.
+
+Each dataclass is registered (``@element``) as the Python form of one element type of the schema
+(spec/dfkd-meta-1.0.schema.yaml). Its fields carry the schema's item names; the registration only
+names the exceptions (a field stored as two parallel lists, a constant, the group's own name). The
+writer, the reader and ``show`` walk the schema with this registry, so an optional item is added by
+declaring it in the schema, describing it in SPEC.md and adding the field here.
+"""
 from __future__ import annotations
 
 import datetime as _dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -19,6 +26,73 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _package_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True)
+class Element:
+    """How one dataclass maps onto the items of one schema type."""
+
+    cls: type
+    type_name: str
+    renamed: dict[str, str]  # schema item -> field, where they differ
+    pairs: dict[str, tuple[str, str]]  # dict field -> (item of its keys, item of its values)
+    constants: dict[str, str]  # schema item -> fixed value (not a field)
+    key: str | None  # field holding the group's own name (children of list types)
+
+    def field_of(self, item: str) -> str:
+        return self.renamed.get(item, item)
+
+    def items(self, obj) -> dict[str, object]:
+        """Schema item name -> value (None when absent) for the instance ``obj``."""
+        out: dict[str, object] = dict(self.constants)
+        paired = {name for pair in self.pairs.values() for name in pair}
+        for f in fields(self.cls):
+            if f.name == self.key:
+                continue
+            if f.name in self.pairs:
+                keys_item, values_item = self.pairs[f.name]
+                mapping = getattr(obj, f.name) or {}
+                out[keys_item] = list(mapping.keys()) if mapping else None
+                out[values_item] = list(mapping.values()) if mapping else None
+                continue
+            item = next((i for i, n in self.renamed.items() if n == f.name), f.name)
+            if item not in paired:
+                out[item] = getattr(obj, f.name)
+        return out
+
+    def build(self, values: dict[str, object], key: str | None = None):
+        """An instance from schema item values (absent items take the field's default)."""
+        kwargs = {}
+        for f_name, (keys_item, values_item) in self.pairs.items():
+            if values.get(keys_item) is not None:
+                kwargs[f_name] = dict(zip(values[keys_item], values[values_item]))
+        skip = {n for pair in self.pairs.values() for n in pair} | set(self.constants)
+        for item, value in values.items():
+            if item not in skip and value is not None:
+                kwargs[self.field_of(item)] = value
+        if self.key is not None:
+            kwargs[self.key] = key
+        return self.cls(**kwargs)
+
+
+ELEMENTS: dict[str, Element] = {}
+
+
+def element(type_name: str, *, renamed: dict[str, str] | None = None,
+            pairs: dict[str, tuple[str, str]] | None = None, constants: dict[str, str] | None = None,
+            key: str | None = None):
+    """Register a dataclass as the Python form of schema type ``type_name``."""
+    def register(cls):
+        ELEMENTS[type_name] = Element(cls, type_name, renamed or {}, pairs or {}, constants or {}, key)
+        return cls
+    return register
+
+
+@element("input_convention")
 @dataclass
 class ConventionRecord:
     """Where the input normalisation came from, and the image behind a flat input (SPEC §6.1.1, format 1.1)."""
@@ -28,6 +102,7 @@ class ConventionRecord:
     image_shape: tuple[int, ...] | None = None  # (C, H, W) of images fed flattened (layout NC)
 
 
+@element("input_domain")
 @dataclass
 class InputDomain:
     """What a valid model input looks like (SPEC §6.1): x = (r - norm_mean) / norm_std, r in range."""
@@ -45,6 +120,8 @@ class InputDomain:
         return (self.value_min - mean) / std, (self.value_max - mean) / std
 
 
+@element("model_binding", pairs={"external_data": ("external_data_paths", "external_data_sha256"),
+                                 "opset_imports": ("opset_domains", "opset_versions")})
 @dataclass
 class ModelBinding:
     """Ties a sidecar to one exact ONNX file and describes its input and logits (SPEC §6)."""
@@ -75,6 +152,7 @@ class ModelBinding:
         return None
 
 
+@element("teacher_check")
 @dataclass
 class TeacherCheck:
     """The teacher measured on the data the statistics come from, under the recorded convention (SPEC §7.1)."""
@@ -87,6 +165,7 @@ class TeacherCheck:
     forced: bool = False  # exported below the threshold on the publisher's request
 
 
+@element("dataset_provenance")
 @dataclass
 class DatasetProvenance:
     """Describes the publisher's data, never containing it (SPEC §7)."""
@@ -99,6 +178,7 @@ class DatasetProvenance:
     teacher_check: TeacherCheck | None = None
 
 
+@element("channel_stats")
 @dataclass
 class ChannelStats:
     """Per-class statistics of each channel pooled over its positions (SPEC §8.3)."""
@@ -107,6 +187,7 @@ class ChannelStats:
     std: np.ndarray  # float32 [C, CH]
 
 
+@element("layer_stats", key="key")
 @dataclass
 class LayerStats:
     """Per-class, per-unit statistics of one ONNX tensor (SPEC §8)."""
@@ -129,6 +210,7 @@ class LayerStats:
         return math.prod(self.shape)
 
 
+@element("spectral_stats", key="key")
 @dataclass
 class SpectralStats:
     """Per-class statistics of graph-Fourier coefficients of activations (SPEC §9)."""
@@ -146,6 +228,7 @@ class SpectralStats:
     graph_version: int = SPECTRAL_GRAPH_VERSION
 
 
+@element("privacy")
 @dataclass
 class PrivacyBlock:
     """How noise was added to the released statistics (SPEC §10)."""
@@ -158,6 +241,7 @@ class PrivacyBlock:
     description: str | None = None
 
 
+@element("sidecar", renamed={"dfkd_meta_version": "format_version"}, constants={"dfkd_meta_format": FORMAT_NAME})
 @dataclass
 class Sidecar:
     """A whole sidecar file (SPEC §5)."""
@@ -168,7 +252,7 @@ class Sidecar:
     spectral: list[SpectralStats] = field(default_factory=list)
     privacy: PrivacyBlock | None = None
     writer_name: str = "dfkd-meta"
-    writer_version: str = ""
+    writer_version: str = field(default_factory=_package_version)
     created_utc: str = field(default_factory=utc_now)
     format_version: str = FORMAT_VERSION
 

@@ -13,7 +13,7 @@ from ..convention import from_domain
 from ..data import DataSource, Feed
 from ..onnx.runtime import OrtModel
 from ..sidecar.types import Sidecar
-from ..sidecar.validator import Finding, finding
+from ..sidecar.report import Finding, finding
 from .moments import ClassMoments
 from .teacher_check import AccuracyMeter, default_min_accuracy
 

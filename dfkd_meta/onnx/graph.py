@@ -20,9 +20,7 @@ from onnx import helper, numpy_helper
 from ..errors import DfkdError
 from ..fileio import require_file
 from .inspect import external_data_locations, load_model_proto, resolve_external_path
-from .ops import OPS, OnnxOpError, OpFn
-
-DEFAULT_DOMAINS = ("", "ai.onnx")
+from .ops import DEFAULT_DOMAINS, OPS, OnnxOpError, OpFn
 
 
 class UnsupportedOpsError(DfkdError):
@@ -202,12 +200,4 @@ class OnnxModule(torch.nn.Module):
                f"outputs={self.output_names}"
 
 
-def supported_ops() -> list[str]:
-    return sorted(OPS)
-
-
-def is_supported(op_type: str, domain: str = "") -> bool:
-    return domain in DEFAULT_DOMAINS and op_type in OPS
-
-
-__all__ = ["OnnxModule", "UnsupportedOpsError", "load_onnx", "supported_ops", "is_supported"]
+__all__ = ["OnnxModule", "UnsupportedOpsError", "load_onnx"]

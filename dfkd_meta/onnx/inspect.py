@@ -197,7 +197,7 @@ def candidate_layers(facts: ModelFacts, model: onnx.ModelProto, logits: str | No
 
 def inspect_model(path: str | os.PathLike) -> dict:
     """Everything a publisher needs to choose layers, as plain data (what `dfkd-meta inspect` prints)."""
-    from .graph import is_supported
+    from .ops import is_supported  # imports torch: only for this report
 
     path = Path(path)
     model = load_model_proto(path)

@@ -20,11 +20,11 @@ import torch
 from dfkd_meta.data import load_data
 from dfkd_meta.distill import DistillConfig, distill
 from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+from dfkd_meta.onnx.torch_export import export_onnx
 from dfkd_meta.reconstruct.priors import Priors
 from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
 from dfkd_meta.sidecar import read_sidecar
 from dfkd_meta.stats.export import export_release
-from dfkd_meta.onnx.torch_export import export_onnx
 from dfkd_meta.train import train_teacher
 from dfkd_meta.transfer import read_transfer
 
@@ -98,7 +98,8 @@ def run_pair(pair: str, args, work: Path, log) -> list[dict]:
 
     student(data, f"student {student_arch}, KD on real data")
     for method in args.methods:
-        if method == "all_layers_dropout" and not any(x.dropout_keep_prob for x in read_sidecar(release.sidecar_path).layers):
+        dropout = any(x.dropout_keep_prob for x in read_sidecar(release.sidecar_path).layers)
+        if method == "all_layers_dropout" and not dropout:
             rows.append({"pair": pair, "method": method, "accuracy": None, "note": "teacher trained without dropout"})
             log(f"{pair}: {method} not applicable (teacher trained without dropout)")
             continue
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         f = lambda v, p: "" if v is None else format(v, p)  # noqa: E731
-        print(f"| {r['pair']} | {r['method']} | {f(r['accuracy'], '.4f') or r.get('note', '')} | {f(r.get('agreement'), '.4f')} | "
+        print(f"| {r['pair']} | {r['method']} | {f(r['accuracy'], '.4f') or r.get('note', '')} | "
+              f"{f(r.get('agreement'), '.4f')} | "
               f"{f(r.get('reconstruct_seconds'), '.1f')} | {f(r.get('distill_seconds'), '.1f')} |")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["priors"] = {k: asdict(v) for k, v in PRIORS.items()}

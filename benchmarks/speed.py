@@ -32,10 +32,10 @@ from dfkd_meta.data import RAW, DataSource
 from dfkd_meta.models import build_model
 from dfkd_meta.onnx.inspect import forward_flops, load_model_proto, model_facts
 from dfkd_meta.onnx.runtime import OrtModel
+from dfkd_meta.onnx.torch_export import export_onnx
 from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
 from dfkd_meta.sidecar import validate
 from dfkd_meta.stats.export import export_release
-from dfkd_meta.onnx.torch_export import export_onnx
 
 HERE = Path(__file__).resolve().parent
 
@@ -110,8 +110,7 @@ def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: 
 
 
 def bench_validation(folder: Path, sizes_mb: list[int]) -> list[dict]:
-    from dfkd_meta.sidecar import (DatasetProvenance, InputDomain, LayerStats, ModelBinding, Sidecar,
-                                   write_sidecar)
+    from dfkd_meta.sidecar import DatasetProvenance, InputDomain, LayerStats, ModelBinding, Sidecar, write_sidecar
 
     rows = []
     for mb in sizes_mb:

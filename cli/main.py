@@ -7,8 +7,63 @@ import sys
 import click
 
 from dfkd_meta import __version__
+from dfkd_meta.config import DistillConfig, ExportConfig, Priors, ReconstructConfig, TrainConfig
 from dfkd_meta.convention import CHOICES_HELP as CONVENTION_CHOICES
 from dfkd_meta.errors import DfkdError, UsageError
+
+
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names, loaded on first use (registries import torch; --help and other
+    commands should not), with each name's one-line description in --help."""
+
+    def __init__(self, load):
+        self._load = load
+        self._registry = None
+        super().__init__([])
+
+    @property
+    def registry(self) -> dict:
+        if self._registry is None:
+            self._registry = self._load()
+        return self._registry
+
+    @property
+    def choices(self):
+        return sorted(self.registry)
+
+    @choices.setter
+    def choices(self, value):  # click's __init__ assigns it
+        pass
+
+    def describe(self) -> str:
+        return "; ".join(f"{name}: {_first_line(self.registry[name])}" for name in self.choices)
+
+
+def _first_line(obj) -> str:
+    doc = (obj.__doc__ or "").strip().splitlines()
+    return doc[0].rstrip(".") if doc else ""
+
+
+class RegistryOption(click.Option):
+    """An option over a ``RegistryChoice`` whose help lists every choice with its description."""
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        if record is None or not isinstance(self.type, RegistryChoice):
+            return record
+        return record[0], f"{record[1]} One of: {self.type.describe()}."
+
+
+def _objectives():
+    from dfkd_meta.reconstruct.objectives import OBJECTIVES
+
+    return OBJECTIVES
+
+
+def _losses():
+    from dfkd_meta.distill.losses import LOSSES
+
+    return LOSSES
 
 
 def _fail(exc: DfkdError, names: dict[str, str] | None = None) -> None:
@@ -60,7 +115,8 @@ def main() -> None:
     """Data-free knowledge distillation from model-release metadata."""
 
 
-DATA_HELP = "digits (bundled 8x8 digits), mnist:DIR (MNIST-layout IDX folder) or npz:FILE (x images or feature vectors, y labels)."
+DATA_HELP = ("digits (bundled 8x8 digits), mnist:DIR (MNIST-layout IDX folder) or npz:FILE (x images or feature "
+             "vectors, y labels).")
 CONVENTION_HELP = CONVENTION_CHOICES
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -150,7 +206,8 @@ def inspect(model: str, as_json: bool) -> None:
     click.echo(f"candidate layers ({sum(r['default'] for r in rows)} chosen by default, marked *):")
     width = max([len(r["name"]) for r in rows] + [6])
     for r in rows:
-        click.echo(f"  {'*' if r['default'] else ' '} {r['name']:<{width}}  {r['op']:<18} {dims(r['shape']):<14} {r['kind']}")
+        click.echo(f"  {'*' if r['default'] else ' '} {r['name']:<{width}}  {r['op']:<18} {dims(r['shape']):<14} "
+                   f"{r['kind']}")
 
 
 @main.command()
@@ -178,13 +235,15 @@ def show(sidecar: str, model: str | None, plot: str | None, as_json: bool) -> No
 @click.option("--data", default="digits", show_default=True, help=DATA_HELP)
 @click.option("--resize", type=int, help="Pad/resize images to N x N (LeNet uses 32).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ONNX teacher.")
-@click.option("--input-norm", default="data", show_default=True, help="How the teacher's inputs are normalised, "
-              "recorded in its ONNX metadata: " + CONVENTION_HELP)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Passes over the train split.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Examples per step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option("--input-norm", default=TrainConfig.input_norm, show_default=True,
+              help="How the teacher's inputs are normalised, recorded in its ONNX metadata: " + CONVENTION_HELP)
+@click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True,
+              help="Passes over the train split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True,
+              help="Examples per step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TrainConfig.lr, show_default=True,
               help="Adam learning rate (cosine schedule).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation and shuffling.")
+@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True, help="Seeds initialisation and shuffling.")
 @click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True,
               help="torch's TorchScript-based (legacy) or torch.export-based (dynamo) ONNX exporter.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -204,8 +263,8 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
 
     source = load_data(data, resize)
     model = build_model(name, source.input_shape, source.num_classes)
-    result = train_teacher(model, source, input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr,
-                           seed=seed, device=device, progress=not quiet,
+    cfg = TrainConfig(input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    result = train_teacher(model, source, cfg, device=device, progress=not quiet,
                            log=None if quiet or as_json else (lambda line: click.echo(line)))
     path = export_onnx(result.model, source.input_shape, output, exporter=exporter, convention=result.convention,
                        dropout_keep=hidden_dropout_keep_probs(result.model))
@@ -234,16 +293,17 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
               "examples (default: halfway between chance and 1, at least 0.5).")
 @click.option("--force", is_flag=True, help="Export even when the teacher fails the accuracy check (recorded).")
 @click.option("--layers", help="Comma-separated tensor names (default: hidden pre-activations and the logits).")
-@click.option("--temperature", type=float, default=8.0, show_default=True, help="Logits are recorded divided by it.")
-@click.option("--cov-rank", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=ExportConfig.temperature,
+              show_default=True, help="Logits are recorded divided by it.")
+@click.option("--cov-rank", type=click.IntRange(min=0), default=ExportConfig.cov_rank, show_default=True,
               help="Per-class low-rank covariance factors of this rank (0: none); reconstruct --init first-layer "
                    "needs them on the first layer (32 is a good start).")
 @click.option("--spectral-k", type=click.IntRange(min=0), default=None,
               help="Eigenvectors per spectral block (default 64 for all layers, 32 per pair; 0: no spectral stats).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+@click.option("--split", type=click.Choice(["train", "test"]), default=ExportConfig.split, show_default=True,
               help="The split the statistics are taken from.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N examples.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=ExportConfig.batch_size, show_default=True,
               help="Examples per ONNX Runtime call.")
 @click.option("--name", help="Release file stem (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (sizes, time, samples/s).")
@@ -266,11 +326,11 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
 
     require_file(model, "model")
     source = load_data(data, resize)
-    result = export_release(model, source, output, layers=[x.strip() for x in layers.split(",") if x.strip()]
-                            if layers else None, temperature=temperature, cov_rank=cov_rank,
-                            spectral_k=spectral_k, split=split, batch_size=batch_size, limit=limit,
-                            input_norm=input_norm, value_range=_pair(value_range, "value_range"),
-                            min_accuracy=min_accuracy, force=force, name=name, progress=not quiet)
+    cfg = ExportConfig(layers=[x.strip() for x in layers.split(",") if x.strip()] if layers else None,
+                       temperature=temperature, cov_rank=cov_rank, spectral_k=spectral_k, split=split,
+                       batch_size=batch_size, limit=limit, input_norm=input_norm,
+                       value_range=_pair(value_range, "value_range"), min_accuracy=min_accuracy, force=force)
+    result = export_release(model, source, output, cfg, name=name, progress=not quiet)
     s = result.summary
     if as_json:
         click.echo(json.dumps(s, indent=2))
@@ -301,32 +361,36 @@ def _pair(text: str | None, param: str) -> tuple[float, float] | None:
 @main.command(flag_aliases={"feature": "--feature-weight"})
 @click.option("--model", required=True, type=click.Path(dir_okay=False), help="The ONNX teacher.")
 @click.option("--sidecar", required=True, type=click.Path(dir_okay=False), help="Its .dfkd.h5 statistics sidecar.")
-@click.option("--objective", default="all_layers", show_default=True,
-              help="top_layer, all_layers, all_layers_dropout, spectral_all_layers, spectral_layer_pairs, noise or zskd.")
-@click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--objective", cls=RegistryOption, type=RegistryChoice(_objectives),
+              default=ReconstructConfig.objective, show_default=True, help="What the inputs are optimised for.")
+@click.option("--samples", type=click.IntRange(min=1), default=ReconstructConfig.samples, show_default=True,
               help="Transfer-set size (class-balanced).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The transfer-set file to write.")
-@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True,
+@click.option("--steps", type=click.IntRange(min=0), default=ReconstructConfig.steps, show_default=True,
               help="Optimisation steps per batch (Adam, cosine schedule).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=ReconstructConfig.batch_size, show_default=True,
               help="Inputs optimised together.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=ReconstructConfig.lr, show_default=True,
               help="Adam step size on the inputs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The same seed gives the same file.")
-@click.option("--tv", type=click.FloatRange(min=0), default=0.0, help="Total-variation prior weight (image inputs).")
-@click.option("--l2", type=click.FloatRange(min=0), default=0.0, help="L2 prior weight.")
-@click.option("--jitter", type=click.IntRange(min=0), default=0, help="Random shifts of up to N pixels (image inputs).")
+@click.option("--seed", type=int, default=ReconstructConfig.seed, show_default=True,
+              help="The same seed gives the same file.")
+@click.option("--tv", type=click.FloatRange(min=0), default=Priors.tv, help="Total-variation prior weight (image inputs).")
+@click.option("--l2", type=click.FloatRange(min=0), default=Priors.l2, help="L2 prior weight.")
+@click.option("--jitter", type=click.IntRange(min=0), default=Priors.jitter,
+              help="Random shifts of up to N pixels (image inputs).")
 @click.option("--flip", is_flag=True, help="Random horizontal flips (image inputs; flip-symmetric classes only).")
-@click.option("--feature-weight", "feature", type=click.FloatRange(min=0), default=0.0,
+@click.option("--feature-weight", "feature", type=click.FloatRange(min=0), default=Priors.feature,
               help="Batch moment matching: each class's examples spread like the recorded class on every hidden "
                    "layer (per channel where the sidecar has channel statistics, else per unit).")
-@click.option("--feature-layers", type=click.Choice(["all", "channels"]), default="all", show_default=True,
+@click.option("--feature-layers", type=click.Choice(["all", "channels"]), default=Priors.feature_layers,
+              show_default=True,
               help="Layers the moment matching covers: every hidden layer, or only those with channel statistics.")
-@click.option("--init", "init", type=click.Choice(["uniform", "first-layer"]), default="uniform", show_default=True,
+@click.option("--init", "init", type=click.Choice(["uniform", "first-layer"]), default=ReconstructConfig.init,
+              show_default=True,
               help="Starting inputs: uniform over the input domain, or a per-class Gaussian whose image under the "
                    "first stored layer (affine in the input) has its recorded mean and covariance factors; export "
                    "with --cov-rank for the covariance.")
-@click.option("--store", type=click.Choice(["model", "raw"]), default="model", show_default=True,
+@click.option("--store", type=click.Choice(["model", "raw"]), default=ReconstructConfig.store, show_default=True,
               help="Store inputs as the model takes them (normalised) or as raw values; the file says which.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its .partial file.")
 @click.option("--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples per class (images).")
@@ -343,8 +407,6 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
           --objective spectral_all_layers --samples 10000 -o transfer.h5 --preview samples.png
     """
     from dfkd_meta.fileio import require_file
-    from dfkd_meta.reconstruct.priors import Priors
-    from dfkd_meta.reconstruct.synthesize import ReconstructConfig
     from dfkd_meta.reconstruct.synthesize import reconstruct as run
 
     require_file(model, "model")
@@ -371,23 +433,30 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
               ". Default: what the transfer set records, else the teacher's ONNX metadata, else raw values.")
 @click.option("--student", required=True, help="A reference model name (hinton800, lenet5-half, ...) or "
               "module:factory (imports and runs that module's code).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="student.onnx to write (+ .json report).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Default: the transfer set's (else 8).")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Weight of cross-entropy on the teacher's argmax labels.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Passes over the inputs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Examples per step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="student.onnx to write (+ .json report).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
+              help=f"Default: the transfer set's (else {ExportConfig.temperature:g}).")
+@click.option("--loss", cls=RegistryOption, type=RegistryChoice(_losses), default=DistillConfig.loss, show_default=True,
+              help="The distillation loss.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=DistillConfig.alpha, show_default=True,
+              help="Weight of cross-entropy on the teacher's argmax labels (the loss gets 1 - alpha).")
+@click.option("--epochs", type=click.IntRange(min=1), default=DistillConfig.epochs, show_default=True,
+              help="Passes over the inputs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DistillConfig.batch_size, show_default=True,
+              help="Examples per step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DistillConfig.lr, show_default=True,
               help="Adam learning rate (cosine schedule).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation and shuffling.")
+@click.option("--seed", type=int, default=DistillConfig.seed, show_default=True,
+              help="Seeds initialisation and shuffling.")
 @click.option("--eval", "eval_spec", help="Labelled data to report accuracies on: " + DATA_HELP)
 @click.option("--force", is_flag=True, help="With --data: go ahead even when the teacher fails the accuracy check.")
 @click.option("--resume", is_flag=True, help="Continue from the per-epoch checkpoint <output>.ckpt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @DEVICE
 @QUIET
-def distill(teacher, transfer, data, resize, input_norm, student, output, temperature, alpha, epochs, batch_size, lr,
-            seed, eval_spec, force, resume, as_json, device, quiet):
+def distill(teacher, transfer, data, resize, input_norm, student, output, temperature, loss, alpha, epochs, batch_size,
+            lr, seed, eval_spec, force, resume, as_json, device, quiet):
     """Train a student on a transfer set (or real data) against the teacher's softened outputs.
 
     \b
@@ -396,8 +465,8 @@ def distill(teacher, transfer, data, resize, input_norm, student, output, temper
           -o student.onnx --eval mnist:DATA/mnist --resize 32
     """
     from dfkd_meta.data import load_data
-    from dfkd_meta.distill import DistillConfig, load_transfer_for, write_student
     from dfkd_meta.distill import distill as run
+    from dfkd_meta.distill import load_transfer_for, write_student
     from dfkd_meta.fileio import require_file
     from dfkd_meta.models import build_model
 
@@ -408,8 +477,8 @@ def distill(teacher, transfer, data, resize, input_norm, student, output, temper
     input_shape = tuple(source.x.shape[1:]) if transfer else source.input_shape
     num_classes = source.teacher_logits.shape[1] if transfer else source.num_classes
     model = build_model(student, input_shape, num_classes)
-    cfg = DistillConfig(temperature=temperature, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                        force=force)
+    cfg = DistillConfig(temperature=temperature, loss=loss, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr,
+                        seed=seed, force=force)
     result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
                  resume=resume, eval_data=load_data(eval_spec, resize) if eval_spec else None, progress=not quiet)
     path = write_student(result.student, input_shape, output, {**result.report, "student": student},

@@ -215,5 +215,5 @@ def from_domain(domain: dict) -> InputConvention:
                            float(domain["value_max"]) if "value_max" in domain else None, source="recorded")
 
 
-__all__ = ["InputConvention", "IDENTITY", "parse", "resolve", "from_model", "from_domain", "METADATA_KEY", "NAMES", "SOURCES",
-           "CHOICES_HELP"]
+__all__ = ["InputConvention", "IDENTITY", "parse", "resolve", "from_model", "from_domain", "METADATA_KEY", "NAMES",
+           "SOURCES", "CHOICES_HELP"]

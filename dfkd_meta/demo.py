@@ -8,13 +8,15 @@ from pathlib import Path
 
 import torch
 
+from .config import settings
 from .data import load_data
 from .distill import DistillConfig, distill, evaluate_pair
+from .fileio import atomic_path
 from .models import build_model, hidden_dropout_keep_probs
+from .onnx.torch_export import export_onnx
 from .reconstruct.synthesize import ReconstructConfig, reconstruct
 from .sidecar import validate
 from .stats.export import export_release
-from .onnx.torch_export import export_onnx
 from .train import train_teacher
 from .transfer import read_transfer
 
@@ -98,7 +100,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
         label = "noise (data-free baseline)" if objective == "noise" else \
             "zskd (metadata-free baseline)" if objective == "zskd" else f"sidecar: {objective}"
         student_row(f"student from {label}", read_transfer(rc.path), time.perf_counter() - t0)
-    (out / "demo.json").write_text(json.dumps({"config": cfg.__dict__, "rows": result.rows}, indent=2, default=str))
+    with atomic_path(out / "demo.json") as tmp:
+        tmp.write_text(json.dumps({"config": settings(cfg), "rows": result.rows}, indent=2, default=str))
     return result
 
 

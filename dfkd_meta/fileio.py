@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import dist
 from .errors import UsageError
 
 _CHUNK = 1 << 20
@@ -40,7 +41,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file lives in the same folder so the final ``os.replace`` is atomic: a crash
     or an exception leaves ``target`` untouched (old content or absent) and removes the temp file.
+    Only the main process writes (``dist.require_main``).
     """
+    dist.require_main(f"write {target}")
     target = Path(target)
     parent = target.parent if str(target.parent) else Path(".")
     try:

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import TrainConfig
 from .convention import InputConvention, parse
 from .data import DataSource, Feed
 from .device import resolve_device
-
-DEFAULT_INPUT_NORM = "data"  # teachers made here train on standardised inputs, and record the numbers
+from .errors import UsageError
 
 
 @torch.no_grad()
@@ -39,15 +39,20 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def train_teacher(model: nn.Module, data: DataSource, *, input_norm: str | InputConvention = DEFAULT_INPUT_NORM,
-                  epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, seed: int = 0, device: str = "auto",
-                  progress: bool = True, log=None) -> TrainResult:
+def train_teacher(model: nn.Module, data: DataSource, config: TrainConfig | None = None, *, device: str = "auto",
+                  progress: bool = True, log=None, **settings) -> TrainResult:
     """Cross-entropy training with Adam and a cosine schedule; returns the model in eval mode.
 
-    The inputs follow ``input_norm`` (default: the data's per-channel mean and std), which the
-    result carries so that the teacher's ONNX file can record it. ``log`` (default: tqdm.write
-    when ``progress``) receives one line per epoch, flushed, also when stdout is not a terminal.
+    ``settings`` override fields of ``config`` (a ``TrainConfig``). The inputs follow its
+    ``input_norm`` (default: the data's per-channel mean and std), which the result carries so that
+    the teacher's ONNX file can record it. ``log`` (default: tqdm.write when ``progress``) receives
+    one line per epoch, also when stdout is not a terminal.
     """
+    cfg = replace(config or TrainConfig(), **settings)
+    epochs, batch_size, lr, seed = cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise UsageError("{epochs} and {batch_size} must be >= 1 and {lr} > 0")
+    input_norm = cfg.input_norm
     convention = input_norm if isinstance(input_norm, InputConvention) else parse(input_norm, data.channel_stats)
     feed = Feed(convention)
     torch.manual_seed(seed)

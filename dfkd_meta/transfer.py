@@ -23,14 +23,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
+from . import __version__, dist
+from .config import STORE_SPACES, changed
 from .errors import DfkdError, UsageError
-from .sidecar.types import utc_now
 from .sidecar.scan import disable_hdf5_plugins, scan_container
+from .sidecar.types import utc_now
 
 TRANSFER_TYPE, TRANSFER_VERSION = "transfer_set", "1.1.0"
 DATASETS = ("x", "classes", "teacher_logits", "teacher_soft", "loss")
-INPUT_SPACES = ("model", "raw")  # x as the model takes it (normalised), or raw values before normalisation
+INPUT_SPACES = STORE_SPACES  # x as the model takes it (normalised), or raw values before normalisation
 
 
 def _channel_view(domain: dict, ndim: int) -> tuple[int, ...]:
@@ -86,6 +87,7 @@ class TransferWriter:
                  resume: bool = False):
         if input_space not in INPUT_SPACES:
             raise UsageError(f"{{store}} {input_space!r}: expected one of {', '.join(INPUT_SPACES)}")
+        dist.require_main(f"write {path}")
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,10 +122,18 @@ class TransferWriter:
                      "input_domain": json.dumps(input_domain, sort_keys=True)}.items():
             want = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
             got = f.attrs.get(k)
-            if (got.decode() if isinstance(got, bytes) else got) != want:
-                f.close()
-                raise UsageError(f"{self.partial}: it was made with a different {k}; rerun with the same settings, "
-                                 "or without {resume} to start over")
+            got = got.decode() if isinstance(got, bytes) else got
+            if got == want:
+                continue
+            f.close()
+            what = k
+            if isinstance(v, dict) and isinstance(got, str):
+                try:
+                    what = "; ".join(changed(json.loads(got), v)) or k
+                except ValueError:
+                    pass
+            raise UsageError(f"{self.partial}: it was made with different {k} ({what}); rerun with the same "
+                             "settings, or without {resume} to start over")
         lengths = {len(f[name]) for name in DATASETS}
         if len(lengths) != 1:
             f.close()

@@ -32,20 +32,43 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+_TEACHERS: dict[tuple[str, int, str], Path] = {}
+
+
+def digits_teacher(arch: str = "hinton-small", epochs: int = 40, exporter: str = "legacy") -> Path:
+    """``arch`` trained on digits (seed 0) and written as ONNX (convention and dropout recorded).
+
+    Trained once per test session for each (arch, epochs, exporter) and shared read-only: tests that
+    change a model copy it first.
+    """
+    key = (arch, epochs, exporter)
+    if key not in _TEACHERS:
+        import tempfile
+
+        import torch
+
+        from dfkd_meta.data import load_data
+        from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+        from dfkd_meta.onnx.torch_export import export_onnx
+        from dfkd_meta.train import train_teacher
+
+        data = load_data("digits")
+        torch.manual_seed(0)
+        trained = train_teacher(build_model(arch, data.input_shape, 10), data, epochs=epochs, progress=False,
+                                device="cpu")
+        folder = Path(tempfile.mkdtemp(prefix=f"dfkd-teacher-{arch}-{epochs}-{exporter}-"))
+        _TEACHERS[key] = export_onnx(trained.model, data.input_shape, folder / f"{arch}.onnx", exporter=exporter,
+                                     convention=trained.convention, dropout_keep=hidden_dropout_keep_probs(trained.model))
+    return _TEACHERS[key]
+
+
 def digits_release(folder: Path, arch: str = "hinton-small", epochs: int = 40, **export_kw):
-    """Train ``arch`` on digits (seed 0), write it as ONNX (convention and dropout recorded), export its release."""
-    import torch
-
+    """The session's ``arch`` teacher (``digits_teacher``), copied into ``folder``, and its release there."""
     from dfkd_meta.data import load_data
-    from dfkd_meta.models import build_model, hidden_dropout_keep_probs
-    from dfkd_meta.onnx.torch_export import export_onnx
     from dfkd_meta.stats.export import export_release
-    from dfkd_meta.train import train_teacher
 
-    data = load_data("digits")
-    torch.manual_seed(0)
-    trained = train_teacher(build_model(arch, data.input_shape, 10), data, epochs=epochs, progress=False,
-                            device="cpu")
-    path = export_onnx(trained.model, data.input_shape, folder / f"{arch}.onnx", convention=trained.convention,
-                       dropout_keep=hidden_dropout_keep_probs(trained.model))
-    return export_release(path, data, folder / "release", progress=False, **export_kw)
+    src = digits_teacher(arch, epochs)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / src.name
+    shutil.copyfile(src, path)
+    return export_release(path, load_data("digits"), folder / "release", progress=False, **export_kw)

@@ -7,8 +7,16 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from dfkd_meta.sidecar import (ChannelStats, DatasetProvenance, InputDomain, LayerStats, ModelBinding, PrivacyBlock,
-                               Sidecar, SpectralStats)
+from dfkd_meta.sidecar import (
+    ChannelStats,
+    DatasetProvenance,
+    InputDomain,
+    LayerStats,
+    ModelBinding,
+    PrivacyBlock,
+    Sidecar,
+    SpectralStats,
+)
 
 
 def binding(num_classes: int, class_names=None, shape=(64,)) -> ModelBinding:

@@ -87,6 +87,13 @@ def test_every_module_has_a_layer(graph):
         _layer(m)
 
 
+def test_every_import_of_the_package_resolves(graph):
+    """Lazy imports inside functions too: a broken one would only fail when that path runs."""
+    modules, imports = graph
+    missing = [f"{m} imports {t}" for m, targets in imports.items() for t, _ in targets if t not in modules]
+    assert missing == []
+
+
 def test_no_import_runs_up_the_layers(graph):
     _, imports = graph
     bad = [f"{m} ({LAYERS[_layer(m)][0]}) imports {t} ({LAYERS[_layer(t)][0]})"
@@ -132,3 +139,39 @@ def test_no_module_is_much_longer_than_500_lines(graph):
     modules, _ = graph
     long = {m: n for m, p in modules.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_only_the_main_process_writes(tmp_path, monkeypatch):
+    """Every writer goes through the main-process gate: on another rank nothing is written."""
+    from dfkd_meta import dist
+    from dfkd_meta.fileio import atomic_path
+    from dfkd_meta.sidecar import write_sidecar
+    from dfkd_meta.transfer import TransferWriter
+
+    from .sidecar_factory import full_example
+
+    assert dist.rank() == 0 and dist.world_size() == 1 and dist.is_main_process()
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    with pytest.raises(RuntimeError, match="only the main process"):
+        with atomic_path(tmp_path / "x.txt") as tmp:
+            tmp.write_text("x")
+    with pytest.raises(RuntimeError, match="only the main process"):
+        write_sidecar(full_example(), tmp_path / "s.dfkd.h5")
+    with pytest.raises(RuntimeError, match="only the main process"):
+        TransferWriter(tmp_path / "t.h5", input_shape=(2,), num_classes=2, temperature=1.0, provenance={},
+                       input_domain={"layout": "NC", "norm_mean": [0.0], "norm_std": [1.0]})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dist_seams_are_no_ops_in_one_process():
+    import torch
+
+    from dfkd_meta import dist
+
+    t = torch.tensor([1.0, 2.0])
+    assert dist.all_reduce(t, "mean") is t and t.tolist() == [1.0, 2.0]
+    dist.barrier()
+    with dist.main_process_first() as main:
+        assert main
+    with pytest.raises(ValueError, match="all_reduce op"):
+        dist.all_reduce(t, "prod")

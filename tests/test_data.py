@@ -145,6 +145,7 @@ def test_npz_feature_vectors_keep_their_values_and_range(tmp_path):
         load_data(f"npz:{tmp_path / 'tab.npz'}", resize=8)
 
 
+@pytest.mark.slow
 def test_real_mnist_and_fashion_mnist():
     for name, first_class in (("mnist", "0"), ("fashion-mnist", "T-shirt/top")):
         d = load_data(f"mnist:{shared_dataset(name)}", resize=32)

@@ -13,11 +13,11 @@ from cli.main import main as cli_main
 from dfkd_meta.data import load_data
 from dfkd_meta.demo import DemoConfig, run_demo
 from dfkd_meta.distill import DistillConfig, distill, kd_loss, write_student
-from dfkd_meta.errors import DfkdError
+from dfkd_meta.errors import DfkdError, UsageError
 from dfkd_meta.models import build_model
 from dfkd_meta.onnx.graph import OnnxModule
-from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
 from dfkd_meta.onnx.torch_export import export_onnx
+from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
 from dfkd_meta.transfer import read_transfer
 
 from .conftest import digits_release
@@ -85,14 +85,14 @@ def test_student_onnx_matches_torch_and_report_is_written(setup, tmp_path):
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path, monkeypatch):
-    import dfkd_meta.distill as dm
+    import dfkd_meta.distill.loop as dm
     _, release, noise, _ = setup
     cfg = DistillConfig(epochs=4)
     full = distill(release.model_path, _student(), noise, cfg, device="cpu", progress=False)
     real_save = dm._save_checkpoint
 
-    def stop_after_two(path, student, opt, sched, epoch, history):
-        real_save(path, student, opt, sched, epoch, history)
+    def stop_after_two(path, student, opt, sched, epoch, history, run):
+        real_save(path, student, opt, sched, epoch, history, run)
         if epoch == 2:
             raise KeyboardInterrupt
     monkeypatch.setattr(dm, "_save_checkpoint", stop_after_two)
@@ -105,6 +105,10 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path, mon
     assert resumed.report["history"] == full.report["history"]
     for a, b in zip(full.student.state_dict().values(), resumed.student.state_dict().values()):
         assert torch.equal(a, b)
+    # the checkpoint records the whole config: a changed setting is refused by name
+    with pytest.raises(UsageError, match=r"different settings \(config\.lr: 0\.001 -> 0\.002\)"):
+        distill(release.model_path, _student(), noise, DistillConfig(epochs=4, lr=2e-3), device="cpu",
+                checkpoint=tmp_path / "s.ckpt", resume=True, progress=False)
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(DfkdError, match="cannot resume from this checkpoint"):
         distill(release.model_path, _student(), noise, cfg, device="cpu", checkpoint=tmp_path / "bad.ckpt",

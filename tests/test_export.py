@@ -1,6 +1,9 @@
 """Publisher side: statistics equal a direct computation, bases follow SPEC §9, releases validate."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -11,14 +14,13 @@ from cli.main import main as cli_main
 from dfkd_meta.convention import IDENTITY, InputConvention
 from dfkd_meta.data import Feed, load_data
 from dfkd_meta.errors import DfkdError
-from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+from dfkd_meta.models import build_model
 from dfkd_meta.onnx.graph import OnnxModule
 from dfkd_meta.onnx.torch_export import export_onnx
 from dfkd_meta.sidecar import read_sidecar, validate
 from dfkd_meta.stats.export import export_release
-from dfkd_meta.train import train_teacher
 
-from .conftest import shared_dataset
+from .conftest import digits_teacher, shared_dataset
 
 T = 8.0
 
@@ -28,18 +30,18 @@ def digits():
     return load_data("digits")
 
 
-def _teacher(tmp_path_factory, digits, arch: str, exporter: str = "legacy", epochs: int = 10):
-    torch.manual_seed(0)
-    trained = train_teacher(build_model(arch, digits.input_shape, 10), digits, epochs=epochs, progress=False,
-                            device="cpu")
-    path = tmp_path_factory.mktemp(f"{arch}-{exporter}") / f"{arch}.onnx"
-    return export_onnx(trained.model, digits.input_shape, path, exporter=exporter, convention=trained.convention,
-                       dropout_keep=hidden_dropout_keep_probs(trained.model)), trained.model
+def _teacher(tmp_path_factory, arch: str, exporter: str = "legacy", epochs: int = 40) -> Path:
+    """A private copy of the session's trained ``arch`` teacher (with its external data, for dynamo)."""
+    src = digits_teacher(arch, epochs, exporter)
+    folder = tmp_path_factory.mktemp(f"{arch}-{exporter}")
+    for f in src.parent.iterdir():
+        shutil.copyfile(f, folder / f.name)
+    return folder / src.name
 
 
 @pytest.fixture(scope="module")
 def mlp_release(tmp_path_factory, digits):
-    path, _ = _teacher(tmp_path_factory, digits, "hinton-small")
+    path = _teacher(tmp_path_factory, "hinton-small")
     result = export_release(path, digits, tmp_path_factory.mktemp("rel"), cov_rank=3, batch_size=100, progress=False)
     return path, result
 
@@ -79,7 +81,8 @@ def test_layer_statistics_equal_a_direct_numpy_computation(mlp_release, digits):
     assert sc.dataset.sample_count == 1437 and sc.dataset.class_counts.sum() == 1437
     assert sc.model.class_names == [str(i) for i in range(10)]
     f = sc.layers[0].cov_factors
-    assert f.shape == (10, 128, 3) and ((f.astype(np.float64) ** 2).sum(-1) <= sc.layers[0].std.astype(np.float64) ** 2 * 1.001 + 1e-6).all()
+    var = sc.layers[0].std.astype(np.float64) ** 2
+    assert f.shape == (10, 128, 3) and ((f.astype(np.float64) ** 2).sum(-1) <= var * 1.001 + 1e-6).all()
 
 
 def test_dropout_keep_probabilities_are_recorded(mlp_release):
@@ -140,7 +143,7 @@ def test_spectral_coefficients_are_projections_of_the_activations(mlp_release, d
 
 
 def test_cnn_release_has_channel_statistics(tmp_path_factory, digits, tmp_path):
-    path, _ = _teacher(tmp_path_factory, digits, "bn-cnn", epochs=8)
+    path = _teacher(tmp_path_factory, "bn-cnn", epochs=8)
     result = export_release(path, digits, tmp_path, spectral_k=8, progress=False)
     sc = read_sidecar(result.sidecar_path, result.model_path)
     conv = [layer for layer in sc.layers if len(layer.shape) == 3]
@@ -155,7 +158,7 @@ def test_cnn_release_has_channel_statistics(tmp_path_factory, digits, tmp_path):
 
 
 def test_dynamo_release_binds_its_external_data(tmp_path_factory, digits, tmp_path):
-    path, _ = _teacher(tmp_path_factory, digits, "hinton-small", exporter="dynamo", epochs=10)
+    path = _teacher(tmp_path_factory, "hinton-small", exporter="dynamo")
     result = export_release(path, digits, tmp_path, spectral_k=0, progress=False)
     data_file = result.model_path.parent / (result.model_path.name + ".data")
     assert data_file.is_file()
@@ -224,6 +227,7 @@ def test_cli_train_then_export(tmp_path):
     assert r.exit_code == 2 and "not one of" in r.output
 
 
+@pytest.mark.slow
 def test_mnist_integration(tmp_path):
     data = load_data(f"mnist:{shared_dataset('mnist')}")
     torch.manual_seed(0)

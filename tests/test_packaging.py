@@ -1,8 +1,9 @@
 """The installed package must contain every subpackage, not only what an editable install happens to find."""
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -86,7 +86,8 @@ class OnnxModule(torch.nn.Module):
         registry = {**OPS, **(ops or {})}
         self.opset = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 1)
         g = model.graph
-        unsupported = [f"{n.op_type} (node {n.name or '#' + str(k)}{', domain ' + n.domain if n.domain not in DEFAULT_DOMAINS else ''})"
+        unsupported = [f"{n.op_type} (node {n.name or '#' + str(k)}"
+                       f"{', domain ' + n.domain if n.domain not in DEFAULT_DOMAINS else ''})"
                        for k, n in enumerate(g.node)
                        if n.domain not in DEFAULT_DOMAINS or n.op_type not in registry]
         if unsupported:

@@ -18,7 +18,6 @@ from ..errors import DfkdError
 from ..onnx.graph import OnnxModule
 from ..sidecar.types import LayerStats, Sidecar
 
-INITS = ("uniform", "first-layer")
 MAX_JACOBIAN_ENTRIES = 2 ** 24  # units x inputs; above this the pullback is too large to build (128 MiB float64)
 
 

@@ -213,6 +213,8 @@ class _SpectralMatching(Objective):
 
 @objective
 class SpectralAllLayers(_SpectralMatching):
+    """Match sampled graph-Fourier coefficients of all layers together (Lopes et al.)."""
+
     name = "spectral_all_layers"
 
     def blocks(self):
@@ -221,6 +223,8 @@ class SpectralAllLayers(_SpectralMatching):
 
 @objective
 class SpectralLayerPairs(_SpectralMatching):
+    """Match sampled graph-Fourier coefficients of each pair of adjacent layers (Lopes et al.)."""
+
     name = "spectral_layer_pairs"
 
     def blocks(self):

@@ -1,40 +1,12 @@
 """Image priors (DeepInversion-style) and batch moment matching against the sidecar's statistics."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from ..config import Priors
 from ..sidecar.types import LayerStats
 from .inputs import ImageView
-
-
-FEATURE_LAYERS = ("all", "channels")
-
-
-@dataclass
-class Priors:
-    """Weights of the optional priors; all off by default."""
-
-    tv: float = 0.0  # total variation (mean absolute difference of neighbouring pixels)
-    l2: float = 0.0  # mean squared input value
-    jitter: int = 0  # random shift of up to this many pixels per step (image inputs)
-    flip: bool = False  # random horizontal flips per step (only for flip-symmetric classes)
-    feature: float = 0.0  # batch moment matching of hidden layers (channel stats where stored, else unit stats)
-    feature_layers: str = "all"  # "all" hidden layers, or only "channels": the layers with channel statistics
-
-    def __post_init__(self):
-        if self.feature_layers not in FEATURE_LAYERS:
-            raise ValueError(f"feature_layers {self.feature_layers!r}: expected one of {FEATURE_LAYERS}")
-
-    def as_dict(self) -> dict:
-        return {"tv": self.tv, "l2": self.l2, "jitter": self.jitter, "flip": self.flip, "feature": self.feature,
-                "feature_layers": self.feature_layers}
-
-    def image_options(self) -> list[str]:
-        """The options set that need image inputs, as parameter placeholders for messages."""
-        return [f"{{{name}}}" for name, on in (("tv", self.tv), ("jitter", self.jitter), ("flip", self.flip)) if on]
 
 
 def augment(x: torch.Tensor, priors: Priors, gen: torch.Generator, view: ImageView | None) -> torch.Tensor:

@@ -6,11 +6,6 @@ import numpy as np
 from ..sidecar.types import LayerStats, SpectralStats
 
 
-def balanced_classes(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """n class labels, as equal in number as n allows, in random order."""
-    return rng.permutation(np.arange(n) % num_classes)
-
-
 def sample_layer(layer: LayerStats, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Targets [B, U] for one layer: mean + std * z, or mean + F z1 + sqrt(psi) z2 with covariance factors.
 

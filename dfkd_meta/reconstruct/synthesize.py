@@ -9,41 +9,24 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import INITS, ReconstructConfig, settings
 from ..device import resolve_device
 from ..errors import DfkdError, UsageError
 from ..fileio import sha256_file
 from ..onnx.graph import OnnxModule, load_onnx
 from ..sidecar import read_sidecar
 from ..transfer import TransferWriter
-from .init import INITS, FirstLayerGaussian
+from .init import FirstLayerGaussian
 from .inputs import domain_bounds, require_image, to_raw
 from .objectives import Context, build_objective
-from .priors import MomentMatcher, Priors, augment, image_prior_loss
-
-
-@dataclass
-class ReconstructConfig:
-    objective: str = "all_layers"
-    samples: int = 1000
-    steps: int = 200
-    batch_size: int = 256
-    lr: float = 0.05
-    seed: int = 0
-    priors: Priors = field(default_factory=Priors)
-    init: str = "uniform"  # starting inputs: "uniform" over the input domain, or "first-layer" (init.py)
-    store: str = "model"  # the transfer file's x: "model" inputs (normalised) or "raw" values
-
-    def settings(self) -> dict:
-        return {"objective": self.objective, "samples": self.samples, "steps": self.steps,
-                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, "init": self.init,
-                "priors": self.priors.as_dict()}
+from .priors import MomentMatcher, augment, image_prior_loss
 
 
 @dataclass
@@ -96,7 +79,7 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
     c = sc.num_classes
     input_shape = sc.model.input_shape[1:]
     provenance = {"model_sha256": sc.model.sha256, "sidecar_sha256": sha256_file(sidecar),
-                  "objective": cfg.objective, "settings": cfg.settings()}
+                  "objective": cfg.objective, "settings": settings(cfg)}
     writer = TransferWriter(out, input_shape=input_shape, num_classes=c, temperature=temperature,
                             provenance=provenance, input_domain=input_domain_record(sc.model), input_space=cfg.store,
                             resume=resume)
@@ -110,7 +93,8 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
         for b in range(first, n_batches):
             size = min(cfg.batch_size, cfg.samples - b * cfg.batch_size)
             rng = np.random.default_rng([cfg.seed, b])
-            gen = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{cfg.seed}/{b}".encode()).digest()[:7], "big"))
+            gen = torch.Generator().manual_seed(
+                int.from_bytes(hashlib.sha256(f"{cfg.seed}/{b}".encode()).digest()[:7], "big"))
             classes = _batch_classes(b, size, c, rng)
             batch = obj.start(classes, rng)
             if start is None:
@@ -136,8 +120,8 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
                     with torch.no_grad():
                         x.clamp_(lo, hi)  # stay inside the recorded input domain
                     bar.update(1)
-                    bar.set_postfix({k: f"{v.mean().item():.3g}" for k, v in terms.items()} | {"total": f"{loss.item():.3g}"},
-                                    refresh=False)
+                    bar.set_postfix({k: f"{v.mean().item():.3g}" for k, v in terms.items()}
+                                    | {"total": f"{loss.item():.3g}"}, refresh=False)
             else:
                 bar.update(1)
             with torch.no_grad():
@@ -163,10 +147,11 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
     ts = read_transfer(path, c)
     summary = {"transfer": str(path), "objective": cfg.objective, "samples": len(ts), "batches": n_batches,
                "resumed_batches": first, "seconds": round(seconds, 3),
-               "sample_steps_per_second": round((n_batches - first) * cfg.batch_size * max(steps, 1) / max(seconds, 1e-9), 1),
+               "sample_steps_per_second": round((n_batches - first) * cfg.batch_size * max(steps, 1)
+                                                / max(seconds, 1e-9), 1),
                "mean_loss": float(ts.loss.mean()),
                "teacher_agreement": float((ts.teacher_logits.argmax(1) == ts.classes).mean()),
-               "settings": cfg.settings()}
+               "settings": settings(cfg)}
     if preview is not None:
         from .preview import save_preview
 

@@ -94,7 +94,8 @@ def _external_data(chk: ValidationState, model_path: Path, referenced: list[str]
         if target is None:
             chk.add("DM421", "/model@external_data_paths", f"the model references {loc!r}, outside its folder")
         elif loc not in recorded:
-            chk.add("DM421", "/model@external_data_paths", f"the model references {loc!r}, which the sidecar does not record")
+            chk.add("DM421", "/model@external_data_paths",
+                    f"the model references {loc!r}, which the sidecar does not record")
         elif not target.is_file():
             chk.add("DM421", "/model@external_data_paths", f"{loc!r} is missing beside {model_path.name}")
         elif sha256_file(target) != recorded[loc]:

@@ -12,7 +12,7 @@ import os
 import h5py
 
 from ..fileio import require_file
-from .report import Finding, SEVERITY_ORDER
+from .report import SEVERITY_ORDER, Finding
 from .schema import load_schema
 from .state import Fatal, ValidationState
 from .values import allowed_dtype

@@ -115,7 +115,8 @@ def format_summary(info: dict, schema: Schema | None = None) -> str:
         f"written by {info['writer_name']} {info['writer_version']} at {info['created_utc']}"
         + _also(info, "sidecar", schema),
         f"model    {m['file_name']} (sha256 {m['sha256'][:16]}...{', external data ' + str(external) if external else ''}), "
-        f"ir {m['ir_version']}, opsets {dict(zip(m['opset_domains'], m['opset_versions']))}" + _also(m, "model_binding", schema),
+        f"ir {m['ir_version']}, opsets {dict(zip(m['opset_domains'], m['opset_versions']))}"
+        + _also(m, "model_binding", schema),
         f"input    {m['input_name']} {m['input_dtype']} {m['input_shape']} {dom['layout']}, raw range "
         f"[{dom['value_min']}, {dom['value_max']}], normalised with mean {dom['norm_mean']} std {dom['norm_std']}"
         + _also(dom, "input_domain", schema),

@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,8 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
+from .. import dist
+from ..config import ExportConfig, settings
 from ..convention import InputConvention, resolve
 from ..data import DataSource, Feed, fits
 from ..errors import DfkdError, UsageError
@@ -30,8 +32,16 @@ from ..onnx.graph import load_onnx
 from ..onnx.inspect import candidate_layers, external_data_locations, model_facts
 from ..onnx.runtime import OrtModel
 from ..onnx.torch_export import dropout_keep_from_metadata, export_onnx, model_metadata
-from ..sidecar import (ChannelStats, DatasetProvenance, LayerStats, Sidecar, SidecarInvalidError, SpectralStats,
-                       validate, write_sidecar)
+from ..sidecar import (
+    ChannelStats,
+    DatasetProvenance,
+    LayerStats,
+    Sidecar,
+    SidecarInvalidError,
+    SpectralStats,
+    validate,
+    write_sidecar,
+)
 from ..sidecar.binding import model_binding
 from ..sidecar.types import ConventionRecord, InputDomain
 from .moments import ClassMoments, pool_positions, sketch_width
@@ -39,39 +49,6 @@ from .spectral import LayerRef, plan_spectral
 from .teacher_check import PRECHECK_EXAMPLES, AccuracyMeter, default_min_accuracy, require_fit
 
 MAX_SKETCH_ENTRIES = 2 ** 25  # float64 covariance-sketch entries per layer (256 MiB); larger layers get none
-DEFAULT_TEMPERATURE = 8.0
-
-
-@dataclass
-class ExportConfig:
-    """Every setting of an export, with its one default (recorded whole in the summary)."""
-
-    layers: list[str] | None = None  # tensor names; None: hidden pre-activations and the logits
-    temperature: float = DEFAULT_TEMPERATURE  # logits are recorded divided by it
-    cov_rank: int = 0  # per-class low-rank covariance factors (0: none)
-    spectral_k: int | None = None  # eigenvectors per spectral block (None: 64 all layers, 32 per pair; 0: none)
-    split: str = "train"
-    batch_size: int = 512
-    limit: int | None = None  # only the first N examples of the split
-    input_norm: str | InputConvention | None = None  # None: the teacher's metadata, else raw values
-    value_range: tuple[float, float] | None = None  # raw value range; None: the convention's, else the data's
-    min_accuracy: float | None = None  # None: default_min_accuracy(classes)
-    force: bool = False  # export even when the teacher fails the accuracy check
-
-    def check(self) -> None:
-        if not self.temperature > 0:
-            raise UsageError(f"{{temperature}} {self.temperature}: must be > 0")
-        if self.cov_rank < 0 or (self.spectral_k is not None and self.spectral_k < 0):
-            raise UsageError("{cov_rank} and {spectral_k} must be >= 0")
-        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
-            raise UsageError("{batch_size} and {limit} must be >= 1")
-        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
-            raise UsageError(f"{{min_accuracy}} {self.min_accuracy}: must be in [0, 1]")
-        if self.value_range is not None and not (len(self.value_range) == 2 and
-                                                 math.isfinite(self.value_range[0]) and
-                                                 math.isfinite(self.value_range[1]) and
-                                                 self.value_range[0] < self.value_range[1]):
-            raise UsageError(f"{{value_range}} {self.value_range}: expected two finite numbers LO < HI")
 
 
 def _sketch_fits(classes: int, shape, cov_rank: int) -> bool:
@@ -180,6 +157,7 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
     """
     cfg = replace(config or ExportConfig(), **settings)
     cfg.check()
+    dist.require_main(f"write the release folder {out_dir}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dfkd-export-") as scratch:
         if isinstance(model, torch.nn.Module):
@@ -252,7 +230,7 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, created: list[Path], t
         out = runner.run(x)
         meter.update(out[plan.logits], y)
         values = {}
-        for key, tensor, kind, shape in chosen:
+        for key, tensor, kind, _ in chosen:
             v = out[tensor].reshape(len(y), -1)
             values[key] = v / np.float32(cfg.temperature) if kind == "logits" else v
             moments[key].update(values[key], y)
@@ -303,8 +281,7 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, created: list[Path], t
     if not report.valid:
         raise SidecarInvalidError(sidecar_path, report, action="export")
     skipped_cov = [k for k, m in moments.items() if cfg.cov_rank and m.sketch is None]
-    settings = asdict(cfg)
-    settings["input_norm"] = plan.convention.name
+    recorded = settings(replace(cfg, input_norm=plan.convention.name))
     summary = {
         "model": str(onnx_path), "sidecar": str(sidecar_path), "sidecar_bytes": sidecar_path.stat().st_size,
         "samples": seen, "classes": c, "layers": [{"key": k, "tensor": t, "kind": kd, "shape": list(s)}
@@ -318,7 +295,7 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, created: list[Path], t
                           "mean_confidence": round(check.mean_confidence, 6), "min_accuracy": check.min_accuracy,
                           "forced": check.forced},
         "cov_rank": cfg.cov_rank, "cov_skipped_layers": skipped_cov, "temperature": cfg.temperature,
-        "settings": settings,
+        "settings": recorded,
         "seconds": round(time.perf_counter() - t0, 3), "graph_seconds": round(t_graph, 3),
         "pass_seconds": round(t_pass, 3), "samples_per_second": round(seen / max(t_pass, 1e-9), 1),
     }

@@ -12,8 +12,8 @@ import numpy as np
 from ..convention import from_domain
 from ..data import DataSource, Feed
 from ..onnx.runtime import OrtModel
-from ..sidecar.types import Sidecar
 from ..sidecar.report import Finding, finding
+from ..sidecar.types import Sidecar
 from .moments import ClassMoments
 from .teacher_check import AccuracyMeter, default_min_accuracy
 

@@ -8,8 +8,14 @@ import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
-from ..onnx.linearize import (adjacency, jacobian_block, linearised_module, lowest_eigenpairs, normalized_laplacian,
-                              path_initializers)
+from ..onnx.linearize import (
+    adjacency,
+    jacobian_block,
+    linearised_module,
+    lowest_eigenpairs,
+    normalized_laplacian,
+    path_initializers,
+)
 
 DEFAULT_K_ALL, DEFAULT_K_PAIR = 64, 32
 

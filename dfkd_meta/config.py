@@ -1,0 +1,147 @@
+"""Run settings: every command's knobs are one dataclass, each default in one place, recorded whole.
+
+``settings(cfg)`` is what a run records in its provenance (the transfer file, the student's
+report, a checkpoint); ``changed(recorded, cfg)`` names what differs, so resuming with another
+setting is refused by name instead of silently mixing two runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.compare}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def settings(cfg) -> dict:
+    """The whole config as plain JSON-able data (nested dataclasses included)."""
+    return json.loads(json.dumps(_plain(cfg), sort_keys=True, default=str))
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def changed(recorded: dict, cfg_or_settings) -> list[str]:
+    """``name: recorded -> now`` for every setting that differs (nested names dotted: ``priors.tv``)."""
+    now = cfg_or_settings if isinstance(cfg_or_settings, dict) else settings(cfg_or_settings)
+    a, b = _flatten(recorded), _flatten(now)
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "(absent)") != b.get(k, "(absent)")]
+
+
+# --- the commands' settings, one default each -------------------------------------------------------
+
+DEFAULT_TEMPERATURE = 8.0  # logits temperature of export, and distillation's when no transfer set says
+INITS = ("uniform", "first-layer")
+FEATURE_LAYERS = ("all", "channels")
+STORE_SPACES = ("model", "raw")
+
+
+@dataclass
+class TrainConfig:
+    """Teacher training (``dfkd-meta train``)."""
+
+    input_norm: str = "data"  # the convention the teacher trains under, recorded in its ONNX metadata
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam, cosine schedule
+    seed: int = 0
+
+
+@dataclass
+class ExportConfig:
+    """Every setting of an export (``dfkd-meta export``), with its one default (recorded in the summary)."""
+
+    layers: list[str] | None = None  # tensor names; None: hidden pre-activations and the logits
+    temperature: float = DEFAULT_TEMPERATURE  # logits are recorded divided by it
+    cov_rank: int = 0  # per-class low-rank covariance factors (0: none)
+    spectral_k: int | None = None  # eigenvectors per spectral block (None: 64 all layers, 32 per pair; 0: none)
+    split: str = "train"
+    batch_size: int = 512
+    limit: int | None = None  # only the first N examples of the split
+    input_norm: Any = None  # str or InputConvention; None: the teacher's metadata, else raw values
+    value_range: tuple[float, float] | None = None  # raw value range; None: the convention's, else the data's
+    min_accuracy: float | None = None  # None: halfway between chance and 1, at least 0.5
+    force: bool = False  # export even when the teacher fails the accuracy check
+
+    def check(self) -> None:
+        if not self.temperature > 0:
+            raise UsageError(f"{{temperature}} {self.temperature}: must be > 0")
+        if self.cov_rank < 0 or (self.spectral_k is not None and self.spectral_k < 0):
+            raise UsageError("{cov_rank} and {spectral_k} must be >= 0")
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise UsageError("{batch_size} and {limit} must be >= 1")
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            raise UsageError(f"{{min_accuracy}} {self.min_accuracy}: must be in [0, 1]")
+        if self.value_range is not None and not (len(self.value_range) == 2 and
+                                                 math.isfinite(self.value_range[0]) and
+                                                 math.isfinite(self.value_range[1]) and
+                                                 self.value_range[0] < self.value_range[1]):
+            raise UsageError(f"{{value_range}} {self.value_range}: expected two finite numbers LO < HI")
+
+
+@dataclass
+class Priors:
+    """Weights of reconstruction's optional priors; all off by default."""
+
+    tv: float = 0.0  # total variation (mean absolute difference of neighbouring pixels)
+    l2: float = 0.0  # mean squared input value
+    jitter: int = 0  # random shift of up to this many pixels per step (image inputs)
+    flip: bool = False  # random horizontal flips per step (only for flip-symmetric classes)
+    feature: float = 0.0  # batch moment matching of hidden layers (channel stats where stored, else unit stats)
+    feature_layers: str = "all"  # "all" hidden layers, or only "channels": the layers with channel statistics
+
+    def __post_init__(self):
+        if self.feature_layers not in FEATURE_LAYERS:
+            raise ValueError(f"feature_layers {self.feature_layers!r}: expected one of {FEATURE_LAYERS}")
+
+    def image_options(self) -> list[str]:
+        """The options set that need image inputs, as parameter placeholders for messages."""
+        return [f"{{{name}}}" for name, on in (("tv", self.tv), ("jitter", self.jitter), ("flip", self.flip)) if on]
+
+
+@dataclass
+class ReconstructConfig:
+    """Offline reconstruction of a transfer set (``dfkd-meta reconstruct``)."""
+
+    objective: str = "all_layers"  # a name in reconstruct.objectives.OBJECTIVES
+    samples: int = 1000
+    steps: int = 200  # optimisation steps per batch (Adam on the inputs, cosine schedule)
+    batch_size: int = 256
+    lr: float = 0.05
+    seed: int = 0
+    priors: Priors = field(default_factory=Priors)
+    init: str = "uniform"  # starting inputs: "uniform" over the input domain, or "first-layer" (init.py)
+    store: str = "model"  # the transfer file's x: "model" inputs (normalised) or "raw" values
+
+
+@dataclass
+class DistillConfig:
+    """Student training (``dfkd-meta distill``)."""
+
+    temperature: float | None = None  # None: the transfer set's (the sidecar's), else DEFAULT_TEMPERATURE
+    loss: str = "kd"  # a name in distill.losses.LOSSES
+    alpha: float = 0.0  # weight of cross-entropy on the teacher's argmax
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam, cosine schedule
+    seed: int = 0
+    force: bool = False  # distill on real data even when the teacher fails the accuracy check there

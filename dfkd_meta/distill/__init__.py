@@ -1,0 +1,7 @@
+"""Knowledge distillation of a student from an ONNX teacher: the loop, its losses, the student's files."""
+from .loop import DistillConfig, DistillResult, distill, teacher_convention
+from .losses import LOSSES, Outputs, kd_loss, loss
+from .student import evaluate_pair, load_transfer_for, predict, teacher_logits, write_student
+
+__all__ = ["LOSSES", "DistillConfig", "DistillResult", "Outputs", "distill", "evaluate_pair", "kd_loss",
+           "load_transfer_for", "loss", "predict", "teacher_convention", "teacher_logits", "write_student"]

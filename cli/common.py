@@ -1,0 +1,125 @@
+"""What every command shares: error rendering with flag names, registry-backed choices, common options."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dfkd_meta.convention import CHOICES_HELP as CONVENTION_CHOICES
+from dfkd_meta.errors import DfkdError, UsageError
+
+
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names, loaded on first use (registries import torch; --help and other
+    commands should not), with each name's one-line description in --help."""
+
+    def __init__(self, load):
+        self._load = load
+        self._registry = None
+        super().__init__([])
+
+    @property
+    def registry(self) -> dict:
+        if self._registry is None:
+            self._registry = self._load()
+        return self._registry
+
+    @property
+    def choices(self):
+        return sorted(self.registry)
+
+    @choices.setter
+    def choices(self, value):  # click's __init__ assigns it
+        pass
+
+    def describe(self) -> str:
+        return "; ".join(f"{name}: {_first_line(self.registry[name])}" for name in self.choices)
+
+
+def _first_line(obj) -> str:
+    doc = (obj.__doc__ or "").strip().splitlines()
+    return doc[0].rstrip(".") if doc else ""
+
+
+class RegistryOption(click.Option):
+    """An option over a ``RegistryChoice`` whose help lists every choice with its description."""
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        if record is None or not isinstance(self.type, RegistryChoice):
+            return record
+        return record[0], f"{record[1]} One of: {self.type.describe()}."
+
+
+def objectives():
+    from dfkd_meta.reconstruct.objectives import OBJECTIVES
+
+    return OBJECTIVES
+
+
+def losses():
+    from dfkd_meta.distill.losses import LOSSES
+
+    return LOSSES
+
+
+def fail(exc: DfkdError, names: dict[str, str] | None = None) -> None:
+    click.echo(f"error: {exc.render(names)}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class Command(click.Command):
+    """A command whose library errors name its flags: ``{param}`` placeholders become ``--param``.
+
+    Options map by their destination name; ``flag_aliases`` maps library parameter names that
+    differ from it (``{"name": "--student"}``).
+    """
+
+    def __init__(self, *args, flag_aliases: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.flag_aliases = flag_aliases or {}
+
+    def flag_names(self) -> dict[str, str]:
+        names = {p.name: max(p.opts, key=len) for p in self.params if isinstance(p, click.Option) and p.name}
+        names.update({p.name: p.name.upper() for p in self.params if isinstance(p, click.Argument) and p.name})
+        return {**names, **self.flag_aliases}
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DfkdError as exc:
+            fail(exc, self.flag_names())
+
+
+class Group(click.Group):
+    """Turns user errors into one line on stderr and an exit code, never a traceback."""
+
+    command_class = Command
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DfkdError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+DATA_HELP = ("digits (bundled 8x8 digits), mnist:DIR (MNIST-layout IDX folder) or npz:FILE (x images or feature "
+             "vectors, y labels).")
+CONVENTION_HELP = CONVENTION_CHOICES
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+def pair(text: str | None, param: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{{{param}}} {text!r}: expected LO,HI (two numbers)") from None
+    return lo, hi
+
+

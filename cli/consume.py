@@ -1,0 +1,177 @@
+"""The consumer's commands: reconstruct a transfer set, distill a student, and the end-to-end demo."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from dfkd_meta.config import DistillConfig, ExportConfig, Priors, ReconstructConfig
+from dfkd_meta.errors import UsageError
+
+from .common import CONVENTION_HELP, DATA_HELP, DEVICE, QUIET, Command, RegistryChoice, RegistryOption, losses, objectives
+
+
+@click.command(cls=Command, flag_aliases={"feature": "--feature-weight"})
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="The ONNX teacher.")
+@click.option("--sidecar", required=True, type=click.Path(dir_okay=False), help="Its .dfkd.h5 statistics sidecar.")
+@click.option("--objective", cls=RegistryOption, type=RegistryChoice(objectives),
+              default=ReconstructConfig.objective, show_default=True, help="What the inputs are optimised for.")
+@click.option("--samples", type=click.IntRange(min=1), default=ReconstructConfig.samples, show_default=True,
+              help="Transfer-set size (class-balanced).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The transfer-set file to write.")
+@click.option("--steps", type=click.IntRange(min=0), default=ReconstructConfig.steps, show_default=True,
+              help="Optimisation steps per batch (Adam, cosine schedule).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=ReconstructConfig.batch_size, show_default=True,
+              help="Inputs optimised together.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=ReconstructConfig.lr, show_default=True,
+              help="Adam step size on the inputs.")
+@click.option("--seed", type=int, default=ReconstructConfig.seed, show_default=True,
+              help="The same seed gives the same file.")
+@click.option("--tv", type=click.FloatRange(min=0), default=Priors.tv, help="Total-variation prior weight (image inputs).")
+@click.option("--l2", type=click.FloatRange(min=0), default=Priors.l2, help="L2 prior weight.")
+@click.option("--jitter", type=click.IntRange(min=0), default=Priors.jitter,
+              help="Random shifts of up to N pixels (image inputs).")
+@click.option("--flip", is_flag=True, help="Random horizontal flips (image inputs; flip-symmetric classes only).")
+@click.option("--feature-weight", "feature", type=click.FloatRange(min=0), default=Priors.feature,
+              help="Batch moment matching: each class's examples spread like the recorded class on every hidden "
+                   "layer (per channel where the sidecar has channel statistics, else per unit).")
+@click.option("--feature-layers", type=click.Choice(["all", "channels"]), default=Priors.feature_layers,
+              show_default=True,
+              help="Layers the moment matching covers: every hidden layer, or only those with channel statistics.")
+@click.option("--init", "init", type=click.Choice(["uniform", "first-layer"]), default=ReconstructConfig.init,
+              show_default=True,
+              help="Starting inputs: uniform over the input domain, or a per-class Gaussian whose image under the "
+                   "first stored layer (affine in the input) has its recorded mean and covariance factors; export "
+                   "with --cov-rank for the covariance.")
+@click.option("--store", type=click.Choice(["model", "raw"]), default=ReconstructConfig.store, show_default=True,
+              help="Store inputs as the model takes them (normalised) or as raw values; the file says which.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its .partial file.")
+@click.option("--preview", type=click.Path(dir_okay=False), help="Write a PNG grid of samples per class (images).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@DEVICE
+@QUIET
+def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, lr, seed, tv, l2, jitter, flip,
+                feature, feature_layers, init, store, resume, preview, as_json, device, quiet):
+    """Reconstruct a transfer set from a teacher and its sidecar (no data needed).
+
+    \b
+    Example:
+      dfkd-meta reconstruct --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 \\
+          --objective spectral_all_layers --samples 10000 -o transfer.h5 --preview samples.png
+    """
+    from dfkd_meta.fileio import require_file
+    from dfkd_meta.reconstruct.synthesize import reconstruct as run
+
+    require_file(model, "model")
+    require_file(sidecar, "sidecar")
+    cfg = ReconstructConfig(objective=objective, samples=samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                            priors=Priors(tv=tv, l2=l2, jitter=jitter, flip=flip, feature=feature,
+                                          feature_layers=feature_layers), init=init, store=store)
+    result = run(model, sidecar, output, cfg, device=device, resume=resume, progress=not quiet, preview=preview)
+    s = result.summary
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(f"wrote {s['transfer']}: {s['samples']} samples ({objective}), teacher agrees with the target class "
+               f"on {s['teacher_agreement']:.1%}, mean final loss {s['mean_loss']:.4g}, {s['seconds']:.1f} s"
+               + (f" (resumed after {s['resumed_batches']} batches)" if s["resumed_batches"] else ""))
+
+
+@click.command(cls=Command, flag_aliases={"name": "--student", "source": "--transfer/--data"})
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="The ONNX teacher.")
+@click.option("--transfer", type=click.Path(dir_okay=False), help="A transfer set from `dfkd-meta reconstruct`.")
+@click.option("--data", help="Distill on real data instead (vanilla KD baseline): " + DATA_HELP)
+@click.option("--resize", type=int, help="Pad/resize --data/--eval images to N x N.")
+@click.option("--input-norm", help="How the teacher expects real --data/--eval inputs: " + CONVENTION_HELP +
+              ". Default: what the transfer set records, else the teacher's ONNX metadata, else raw values.")
+@click.option("--student", required=True, help="A reference model name (hinton800, lenet5-half, ...) or "
+              "module:factory (imports and runs that module's code).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="student.onnx to write (+ .json report).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
+              help=f"Default: the transfer set's (else {ExportConfig.temperature:g}).")
+@click.option("--loss", cls=RegistryOption, type=RegistryChoice(losses), default=DistillConfig.loss, show_default=True,
+              help="The distillation loss.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=DistillConfig.alpha, show_default=True,
+              help="Weight of cross-entropy on the teacher's argmax labels (the loss gets 1 - alpha).")
+@click.option("--epochs", type=click.IntRange(min=1), default=DistillConfig.epochs, show_default=True,
+              help="Passes over the inputs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DistillConfig.batch_size, show_default=True,
+              help="Examples per step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DistillConfig.lr, show_default=True,
+              help="Adam learning rate (cosine schedule).")
+@click.option("--seed", type=int, default=DistillConfig.seed, show_default=True,
+              help="Seeds initialisation and shuffling.")
+@click.option("--eval", "eval_spec", help="Labelled data to report accuracies on: " + DATA_HELP)
+@click.option("--force", is_flag=True, help="With --data: go ahead even when the teacher fails the accuracy check.")
+@click.option("--resume", is_flag=True, help="Continue from the per-epoch checkpoint <output>.ckpt.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+@DEVICE
+@QUIET
+def distill(teacher, transfer, data, resize, input_norm, student, output, temperature, loss, alpha, epochs, batch_size,
+            lr, seed, eval_spec, force, resume, as_json, device, quiet):
+    """Train a student on a transfer set (or real data) against the teacher's softened outputs.
+
+    \b
+    Example:
+      dfkd-meta distill --teacher release/teacher.onnx --transfer transfer.h5 --student lenet5-half \\
+          -o student.onnx --eval mnist:DATA/mnist --resize 32
+    """
+    from dfkd_meta.data import load_data
+    from dfkd_meta.distill import distill as run
+    from dfkd_meta.distill import load_transfer_for, write_student
+    from dfkd_meta.fileio import require_file
+    from dfkd_meta.models import build_model
+
+    require_file(teacher, "teacher")
+    if (transfer is None) == (data is None):
+        raise UsageError("pass exactly one of --transfer FILE (data-free) or --data SPEC (KD with real data)")
+    source = load_transfer_for(teacher, require_file(transfer, "transfer set")) if transfer else load_data(data, resize)
+    input_shape = tuple(source.x.shape[1:]) if transfer else source.input_shape
+    num_classes = source.teacher_logits.shape[1] if transfer else source.num_classes
+    model = build_model(student, input_shape, num_classes)
+    cfg = DistillConfig(temperature=temperature, loss=loss, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr,
+                        seed=seed, force=force)
+    result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
+                 resume=resume, eval_data=load_data(eval_spec, resize) if eval_spec else None, progress=not quiet)
+    path = write_student(result.student, input_shape, output, {**result.report, "student": student},
+                         convention=result.convention, image_shape=result.image_shape)
+    r = result.report
+    if as_json:
+        click.echo(json.dumps({**r, "student": student, "output": str(path)}, indent=2, default=str))
+        return
+    click.echo(f"wrote {path} and {path.with_suffix('.json')} ({r['distill_seconds']:.1f} s)")
+    if "student_accuracy" in r:
+        click.echo(f"  on {r['eval_data']} ({r['eval_split']}): teacher {r['teacher_accuracy']:.4f}, student "
+                   f"{r['student_accuracy']:.4f}, agreement {r['agreement']:.4f}")
+    else:
+        click.echo(f"  agreement with the teacher on the training inputs: {r['agreement_on_training_inputs']:.4f}")
+
+
+@click.command(cls=Command)
+@click.option("--data", "data_spec", default="digits", show_default=True, help=DATA_HELP)
+@click.option("--resize", type=int, help="Pad/resize images to N x N.")
+@click.option("-o", "--output", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--teacher", help="Teacher architecture (default: hinton-small on digits, hinton1200 on MNIST).")
+@click.option("--student", help="Student architecture (default: hinton-tiny on digits, hinton800 on MNIST).")
+@click.option("--samples", type=click.IntRange(min=1), help="Transfer-set size per objective.")
+@click.option("--steps", type=click.IntRange(min=0), help="Reconstruction steps per batch.")
+@click.option("--teacher-epochs", type=click.IntRange(min=1))
+@click.option("--student-epochs", type=click.IntRange(min=1))
+@click.option("--objectives", help="Comma-separated objectives to compare (noise always runs).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@DEVICE
+@QUIET
+def demo(data_spec, resize, output, teacher, student, samples, steps, teacher_epochs, student_epochs, objectives, seed,
+         device, quiet):
+    """Run the whole pipeline and print a comparison table (a few minutes on 2 CPU cores on digits)."""
+    from dfkd_meta.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.for_data(data_spec, resize=resize, teacher=teacher, student=student, samples=samples, steps=steps,
+                              teacher_epochs=teacher_epochs, student_epochs=student_epochs, seed=seed, device=device,
+                              objectives=tuple(o.strip() for o in objectives.split(",")) if objectives else None)
+    result = run_demo(cfg, output, progress=not quiet, log=click.echo)
+    click.echo("")
+    click.echo(result.table())
+    click.echo(f"\nfiles in {output}/ (release/, transfer sets, demo.json)")
+

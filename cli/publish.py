@@ -1,0 +1,131 @@
+"""The publisher's commands: train a reference teacher, export a release."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from dfkd_meta.config import ExportConfig, TrainConfig
+
+from .common import CONVENTION_HELP, DATA_HELP, DEVICE, QUIET, Command, pair
+
+
+@click.command(cls=Command, flag_aliases={"name": "--model"})
+@click.option("--model", "name", required=True, help="hinton1200, hinton800, hinton-small, hinton-tiny, lenet5, "
+              "lenet5-half, bn-cnn, or module:factory (imports and runs that module's code).")
+@click.option("--data", default="digits", show_default=True, help=DATA_HELP)
+@click.option("--resize", type=int, help="Pad/resize images to N x N (LeNet uses 32).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the ONNX teacher.")
+@click.option("--input-norm", default=TrainConfig.input_norm, show_default=True,
+              help="How the teacher's inputs are normalised, recorded in its ONNX metadata: " + CONVENTION_HELP)
+@click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True,
+              help="Passes over the train split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True,
+              help="Examples per step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TrainConfig.lr, show_default=True,
+              help="Adam learning rate (cosine schedule).")
+@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True, help="Seeds initialisation and shuffling.")
+@click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True,
+              help="torch's TorchScript-based (legacy) or torch.export-based (dynamo) ONNX exporter.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@DEVICE
+@QUIET
+def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, exporter, as_json, device, quiet):
+    """Train a reference teacher on labelled data and write it as ONNX.
+
+    \b
+    Example:
+      dfkd-meta train --model lenet5 --data mnist:DATA/mnist --resize 32 -o teacher.onnx
+    """
+    from dfkd_meta.data import load_data
+    from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+    from dfkd_meta.onnx.torch_export import export_onnx
+    from dfkd_meta.train import train_teacher
+
+    source = load_data(data, resize)
+    model = build_model(name, source.input_shape, source.num_classes)
+    cfg = TrainConfig(input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    result = train_teacher(model, source, cfg, device=device, progress=not quiet,
+                           log=None if quiet or as_json else (lambda line: click.echo(line)))
+    path = export_onnx(result.model, source.input_shape, output, exporter=exporter, convention=result.convention,
+                       dropout_keep=hidden_dropout_keep_probs(result.model))
+    summary = {"model": str(path), "architecture": name, "data": data, "test_accuracy": result.test_accuracy,
+               "input_convention": result.convention.describe(),
+               "train_seconds": round(result.seconds, 2), "history": result.history}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        acc = f"{result.test_accuracy:.4f}" if result.test_accuracy is not None else "n/a (no test split)"
+        click.echo(f"wrote {path} ({name}, test accuracy {acc}, {result.seconds:.1f} s); input convention "
+                   f"{result.convention.describe()}")
+
+
+@click.command(cls=Command)
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="The trained ONNX teacher.")
+@click.option("--data", default="digits", show_default=True, help="The labelled data the statistics are taken from: "
+              + DATA_HELP)
+@click.option("--resize", type=int, help="Pad/resize images to N x N, as for training.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Release folder to write.")
+@click.option("--input-norm", help="How the teacher expects its inputs: " + CONVENTION_HELP + ". Default: what the "
+              "teacher's ONNX metadata records (dfkd-meta train writes it), else raw values.")
+@click.option("--value-range", help="LO,HI: the raw value range of valid inputs (default: the convention's, else [0, 1] "
+              "for images in [0, 1], else the data's observed min and max).")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Refuse when the teacher is right on fewer of the "
+              "examples (default: halfway between chance and 1, at least 0.5).")
+@click.option("--force", is_flag=True, help="Export even when the teacher fails the accuracy check (recorded).")
+@click.option("--layers", help="Comma-separated tensor names (default: hidden pre-activations and the logits).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=ExportConfig.temperature,
+              show_default=True, help="Logits are recorded divided by it.")
+@click.option("--cov-rank", type=click.IntRange(min=0), default=ExportConfig.cov_rank, show_default=True,
+              help="Per-class low-rank covariance factors of this rank (0: none); reconstruct --init first-layer "
+                   "needs them on the first layer (32 is a good start).")
+@click.option("--spectral-k", type=click.IntRange(min=0), default=None,
+              help="Eigenvectors per spectral block (default 64 for all layers, 32 per pair; 0: no spectral stats).")
+@click.option("--split", type=click.Choice(["train", "test"]), default=ExportConfig.split, show_default=True,
+              help="The split the statistics are taken from.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N examples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=ExportConfig.batch_size, show_default=True,
+              help="Examples per ONNX Runtime call.")
+@click.option("--name", help="Release file stem (default: the model's).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (sizes, time, samples/s).")
+@QUIET
+def export(model, data, resize, output, input_norm, value_range, min_accuracy, force, layers, temperature, cov_rank,
+           spectral_k, split, limit, batch_size, name, as_json, quiet):
+    """Write a release folder: the ONNX teacher and its statistics sidecar.
+
+    The teacher is fed its own input convention and must be right on most of the examples it is
+    described on; a wrong convention is refused instead of silently recorded.
+
+    \b
+    Examples:
+      dfkd-meta export --model teacher.onnx --data npz:train.npz -o release/
+      dfkd-meta export --model resnet.onnx --data npz:images.npz --input-norm imagenet -o release/
+    """
+    from dfkd_meta.data import load_data
+    from dfkd_meta.fileio import require_file
+    from dfkd_meta.stats.export import export_release
+
+    require_file(model, "model")
+    source = load_data(data, resize)
+    cfg = ExportConfig(layers=[x.strip() for x in layers.split(",") if x.strip()] if layers else None,
+                       temperature=temperature, cov_rank=cov_rank, spectral_k=spectral_k, split=split,
+                       batch_size=batch_size, limit=limit, input_norm=input_norm,
+                       value_range=pair(value_range, "value_range"), min_accuracy=min_accuracy, force=force)
+    result = export_release(model, source, output, cfg, name=name, progress=not quiet)
+    s = result.summary
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    t, conv = s["teacher_check"], s["input_convention"]
+    click.echo(f"wrote {s['model']} and {s['sidecar']} ({s['sidecar_bytes'] / 1e6:.2f} MB)")
+    click.echo(f"  input convention {conv['description']}, raw range {conv['value_range']}")
+    click.echo(f"  teacher on the {t['samples']} {t['split']} examples: accuracy {t['accuracy']:.4f} "
+               f"(threshold {t['min_accuracy']:.2f}), mean confidence {t['mean_confidence']:.3f}"
+               + (" -- BELOW THE THRESHOLD, exported with --force" if t["forced"] else ""))
+    click.echo(f"  {s['samples']} examples, {s['classes']} classes, {len(s['layers'])} layers "
+               f"({', '.join(x['key'] for x in s['layers'])}), {len(s['spectral_blocks'])} spectral blocks")
+    click.echo(f"  {s['seconds']:.1f} s ({s['samples_per_second']:.0f} examples/s in the statistics pass)")
+    if s["cov_skipped_layers"]:
+        click.echo(f"  note: no covariance for layers too large for the covariance sketch: {s['cov_skipped_layers']}")
+
+

@@ -63,6 +63,12 @@ def losses():
     return LOSSES
 
 
+def methods():
+    from dfkd_meta.synthesis import METHODS
+
+    return METHODS
+
+
 def fail(exc: DfkdError, names: dict[str, str] | None = None) -> None:
     click.echo(f"error: {exc.render(names)}", err=True)
     sys.exit(exc.exit_code)

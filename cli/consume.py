@@ -5,10 +5,21 @@ import json
 
 import click
 
-from dfkd_meta.config import DistillConfig, ExportConfig, Priors, ReconstructConfig
+from dfkd_meta.config import DistillConfig, ExportConfig, OnlineConfig, Priors, ReconstructConfig
 from dfkd_meta.errors import UsageError
 
-from .common import CONVENTION_HELP, DATA_HELP, DEVICE, QUIET, Command, RegistryChoice, RegistryOption, losses, objectives
+from .common import (
+    CONVENTION_HELP,
+    DATA_HELP,
+    DEVICE,
+    QUIET,
+    Command,
+    RegistryChoice,
+    RegistryOption,
+    losses,
+    methods,
+    objectives,
+)
 
 
 @click.command(cls=Command, flag_aliases={"feature": "--feature-weight"})
@@ -77,63 +88,103 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
                + (f" (resumed after {s['resumed_batches']} batches)" if s["resumed_batches"] else ""))
 
 
-@click.command(cls=Command, flag_aliases={"name": "--student", "source": "--transfer/--data"})
+@click.command(cls=Command, flag_aliases={"name": "--student", "source": "--transfer/--data", "options": "--set"})
 @click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="The ONNX teacher.")
 @click.option("--transfer", type=click.Path(dir_okay=False), help="A transfer set from `dfkd-meta reconstruct`.")
 @click.option("--data", help="Distill on real data instead (vanilla KD baseline): " + DATA_HELP)
+@click.option("--method", cls=RegistryOption, type=RegistryChoice(methods),
+              help="Synthesise the inputs online, the student in the loop, with this published method.")
+@click.option("--sidecar", type=click.Path(dir_okay=False),
+              help="With --method: the teacher's sidecar, whose statistics become the method's prior.")
+@click.option("--iterations", type=click.IntRange(min=1), default=OnlineConfig.iterations, show_default=True,
+              help="With --method: student updates.")
+@click.option("--set", "options", multiple=True, metavar="KEY=VALUE",
+              help="With --method: one of the method's own settings (repeatable); the report lists them.")
+@click.option("--gaussian-mix", type=click.FloatRange(0, 1, max_open=True), default=OnlineConfig.gaussian_mix,
+              show_default=True, help="With --method and a sidecar: share of each batch drawn from the sidecar's "
+              "first-layer Gaussian.")
+@click.option("--save-transfer", type=click.Path(dir_okay=False),
+              help="With --method: write the final synthetic set as a transfer file `distill --transfer` accepts.")
 @click.option("--resize", type=int, help="Pad/resize --data/--eval images to N x N.")
 @click.option("--input-norm", help="How the teacher expects real --data/--eval inputs: " + CONVENTION_HELP +
-              ". Default: what the transfer set records, else the teacher's ONNX metadata, else raw values.")
+              ". Default: what the transfer set or sidecar records, else the teacher's ONNX metadata, else raw values.")
 @click.option("--student", required=True, help="A reference model name (hinton800, lenet5-half, ...) or "
               "module:factory (imports and runs that module's code).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="student.onnx to write (+ .json report).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
-              help=f"Default: the transfer set's (else {ExportConfig.temperature:g}).")
+              help=f"Default: the transfer set's (else {ExportConfig.temperature:g}); with --method the method's.")
 @click.option("--loss", cls=RegistryOption, type=RegistryChoice(losses), default=DistillConfig.loss, show_default=True,
-              help="The distillation loss.")
+              help="The distillation loss (--transfer/--data; a --method trains as its paper does).")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=DistillConfig.alpha, show_default=True,
               help="Weight of cross-entropy on the teacher's argmax labels (the loss gets 1 - alpha).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DistillConfig.epochs, show_default=True,
-              help="Passes over the inputs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DistillConfig.batch_size, show_default=True,
-              help="Examples per step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DistillConfig.lr, show_default=True,
-              help="Adam learning rate (cosine schedule).")
+              help="Passes over the inputs (--transfer/--data).")
+@click.option("--batch-size", type=click.IntRange(min=2),
+              help=f"Examples per step (default {DistillConfig.batch_size}; {OnlineConfig.batch_size} with --method).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help=f"Student learning rate (default {DistillConfig.lr:g} with Adam; with --method the method's).")
 @click.option("--seed", type=int, default=DistillConfig.seed, show_default=True,
-              help="Seeds initialisation and shuffling.")
+              help="Seeds the student's initialisation, shuffling and synthesis.")
 @click.option("--eval", "eval_spec", help="Labelled data to report accuracies on: " + DATA_HELP)
 @click.option("--force", is_flag=True, help="With --data: go ahead even when the teacher fails the accuracy check.")
-@click.option("--resume", is_flag=True, help="Continue from the per-epoch checkpoint <output>.ckpt.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint <output>.ckpt.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @DEVICE
 @QUIET
-def distill(teacher, transfer, data, resize, input_norm, student, output, temperature, loss, alpha, epochs, batch_size,
-            lr, seed, eval_spec, force, resume, as_json, device, quiet):
-    """Train a student on a transfer set (or real data) against the teacher's softened outputs.
+def distill(teacher, transfer, data, method, sidecar, iterations, options, gaussian_mix, save_transfer, resize,
+            input_norm, student, output, temperature, loss, alpha, epochs, batch_size, lr, seed, eval_spec, force, resume,
+            as_json, device, quiet):
+    """Train a student against the teacher's outputs: on a transfer set, on real data, or online.
 
     \b
-    Example:
+    Examples:
       dfkd-meta distill --teacher release/teacher.onnx --transfer transfer.h5 --student lenet5-half \\
           -o student.onnx --eval mnist:DATA/mnist --resize 32
+      dfkd-meta distill --teacher release/teacher.onnx --method dfad --sidecar release/teacher.dfkd.h5 \\
+          --student lenet5-half --iterations 3000 -o student.onnx --eval mnist:DATA/mnist --resize 32
     """
+    import torch
+
     from dfkd_meta.data import load_data
     from dfkd_meta.distill import distill as run
-    from dfkd_meta.distill import load_transfer_for, write_student
+    from dfkd_meta.distill import distill_online, load_transfer_for, write_student
     from dfkd_meta.fileio import require_file
     from dfkd_meta.models import build_model
 
     require_file(teacher, "teacher")
-    if (transfer is None) == (data is None):
-        raise UsageError("pass exactly one of --transfer FILE (data-free) or --data SPEC (KD with real data)")
-    source = load_transfer_for(teacher, require_file(transfer, "transfer set")) if transfer else load_data(data, resize)
-    input_shape = tuple(source.x.shape[1:]) if transfer else source.input_shape
-    num_classes = source.teacher_logits.shape[1] if transfer else source.num_classes
-    model = build_model(student, input_shape, num_classes)
-    cfg = DistillConfig(temperature=temperature, loss=loss, alpha=alpha, epochs=epochs, batch_size=batch_size, lr=lr,
-                        seed=seed, force=force)
-    result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
-                 resume=resume, eval_data=load_data(eval_spec, resize) if eval_spec else None, progress=not quiet)
+    if sum(x is not None for x in (transfer, data, method)) != 1:
+        raise UsageError("pass exactly one of --transfer FILE (data-free, offline), --method NAME (data-free, online) "
+                         "or --data SPEC (KD with real data)")
+    if method is None and (sidecar or save_transfer):
+        raise UsageError("--sidecar and --save-transfer go with --method")
+    eval_source = load_data(eval_spec, resize) if eval_spec else None
+    torch.manual_seed(seed)
+    if method is not None:
+        if sidecar is not None:
+            require_file(sidecar, "sidecar")
+        from dfkd_meta.onnx.inspect import model_facts
+
+        facts = model_facts(teacher)
+        input_shape = tuple(facts.inputs[0].per_example_shape or ())
+        model = build_model(student, input_shape, int(facts.outputs[0].shape[-1]))
+        cfg = OnlineConfig(method=method, iterations=iterations, batch_size=batch_size or OnlineConfig.batch_size,
+                           lr=lr, temperature=temperature, seed=seed, gaussian_mix=gaussian_mix,
+                           options=_options(options))
+        result = distill_online(teacher, model, cfg, sidecar=sidecar, device=device, checkpoint=output + ".ckpt",
+                                resume=resume, eval_data=eval_source, save_transfer=save_transfer,
+                                progress=not quiet)
+    else:
+        source = load_transfer_for(teacher, require_file(transfer, "transfer set")) if transfer \
+            else load_data(data, resize)
+        input_shape = tuple(source.x.shape[1:]) if transfer else source.input_shape
+        num_classes = source.teacher_logits.shape[1] if transfer else source.num_classes
+        model = build_model(student, input_shape, num_classes)
+        cfg = DistillConfig(temperature=temperature, loss=loss, alpha=alpha, epochs=epochs,
+                            batch_size=batch_size or DistillConfig.batch_size, lr=lr or DistillConfig.lr, seed=seed,
+                            force=force)
+        result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
+                     resume=resume, eval_data=eval_source, progress=not quiet)
     path = write_student(result.student, input_shape, output, {**result.report, "student": student},
                          convention=result.convention, image_shape=result.image_shape)
     r = result.report
@@ -141,11 +192,27 @@ def distill(teacher, transfer, data, resize, input_norm, student, output, temper
         click.echo(json.dumps({**r, "student": student, "output": str(path)}, indent=2, default=str))
         return
     click.echo(f"wrote {path} and {path.with_suffix('.json')} ({r['distill_seconds']:.1f} s)")
+    if "teacher_forward_examples" in r:
+        click.echo(f"  {r['iterations']} iterations of {method}, {r['teacher_forward_examples']:,} teacher forward "
+                   "examples" + (f", transfer set {r['saved_transfer']}" if r.get("saved_transfer") else ""))
     if "student_accuracy" in r:
         click.echo(f"  on {r['eval_data']} ({r['eval_split']}): teacher {r['teacher_accuracy']:.4f}, student "
                    f"{r['student_accuracy']:.4f}, agreement {r['agreement']:.4f}")
-    else:
+    elif "agreement_on_training_inputs" in r:
         click.echo(f"  agreement with the teacher on the training inputs: {r['agreement_on_training_inputs']:.4f}")
+
+
+def _options(pairs: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--set {p!r}: expected KEY=VALUE with a number") from None
+    return out
 
 
 @click.command(cls=Command)

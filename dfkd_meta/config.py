@@ -145,3 +145,27 @@ class DistillConfig:
     lr: float = 1e-3  # Adam, cosine schedule
     seed: int = 0
     force: bool = False  # distill on real data even when the teacher fails the accuracy check there
+
+
+@dataclass
+class OnlineConfig:
+    """Distillation with inputs synthesised online, the student in the loop (``dfkd-meta distill --method``)."""
+
+    method: str = "dfad"  # a name in synthesis.METHODS
+    iterations: int = 2000  # student updates
+    batch_size: int = 256
+    lr: float | None = None  # the student's; None: the method's published setting
+    temperature: float | None = None  # KD temperature; None: the method's published setting
+    seed: int = 0
+    gaussian_mix: float = 0.25  # with a sidecar that implies a first-layer Gaussian: share of each batch drawn from it
+    options: dict[str, float] = field(default_factory=dict)  # the method's own settings, by name
+    checkpoint_every: int = 100  # student updates between checkpoints
+    save_samples: int = 10_000  # inputs written by --save-transfer
+
+    def check(self) -> None:
+        if self.iterations < 1 or self.batch_size < 2 or self.checkpoint_every < 1 or self.save_samples < 1:
+            raise UsageError("{iterations}, {checkpoint_every} and {save_samples} must be >= 1, {batch_size} >= 2")
+        if not 0.0 <= self.gaussian_mix < 1.0:
+            raise UsageError(f"{{gaussian_mix}} {self.gaussian_mix}: must be in [0, 1)")
+        if (self.lr is not None and not self.lr > 0) or (self.temperature is not None and not self.temperature > 0):
+            raise UsageError("{lr} and {temperature} must be > 0")

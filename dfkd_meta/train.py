@@ -54,6 +54,9 @@ def train_teacher(model: nn.Module, data: DataSource, config: TrainConfig | None
         raise UsageError("{epochs} and {batch_size} must be >= 1 and {lr} > 0")
     input_norm = cfg.input_norm
     convention = input_norm if isinstance(input_norm, InputConvention) else parse(input_norm, data.channel_stats)
+    if convention.value_min is None:  # record the raw range the teacher saw, so consumers can clip to it
+        lo, hi = data.value_range()
+        convention = replace(convention, value_min=lo, value_max=hi)
     feed = Feed(convention)
     torch.manual_seed(seed)
     dev = resolve_device(device)

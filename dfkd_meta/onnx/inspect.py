@@ -9,8 +9,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from ..errors import DfkdError
 
@@ -216,6 +217,42 @@ def inspect_model(path: str | os.PathLike) -> dict:
         "candidate_layers": [{"name": c.name, "op": c.op, "shape": list(c.shape) if c.shape else None,
                               "kind": c.kind, "default": c.default} for c in candidate_layers(facts, model)],
     }
+
+
+def final_dense_layer(model: onnx.ModelProto, logits: str) -> tuple[np.ndarray, str] | None:
+    """The dense layer producing ``logits`` (through Add/Identity): its [C, H] weight (float64) and the
+    tensor it reads (the penultimate features), or None when the logits do not come from one."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    name = logits
+    for _ in range(8):
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "Gemm" and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            transposed = any(a.name == "transB" and a.i for a in node.attribute)
+            return (w if transposed else w.T).astype(np.float64), node.input[0]
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            return numpy_helper.to_array(inits[node.input[1]]).T.astype(np.float64), node.input[0]
+        name = next((i for i in node.input if i not in inits), None) if node.op_type in ("Add", "Identity") else None
+        if name is None:
+            return None
+    return None
+
+
+def batchnorm_statistics(model: onnx.ModelProto) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(input tensor, running mean, running variance) of every BatchNormalization node whose statistics are
+    initializers: the metadata-free feature prior of DeepInversion. Torch's exporters fold BatchNorm into the
+    preceding convolution in inference mode, so most exported teachers have none."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and len(node.input) >= 5 and \
+                node.input[3] in inits and node.input[4] in inits:
+            out.append((node.input[0], numpy_helper.to_array(inits[node.input[3]]).astype(np.float64),
+                        numpy_helper.to_array(inits[node.input[4]]).astype(np.float64)))
+    return out
 
 
 def forward_flops(facts: ModelFacts, model: onnx.ModelProto) -> int:

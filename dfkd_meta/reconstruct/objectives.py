@@ -14,6 +14,7 @@ import onnx
 import torch
 
 from ..errors import DfkdError, UsageError
+from ..onnx.inspect import final_dense_layer
 from ..sidecar.types import LayerStats, Sidecar, SpectralStats
 from .sampling import sample_layer, sample_spectral, zskd_soft_targets
 
@@ -245,23 +246,10 @@ class Noise(Objective):
 
 def final_dense_weight(model: onnx.ModelProto, logits: str) -> np.ndarray:
     """The [C, H] weight of the dense layer producing ``logits`` (through Add/Identity), for ZSKD."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    name = logits
-    for _ in range(8):
-        node = producers.get(name)
-        if node is None:
-            break
-        if node.op_type == "Gemm" and node.input[1] in inits:
-            w = inits[node.input[1]]
-            transposed = any(a.name == "transB" and a.i for a in node.attribute)
-            return (w if transposed else w.T).astype(np.float64)
-        if node.op_type == "MatMul" and node.input[1] in inits:
-            return inits[node.input[1]].T.astype(np.float64)
-        name = next((i for i in node.input if i not in inits), None) if node.op_type in ("Add", "Identity") else None
-        if name is None:
-            break
-    raise DfkdError("zskd needs the logits to come from a dense layer (Gemm or MatMul with a weight initializer)")
+    found = final_dense_layer(model, logits)
+    if found is None:
+        raise DfkdError("zskd needs the logits to come from a dense layer (Gemm or MatMul with a weight initializer)")
+    return found[0]
 
 
 @objective

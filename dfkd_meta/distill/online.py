@@ -1,0 +1,180 @@
+"""Distillation with the student in the loop: a synthesis method supplies every batch (``distill --method``).
+
+One iteration is one student update on a batch the method synthesised (after its own synthesis
+steps). With a sidecar whose first stored layer is affine, a share of each batch (``gaussian_mix``)
+is drawn from the first-layer Gaussian of the sidecar's class prior and labelled by the teacher.
+The student is trained as the method's paper trains it (loss, optimiser, learning rate,
+temperature, schedule), and the final student is reported: no selection on the test set.
+Checkpoints hold the student, the optimiser, the method's state and the random state, so a resumed
+run gives the same student as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import OnlineConfig, changed, settings
+from ..convention import from_domain
+from ..data import DataSource, Feed
+from ..device import resolve_device
+from ..errors import DfkdError, UsageError
+from ..fileio import atomic_path, sha256_file
+from ..synthesis import get_method
+from ..synthesis.context import SynthesisContext
+from ..transfer import TransferWriter
+from .loop import DistillResult
+from .losses import Outputs, get_loss
+from .student import evaluate_pair
+
+
+def _optimizer(recipe: dict, params, iterations: int):
+    if recipe["optimizer"] == "sgd":
+        opt = torch.optim.SGD(params, lr=recipe["lr"], momentum=0.9, weight_decay=5e-4)
+    else:
+        opt = torch.optim.Adam(params, lr=recipe["lr"])
+    if recipe.get("schedule", "cosine") == "constant":
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations)
+
+
+def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *, sidecar: str | Path | None = None,
+                   device: str = "auto", checkpoint: str | Path | None = None, resume: bool = False,
+                   eval_data: DataSource | None = None, save_transfer: str | Path | None = None,
+                   progress: bool = True, log=None) -> DistillResult:
+    """Train ``student`` on batches ``cfg.method`` synthesises against ``teacher`` (with ``sidecar`` as prior).
+
+    A sidecar that does not validate or is bound to another model is refused before any work.
+    """
+    cfg.check()
+    cls = get_method(cfg.method)
+    dev = resolve_device(device)
+    teacher = Path(teacher)
+    ctx = SynthesisContext(teacher, sidecar, dev)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    method = cls(ctx, dict(cfg.options), gen)
+    recipe = {**cls.student, **({"lr": cfg.lr} if cfg.lr is not None else {}),
+              **({"temperature": cfg.temperature} if cfg.temperature is not None else {})}
+    loss_fn = get_loss(recipe["loss"])
+    student.to(dev)
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise UsageError(f"{{student}} {type(student).__name__}: the student has no trainable parameters")
+    opt, sched = _optimizer(recipe, params, cfg.iterations)
+    n_gauss = round(cfg.gaussian_mix * cfg.batch_size) if ctx.gaussian is not None else 0
+    run = {"config": settings(cfg), "teacher_sha256": sha256_file(teacher),
+           "sidecar_sha256": sha256_file(sidecar) if sidecar is not None else None}
+    ckpt = Path(checkpoint) if checkpoint else None
+    start, history, seconds_before = 0, [], 0.0
+    if resume and ckpt is not None and ckpt.exists():
+        start, history, seconds_before = _load(ckpt, run, student, opt, sched, method, gen, ctx)
+    log = log or (tqdm.write if progress else None)
+    bar = tqdm(range(start, cfg.iterations), desc=f"distill {cfg.method}", unit="it", leave=False,
+               disable=None if progress else True, initial=start, total=cfg.iterations)
+    t0, losses_seen = time.perf_counter(), []
+    for it in bar:
+        x, t = method.next_batch(student, cfg.batch_size - n_gauss)
+        if n_gauss:
+            xg = ctx.gaussian_inputs(ctx.sample_classes(n_gauss, gen), gen)
+            x, t = torch.cat([x, xg]), torch.cat([t, ctx.teacher_logits(xg)])
+        student.train()
+        loss = loss_fn(Outputs(student(x)), Outputs(t), recipe["temperature"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses_seen.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses_seen[-20:]):.4f}", refresh=False)
+        done = it + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+            history.append({"iteration": done, "loss": float(np.mean(losses_seen[-cfg.checkpoint_every:])),
+                            "teacher_examples": ctx.teacher_examples,
+                            "seconds": round(seconds_before + time.perf_counter() - t0, 2)})
+            if log is not None and done % max(cfg.checkpoint_every, cfg.iterations // 10) == 0:
+                log(f"{cfg.method}: iteration {done}/{cfg.iterations}, loss {history[-1]['loss']:.4f}, "
+                    f"{history[-1]['seconds']:.0f} s")
+            if ckpt is not None:
+                _save(ckpt, run, done, history, seconds_before + time.perf_counter() - t0, student, opt, sched,
+                      method, gen, ctx)
+    bar.close()
+    student.eval()
+    seconds = seconds_before + time.perf_counter() - t0
+    report = {"settings": run["config"], "method": cfg.method, "student_recipe": recipe,
+              "method_settings": method.opt, "sidecar": str(sidecar) if sidecar is not None else None,
+              "context": ctx.describe(), "gaussian_per_batch": n_gauss, "teacher": str(teacher),
+              "teacher_sha256": run["teacher_sha256"], "iterations": cfg.iterations,
+              "teacher_forward_examples": ctx.teacher_examples, "distill_seconds": round(seconds, 2),
+              "history": history}
+    convention = from_domain(ctx.input_domain)
+    if eval_data is not None:
+        split = "test" if eval_data.has_split("test") else "train"
+        report.update(evaluate_pair(teacher, student, eval_data, split, dev, Feed(convention, ctx.input_shape)))
+    if save_transfer is not None:
+        report["saved_transfer"] = str(_save_transfer(save_transfer, method, ctx, cfg, run))
+    image = ctx.input_domain.get("image_shape")
+    return DistillResult(student, report, convention, tuple(image) if image and len(ctx.input_shape) == 1 else None)
+
+
+def _state(run, done, history, seconds, student, opt, sched, method, gen, ctx) -> dict:
+    return {"run": json.dumps(run, sort_keys=True), "iteration": done, "history": json.dumps(history),
+            "seconds": seconds, "student": student.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "method": method.state_dict(), "rng": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "teacher_examples": ctx.teacher_examples}
+
+
+def _save(path: Path, run, done, history, seconds, student, opt, sched, method, gen, ctx) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(_state(run, done, history, seconds, student, opt, sched, method, gen, ctx), tmp)
+
+
+def _load(path: Path, run: dict, student, opt, sched, method, gen, ctx) -> tuple[int, list, float]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+        recorded = json.loads(state["run"])
+    except Exception as exc:
+        raise DfkdError(f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); "
+                        "delete it to start over") from None
+    if recorded != run:
+        raise UsageError(f"{path}: the checkpoint was made with different settings "
+                         f"({'; '.join(changed(recorded, run))}); rerun with the same settings, or delete the "
+                         "checkpoint to start over")
+    try:
+        student.load_state_dict(state["student"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        gen.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        ctx.teacher_examples = int(state["teacher_examples"])
+        return int(state["iteration"]), json.loads(state["history"]), float(state["seconds"])
+    except Exception as exc:
+        raise DfkdError(f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); "
+                        "delete it to start over") from None
+
+
+def _save_transfer(path, method, ctx: SynthesisContext, cfg: OnlineConfig, run: dict) -> Path:
+    """The method's final synthetic set as a transfer file ``distill --transfer`` accepts."""
+    x = method.synthetic_set(cfg.save_samples)
+    writer = TransferWriter(path, input_shape=ctx.input_shape, num_classes=ctx.num_classes, temperature=1.0,
+                            provenance={"model_sha256": run["teacher_sha256"],
+                                        "sidecar_sha256": run["sidecar_sha256"] or "",
+                                        "objective": f"online:{cfg.method}", "settings": settings(cfg)},
+                            input_domain=ctx.input_domain)
+    try:
+        for i in range(0, len(x), 1024):
+            chunk = x[i:i + 1024].to(ctx.device)
+            logits = ctx.teacher_logits(chunk)
+            writer.append(x=chunk.cpu().numpy(), classes=logits.argmax(1).cpu().numpy(),
+                          teacher_logits=logits.cpu().numpy(), teacher_soft=torch.softmax(logits, 1).cpu().numpy(),
+                          loss=np.zeros(len(chunk), np.float32))
+    except BaseException:
+        writer.close()
+        writer.partial.unlink(missing_ok=True)
+        raise
+    return writer.finish()

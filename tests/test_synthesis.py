@@ -1,0 +1,213 @@
+"""Online synthesis: the methods' losses by hand, and every method with and without a sidecar on digits."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import main as cli_main
+from dfkd_meta.config import OnlineConfig
+from dfkd_meta.data import load_data
+from dfkd_meta.distill import DistillConfig, distill, distill_online
+from dfkd_meta.errors import DfkdError, UsageError
+from dfkd_meta.models import build_model
+from dfkd_meta.sidecar import SidecarInvalidError
+from dfkd_meta.synthesis import METHODS, losses
+from dfkd_meta.transfer import read_transfer
+
+from .conftest import digits_release
+
+# each method shrunk to a few cheap steps: the tests check the machinery, not the accuracy
+SMALL = {"dafl": {"nz": 16}, "dfad": {"nz": 16, "student_steps": 2},
+         "deepinversion": {"steps": 3, "every": 3, "synth_batch": 16},
+         "cmi": {"steps": 2, "every": 3, "synth_batch": 16, "embeddings": 64, "nz": 16},
+         "fast": {"steps": 2, "every": 3, "synth_batch": 16, "nz": 16}}
+
+
+# --- losses on tiny tensors, against hand computation --------------------------------------------------
+
+def test_information_entropy_is_sum_p_log10_p_of_the_mean_softmax():
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])  # softmax rows (1/4, 3/4) and (3/4, 1/4)
+    # mean softmax (1/2, 1/2): 2 * 0.5 * log10(0.5)
+    assert losses.information_entropy(logits).item() == pytest.approx(math.log10(0.5), rel=1e-6)
+    one_class = torch.tensor([[10.0, -10.0], [10.0, -10.0]])
+    assert losses.information_entropy(one_class).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_one_hot_and_activation():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.e / (1 + math.e))) / 2
+    assert losses.one_hot(logits).item() == pytest.approx(expected, rel=1e-6)
+    assert losses.activation(torch.tensor([[1.0, -3.0], [2.0, 0.0]])).item() == pytest.approx(-1.5)
+
+
+def test_l1_discrepancy_and_js_divergence():
+    s, t = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[0.0, 4.0], [1.0, -1.0]])
+    assert losses.l1_discrepancy(s, t).item() == pytest.approx((1 + 2 + 1 + 1) / 4)
+    p, q = torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])
+    m = (p + q) / 2
+    kl = lambda a: sum(float(a[i] * math.log(a[i] / m[i])) for i in range(2) if a[i] > 0)  # noqa: E731
+    js = 0.5 * kl(p) + 0.5 * kl(q)
+    s_logits, t_logits = torch.tensor([[0.0, 0.0]]), torch.tensor([[50.0, -50.0]])
+    assert losses.js_divergence(s_logits, t_logits).item() == pytest.approx(js, rel=1e-4)
+    assert losses.js_divergence(t_logits, t_logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.adi_competition(s_logits, t_logits).item() == pytest.approx(1 - js / math.log(2), rel=1e-4)
+
+
+def test_batchnorm_statistics_term():
+    x = torch.tensor([[[1.0, 3.0]], [[5.0, 7.0]]])  # [B=2, C=1, 2]: channel mean 4, population var 5
+    got = losses.batchnorm_statistics(x, torch.tensor([1.0]), torch.tensor([1.0]))
+    assert got.item() == pytest.approx(abs(4 - 1) + abs(5 - 1))
+
+
+def test_contrastive_loss_prefers_matching_views():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert losses.contrastive(a, a, None, 0.1).item() < losses.contrastive(a, a.flip(0), None, 0.1).item()
+    # two orthogonal pairs, temperature 1: -log(e^1 / (e^1 + e^0))
+    assert losses.contrastive(a, a, None, 1.0).item() == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6)
+
+
+def test_total_variation():
+    img = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    assert losses.total_variation(img, "l1").item() == pytest.approx(0.0 + 1.0)
+    assert losses.total_variation(img, "l2").item() == pytest.approx(1.0)
+
+
+# --- the methods end to end ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return digits_release(tmp_path_factory.mktemp("online"), "hinton-small", 40, cov_rank=4, spectral_k=0)
+
+
+def _run(release, method, sidecar=True, seed=0, iterations=6, **kw):
+    torch.manual_seed(seed)
+    student = build_model("hinton-tiny", (1, 8, 8), 10)
+    cfg = OnlineConfig(method=method, iterations=iterations, batch_size=16, seed=seed, options=SMALL[method],
+                       checkpoint_every=2)
+    return distill_online(release.model_path, student, cfg, sidecar=release.sidecar_path if sidecar else None,
+                          device="cpu", progress=False, **kw)
+
+
+def _weights(result) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in result.student.parameters()]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_runs_with_and_without_a_sidecar_and_is_deterministic(release, method):
+    digits = load_data("digits")
+    plain = _run(release, method, sidecar=False, eval_data=digits)
+    prior = _run(release, method, sidecar=True, eval_data=digits)
+    again = _run(release, method, sidecar=True, eval_data=digits)
+    for a, b in zip(_weights(prior), _weights(again)):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(plain), _weights(prior)))
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(prior), _weights(_run(release, method, seed=1))))
+    for r in (plain.report, prior.report):
+        assert r["iterations"] == 6 and len(r["history"]) == 3 and r["teacher_forward_examples"] > 0
+        assert 0.0 <= r["student_accuracy"] <= 1.0 and r["teacher_accuracy"] > 0.9
+    assert plain.report["sidecar"] is None and plain.report["gaussian_per_batch"] == 0
+    assert prior.report["context"]["moment_layers"] and prior.report["gaussian_per_batch"] == 4
+    assert prior.report["context"]["first_layer_gaussian"]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_resumes_to_the_same_student(release, method, tmp_path, monkeypatch):
+    import dfkd_meta.distill.online as online
+
+    full = _run(release, method)
+    real_save = online._save
+
+    def stop_at_four(path, run, done, *args):
+        real_save(path, run, done, *args)
+        if done == 4:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(online, "_save", stop_at_four)
+    with pytest.raises(KeyboardInterrupt):
+        _run(release, method, checkpoint=tmp_path / "s.ckpt")
+    monkeypatch.setattr(online, "_save", real_save)
+    resumed = _run(release, method, checkpoint=tmp_path / "s.ckpt", resume=True)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed.report["history"]) == strip(full.report["history"])
+    for a, b in zip(_weights(full), _weights(resumed)):
+        assert torch.equal(a, b)
+    assert resumed.report["teacher_forward_examples"] == full.report["teacher_forward_examples"]
+
+
+def test_mismatched_or_invalid_sidecar_is_refused_before_any_work(release, tmp_path):
+    other = digits_release(tmp_path / "other", "hinton-tiny", 15, spectral_k=0)
+    student = build_model("hinton-tiny", (1, 8, 8), 10)
+    with pytest.raises(SidecarInvalidError, match="DM420"):
+        distill_online(release.model_path, student, OnlineConfig(method="dfad", iterations=2),
+                       sidecar=other.sidecar_path, device="cpu", checkpoint=tmp_path / "x.ckpt", progress=False)
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_unknown_method_and_options_are_clear_usage_errors(release):
+    student = build_model("hinton-tiny", (1, 8, 8), 10)
+    with pytest.raises(UsageError, match="method 'nope': expected one of: cmi, dafl, deepinversion, dfad, fast"):
+        distill_online(release.model_path, student, OnlineConfig(method="nope"), device="cpu", progress=False)
+    with pytest.raises(UsageError, match=r"options \['lr_x'\]: dafl has the settings"):
+        distill_online(release.model_path, student, OnlineConfig(method="dafl", options={"lr_x": 1.0}),
+                       device="cpu", progress=False)
+
+
+def test_resume_with_changed_settings_is_refused_by_name(release, tmp_path):
+    _run(release, "dafl", checkpoint=tmp_path / "s.ckpt")
+    with pytest.raises(UsageError, match=r"different settings \(config\.iterations: 6 -> 8"):
+        _run(release, "dafl", iterations=8, checkpoint=tmp_path / "s.ckpt", resume=True)
+
+
+def test_saved_synthetic_set_is_a_transfer_file_distill_accepts(release, tmp_path):
+    result = _run(release, "dfad", save_transfer=tmp_path / "syn.h5")
+    ts = read_transfer(tmp_path / "syn.h5", num_classes=10)
+    assert ts.x.shape[1:] == (1, 8, 8) and len(ts) == OnlineConfig.save_samples
+    assert ts.provenance["objective"] == "online:dfad" and ts.input_space == "model"
+    assert np.isfinite(ts.x).all() and result.report["saved_transfer"] == str(tmp_path / "syn.h5")
+    out = distill(release.model_path, build_model("hinton-tiny", (1, 8, 8), 10), ts, DistillConfig(epochs=1),
+                  device="cpu", progress=False)
+    assert out.report["samples"] == OnlineConfig.save_samples
+
+
+def test_cli_method_contract(release, tmp_path):
+    runner = CliRunner()
+    base = ["distill", "--teacher", str(release.model_path), "--student", "hinton-tiny", "-o", str(tmp_path / "s.onnx"),
+            "-q", "--device", "cpu"]
+    r = runner.invoke(cli_main, [*base, "--method", "dafl", "--transfer", "x.h5"])
+    assert r.exit_code == 2 and "exactly one of --transfer" in r.output
+    r = runner.invoke(cli_main, [*base, "--data", "digits", "--sidecar", str(release.sidecar_path)])
+    assert r.exit_code == 2 and "--sidecar and --save-transfer go with --method" in r.output
+    r = runner.invoke(cli_main, [*base, "--method", "dafl", "--set", "nz"])
+    assert r.exit_code == 2 and "expected KEY=VALUE" in r.output
+    r = runner.invoke(cli_main, [*base, "--method", "dafl", "--set", "lr_x=1"])
+    assert r.exit_code == 2 and "--set ['lr_x']: dafl has the settings" in r.output
+    r = runner.invoke(cli_main, [*base, "--method", "dafl", "--sidecar", str(release.sidecar_path), "--iterations",
+                                 "4", "--batch-size", "16", "--set", "nz=16", "--eval", "digits", "--json"])
+    assert r.exit_code == 0, r.output
+    assert '"method": "dafl"' in r.output and (tmp_path / "s.onnx").is_file()
+
+
+def test_flat_input_teachers_get_a_vector_generator(tmp_path):
+    from dfkd_meta.onnx.torch_export import export_onnx
+    from dfkd_meta.stats.export import export_release
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10)).eval()
+    path = export_onnx(net, (64,), tmp_path / "flat.onnx")
+    digits = load_data("digits")
+    rel = export_release(path, digits, tmp_path / "rel", spectral_k=0, force=True, progress=False)
+    student = torch.nn.Sequential(torch.nn.Linear(64, 10))
+    for method in ("dafl", "fast"):
+        out = distill_online(rel.model_path, student, OnlineConfig(method=method, iterations=3, batch_size=8,
+                                                                   options=SMALL[method]),
+                             sidecar=rel.sidecar_path, device="cpu", progress=False)
+        assert out.report["context"]["image_inputs"] is True  # the sidecar records the image behind the vector
+    out = distill_online(path, student, OnlineConfig(method="dfad", iterations=3, batch_size=8, options=SMALL["dfad"]),
+                         device="cpu", progress=False)
+    assert out.report["context"]["image_inputs"] is False and out.report["context"]["input_elements"] == 64
+    with pytest.raises(DfkdError):
+        distill_online(path, torch.nn.Sequential(torch.nn.ReLU()), OnlineConfig(method="dfad", iterations=1),
+                       device="cpu", progress=False)

@@ -30,7 +30,7 @@ from ..synthesis.context import SynthesisContext
 from ..transfer import TransferWriter
 from .loop import DistillResult
 from .losses import Outputs, get_loss
-from .student import evaluate_pair
+from .student import evaluate_pair, predict
 
 
 def _optimizer(recipe: dict, params, iterations: int):
@@ -46,10 +46,12 @@ def _optimizer(recipe: dict, params, iterations: int):
 def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *, sidecar: str | Path | None = None,
                    device: str = "auto", checkpoint: str | Path | None = None, resume: bool = False,
                    eval_data: DataSource | None = None, save_transfer: str | Path | None = None,
-                   progress: bool = True, log=None) -> DistillResult:
+                   eval_every: int = 0, progress: bool = True, log=None) -> DistillResult:
     """Train ``student`` on batches ``cfg.method`` synthesises against ``teacher`` (with ``sidecar`` as prior).
 
     A sidecar that does not validate or is bound to another model is refused before any work.
+    ``eval_every`` > 0 also records the student's accuracy on ``eval_data`` every that many
+    iterations (a learning curve; the evaluation's time is not counted in the run's seconds).
     """
     cfg.check()
     cls = get_method(cfg.method)
@@ -75,6 +77,11 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
     if resume and ckpt is not None and ckpt.exists():
         start, history, seconds_before = _load(ckpt, run, student, opt, sched, method, gen, ctx)
     log = log or (tqdm.write if progress else None)
+    convention = from_domain(ctx.input_domain)
+    curve_feed = Feed(convention, ctx.input_shape)
+    curve_x = curve_y = None
+    if eval_every and eval_data is not None:
+        curve_x, curve_y = eval_data.arrays("test" if eval_data.has_split("test") else "train", feed=curve_feed)
     bar = tqdm(range(start, cfg.iterations), desc=f"distill {cfg.method}", unit="it", leave=False,
                disable=None if progress else True, initial=start, total=cfg.iterations)
     t0, losses_seen = time.perf_counter(), []
@@ -102,6 +109,12 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
             if ckpt is not None:
                 _save(ckpt, run, done, history, seconds_before + time.perf_counter() - t0, student, opt, sched,
                       method, gen, ctx)
+        if curve_x is not None and done % eval_every == 0:
+            paused = time.perf_counter()
+            accuracy = float((predict(student, curve_x, dev) == curve_y).mean())
+            history.append({"iteration": done, "student_accuracy": accuracy,
+                            "seconds": round(seconds_before + paused - t0, 2)})
+            t0 += time.perf_counter() - paused  # evaluation is not part of the run's time
     bar.close()
     student.eval()
     seconds = seconds_before + time.perf_counter() - t0
@@ -111,7 +124,6 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
               "teacher_sha256": run["teacher_sha256"], "iterations": cfg.iterations,
               "teacher_forward_examples": ctx.teacher_examples, "distill_seconds": round(seconds, 2),
               "history": history}
-    convention = from_domain(ctx.input_domain)
     if eval_data is not None:
         split = "test" if eval_data.has_split("test") else "train"
         report.update(evaluate_pair(teacher, student, eval_data, split, dev, Feed(convention, ctx.input_shape)))

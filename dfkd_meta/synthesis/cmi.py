@@ -34,7 +34,7 @@ def _embedding(features: torch.Tensor) -> torch.Tensor:
 class CMI(BankMethod):
     """CMI: generator inversion with a contrastive diversity term over a memory bank (Fang et al. 2021)."""
 
-    defaults = {"steps": 100, "lr_g": 1e-3, "nz": 256, "bn": 1.0, "oh": 1.0, "adv": 0.5, "cr": 0.8,
+    defaults = {"steps": 100, "lr_g": 1e-3, "nz": 256, "ngf": 16, "bn": 1.0, "oh": 1.0, "adv": 0.5, "cr": 0.8,
                 "cr_temperature": 0.1, "embeddings": 4096, "jitter": 2, "every": 20, "synth_batch": 256,
                 "bank": 50_000, "feature": 10.0}
     student = {"loss": "kd", "optimizer": "sgd", "lr": 0.1, "temperature": 20.0}

@@ -22,7 +22,7 @@ from .base import Method
 class DAFL(Method):
     """DAFL: a generator trained for confident, varied, class-balanced teacher outputs (Chen et al. 2019)."""
 
-    defaults = {"lr_g": 0.2, "nz": 100, "oh": 1.0, "ie": 5.0, "a": 0.1, "feature": 1.0}
+    defaults = {"lr_g": 0.2, "nz": 100, "ngf": 16, "oh": 1.0, "ie": 5.0, "a": 0.1, "feature": 1.0}
     student = {"loss": "kd", "optimizer": "adam", "lr": 2e-3, "temperature": 1.0, "schedule": "constant"}
 
     def __init__(self, ctx, options, gen):

@@ -20,7 +20,7 @@ from .base import Method
 class DFAD(Method):
     """DFAD: a generator that maximises the teacher-student L1 discrepancy, 5 student steps per generator step."""
 
-    defaults = {"lr_g": 1e-3, "nz": 256, "student_steps": 5, "feature": 1.0}
+    defaults = {"lr_g": 1e-3, "nz": 256, "ngf": 16, "student_steps": 5, "feature": 1.0}
     student = {"loss": "l1", "optimizer": "sgd", "lr": 0.1, "temperature": 1.0}
 
     def __init__(self, ctx, options, gen):

@@ -26,7 +26,7 @@ from .cmi import _kl_teacher_student
 class FastDFKD(BankMethod):
     """FastDFKD: a meta-learned generator adapted in a few steps per batch (Fang et al. 2022)."""
 
-    defaults = {"steps": 5, "lr_g": 5e-3, "lr_z": 1.5e-2, "lr_meta": 5e-3, "nz": 256, "bn": 10.0, "oh": 0.5,
+    defaults = {"steps": 5, "lr_g": 5e-3, "lr_z": 1.5e-2, "lr_meta": 5e-3, "nz": 256, "ngf": 16, "bn": 10.0, "oh": 0.5,
                 "adv": 1.1, "jitter": 2, "every": 2, "synth_batch": 256, "bank": 50_000, "feature": 10.0}
     student = {"loss": "kd", "optimizer": "sgd", "lr": 0.1, "temperature": 20.0}
 

@@ -57,11 +57,12 @@ class InputGenerator(nn.Module):
     """A generator of the teacher's inputs, whatever their shape: images through ``ImageGenerator`` (reshaped
     when the teacher takes them flattened), feature vectors through ``VectorGenerator``."""
 
-    def __init__(self, input_shape: tuple[int, ...], image_shape: tuple[int, ...] | None, nz: int = 100):
+    def __init__(self, input_shape: tuple[int, ...], image_shape: tuple[int, ...] | None, nz: int = 100,
+                 ngf: int = 64):
         super().__init__()
         self.input_shape, self.nz = tuple(input_shape), nz
-        self.body = ImageGenerator(tuple(image_shape), nz) if image_shape is not None and len(image_shape) == 3 \
-            else VectorGenerator(math.prod(input_shape), nz)
+        self.body = ImageGenerator(tuple(image_shape), nz, ngf) if image_shape is not None and len(image_shape) == 3 \
+            else VectorGenerator(math.prod(input_shape), nz, 4 * ngf)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(z).reshape(len(z), *self.input_shape)

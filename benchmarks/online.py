@@ -1,0 +1,199 @@
+"""Online synthesis against its metadata-free self, at equal wall-clock budgets (not a test; run by hand).
+
+    python benchmarks/online.py --data mnist:../shared/data/mnist --pair lenet --grid --minutes 5
+    python benchmarks/online.py --data mnist:../shared/data/mnist --pair lenet --methods dfad --minutes 30 \\
+        --seeds 0 1 2 --sidecar both
+    python benchmarks/online.py --table            # print every row of the results file
+
+Every row trains one student and records its final test accuracy (no checkpoint selection),
+agreement with the teacher, wall-clock minutes, teacher forward examples, iterations, settings and
+run date. A row's iteration count is calibrated so that the whole run (setup included) fits its
+budget: a short calibration run measures the seconds per iteration and the setup, then the row
+runs with ``(budget - setup) / seconds_per_iteration`` iterations, so every method gets its full
+learning-rate schedule. Rows are merged into ``--out`` by their key (data, pair, method, sidecar,
+budget, seed), so they can be run separately, across sessions, and a row already there is skipped
+unless ``--rerun``. The teacher and its release (sidecar with rank-32 covariance factors) are
+trained once per data set and pair under ``--work``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dfkd_meta.config import DistillConfig, OnlineConfig
+from dfkd_meta.data import load_data
+from dfkd_meta.distill import distill, distill_online
+from dfkd_meta.models import build_model, hidden_dropout_keep_probs
+from dfkd_meta.onnx.torch_export import export_onnx
+from dfkd_meta.stats.export import export_release
+from dfkd_meta.synthesis import METHODS
+from dfkd_meta.train import train_teacher
+
+HERE = Path(__file__).resolve().parent
+PAIRS = {"lenet": ("lenet5", "lenet5-half", 32), "mlp": ("hinton1200", "hinton800", None)}
+TEACHER_EPOCHS = 8
+KD_EPOCHS = 40  # the student recipe on real data (the cap every data-free row is judged against)
+COV_RANK = 32
+
+
+def release_for(data_spec: str, pair: str, work: Path, log) -> tuple:
+    teacher_arch, _, resize = PAIRS[pair]
+    data = load_data(data_spec, resize)
+    folder = work / data.name / pair
+    rel = folder / "release"
+    sidecar = rel / "teacher.dfkd.h5"
+    if not sidecar.is_file():
+        log(f"training {teacher_arch} on {data.name} ({TEACHER_EPOCHS} epochs) and exporting its release")
+        torch.manual_seed(0)
+        trained = train_teacher(build_model(teacher_arch, data.input_shape, data.num_classes), data,
+                                epochs=TEACHER_EPOCHS, device="cpu", progress=False)
+        path = export_onnx(trained.model, data.input_shape, folder / "teacher.onnx", convention=trained.convention,
+                           dropout_keep=hidden_dropout_keep_probs(trained.model))
+        export_release(path, data, rel, cov_rank=COV_RANK, progress=False)
+    return data, rel / "teacher.onnx", sidecar
+
+
+def _student(pair: str, data, seed: int):
+    torch.manual_seed(seed)
+    return build_model(PAIRS[pair][1], data.input_shape, data.num_classes)
+
+
+def run_online(pair, data, teacher, sidecar, method, seed, minutes, calibrate, log) -> dict:
+    cfg = OnlineConfig(method=method, iterations=calibrate, seed=seed, checkpoint_every=calibrate)
+    t0 = time.perf_counter()
+    probe = distill_online(teacher, _student(pair, data, seed), cfg, sidecar=sidecar, device="cpu", progress=False)
+    total = time.perf_counter() - t0
+    loop = probe.report["history"][-1]["seconds"]
+    per_it, setup = loop / calibrate, total - loop
+    iterations = max(calibrate, int((minutes * 60 - setup) / per_it))
+    log(f"  {method} {'with' if sidecar else 'without'} sidecar, seed {seed}: {per_it:.3f} s/it, setup {setup:.0f} s "
+        f"-> {iterations} iterations")
+    cfg = OnlineConfig(method=method, iterations=iterations, seed=seed, checkpoint_every=max(1, iterations // 20))
+    t0 = time.perf_counter()
+    r = distill_online(teacher, _student(pair, data, seed), cfg, sidecar=sidecar, device="cpu", eval_data=data,
+                       eval_every=max(1, iterations // 10), progress=False).report
+    seconds = time.perf_counter() - t0
+    return {"accuracy": r["student_accuracy"], "agreement": r["agreement"], "teacher_accuracy": r["teacher_accuracy"],
+            "minutes": round(seconds / 60, 2), "iterations": iterations, "teacher_forward_examples":
+            r["teacher_forward_examples"], "seconds_per_iteration": round(per_it, 4),
+            "curve": [h for h in r["history"] if "student_accuracy" in h], "settings": r["settings"],
+            "method_settings": r["method_settings"], "student_recipe": r["student_recipe"],
+            "gaussian_per_batch": r["gaussian_per_batch"]}
+
+
+def run_kd(pair, data, teacher, seed, log) -> dict:
+    t0 = time.perf_counter()
+    r = distill(teacher, _student(pair, data, seed), data, DistillConfig(epochs=KD_EPOCHS, seed=seed), device="cpu",
+                eval_data=data, progress=False).report
+    return {"accuracy": r["student_accuracy"], "agreement": r["agreement"], "teacher_accuracy": r["teacher_accuracy"],
+            "minutes": round((time.perf_counter() - t0) / 60, 2), "epochs": KD_EPOCHS, "settings": r["settings"]}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"rows": {}}
+
+
+def save(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def table(results: dict) -> str:
+    lines = ["| data | pair | method | sidecar | budget min | seeds | test accuracy | agreement | minutes | "
+             "teacher examples |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    groups: dict[tuple, list] = {}
+    for key, row in results["rows"].items():
+        k = tuple(key.split("|")[:-1])
+        groups.setdefault(k, []).append(row)
+    for k in sorted(groups):
+        rows = groups[k]
+        acc = np.array([r["accuracy"] for r in rows])
+        spread = f" +- {acc.std():.4f}" if len(rows) > 1 else ""
+        data, pair, method, sidecar, budget = k
+        lines.append(f"| {data} | {pair} | {method} | {sidecar} | {budget} | {len(rows)} | {acc.mean():.4f}{spread} | "
+                     f"{np.mean([r.get('agreement', float('nan')) for r in rows]):.4f} | "
+                     f"{np.mean([r['minutes'] for r in rows]):.1f} | "
+                     f"{int(np.mean([r.get('teacher_forward_examples', 0) for r in rows])):,} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    from dfkd_meta.plotting import pyplot, save_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, row in sorted(results["rows"].items()):
+        curve = row.get("curve")
+        if not curve:
+            continue
+        data, pair, method, sidecar, budget, seed = key.split("|")
+        ax.plot([c["seconds"] / 60 for c in curve], [c["student_accuracy"] for c in curve],
+                "-" if sidecar == "yes" else "--", label=f"{pair} {method} {'+sidecar' if sidecar == 'yes' else ''} "
+                f"s{seed}", linewidth=1)
+    ax.set_xlabel("wall-clock minutes (2 CPU cores)")
+    ax.set_ylabel("student test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="mnist:../shared/data/mnist")
+    ap.add_argument("--pair", choices=sorted(PAIRS), default="lenet")
+    ap.add_argument("--methods", nargs="+", default=sorted(METHODS))
+    ap.add_argument("--grid", action="store_true", help="every method, with and without the sidecar")
+    ap.add_argument("--sidecar", choices=["both", "yes", "no"], default="both")
+    ap.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget per row")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--kd", action="store_true", help="also the KD-on-real-data row (same seeds)")
+    ap.add_argument("--calibrate", type=int, default=40, help="iterations of the calibration run")
+    ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "bench-online")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "online.json")
+    ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--table", action="store_true", help="only print the results file's table")
+    args = ap.parse_args(argv)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    results = load(args.out)
+    if args.table:
+        print(table(results))
+        return 0
+    data, teacher, sidecar = release_for(args.data, args.pair, args.work, log)
+    methods = sorted(METHODS) if args.grid else args.methods
+    sides = {"both": ["no", "yes"], "yes": ["yes"], "no": ["no"]}[args.sidecar]
+    today = dt.date.today().isoformat()
+    for seed in args.seeds:
+        if args.kd:
+            key = f"{data.name}|{args.pair}|kd-real-data|n/a|{KD_EPOCHS} epochs|{seed}"
+            if key not in results["rows"] or args.rerun:
+                results["rows"][key] = {**run_kd(args.pair, data, teacher, seed, log), "date": today}
+                save(args.out, results)
+                log(f"{key}: {results['rows'][key]['accuracy']:.4f}")
+        for method in methods:
+            for side in sides:
+                key = f"{data.name}|{args.pair}|{method}|{side}|{args.minutes:g}|{seed}"
+                if key in results["rows"] and not args.rerun:
+                    continue
+                row = run_online(args.pair, data, teacher, sidecar if side == "yes" else None, method, seed,
+                                 args.minutes, args.calibrate, log)
+                results["rows"][key] = {**row, "date": today}
+                save(args.out, results)
+                log(f"{key}: {row['accuracy']:.4f} ({row['minutes']:.1f} min, {row['iterations']} iterations)")
+    print(table(results))
+    plot(results, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

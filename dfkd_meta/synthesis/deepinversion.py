@@ -6,8 +6,9 @@ random jitter, and ADI's competition term 1 - JS(teacher, student) that moves th
 the two disagree. Each synthesised batch joins a memory bank the student is trained on with KD.
 Settings (scaled to a 2-core budget): batches of 256 optimised for 200 Adam steps (the paper: 2,000)
 at lr 0.1, bn 10, tv 0.05 (mean squared neighbour difference), l2 0, jitter 2, ADI 10 from the
-second batch on, one batch every 20 student updates; student SGD at lr 0.1, KD at temperature 20
-(as the Data-Free-KD benchmark suite runs it). Torch's exporters fold BatchNorm into the
+second batch on, one batch every 20 student updates; student SGD at lr 0.01 (the CIFAR recipe's
+0.1, made for BatchNorm students, stalls the BN-free LeNet-5-half), KD at temperature 20 (as the
+Data-Free-KD benchmark suite runs it). Torch's exporters fold BatchNorm into the
 convolutions, so on exported teachers the BN term is absent: the method then runs on its other
 terms, as a metadata-free consumer of an ONNX file would. With a sidecar: the class-conditional
 moment term on every hidden layer (weight ``feature``), starting inputs drawn from the first-layer
@@ -28,7 +29,7 @@ class DeepInversion(BankMethod):
 
     defaults = {"steps": 200, "lr_x": 0.1, "bn": 10.0, "tv": 0.05, "l2": 0.0, "jitter": 2, "adi": 10.0,
                 "every": 20, "synth_batch": 256, "bank": 50_000, "feature": 10.0, "gaussian_init": 1}
-    student = {"loss": "kd", "optimizer": "sgd", "lr": 0.1, "temperature": 20.0}
+    student = {"loss": "kd", "optimizer": "sgd", "lr": 0.01, "temperature": 20.0}
 
     def __init__(self, ctx, options, gen):
         super().__init__(ctx, options, gen)

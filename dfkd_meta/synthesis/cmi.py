@@ -22,11 +22,6 @@ from . import losses, method
 from .base import BankMethod, agreement_mask
 
 
-def _kl_teacher_student(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Per-sample KL(softmax(t) || softmax(s))."""
-    return F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="none").sum(1)
-
-
 def _embedding(features: torch.Tensor) -> torch.Tensor:
     return features.mean(tuple(range(2, features.dim()))) if features.dim() > 2 else features
 
@@ -72,7 +67,7 @@ class CMI(BankMethod):
             first = {k: v[:n] for k, v in acts.items()}
             s = student(views[:n])
             loss = self.opt["oh"] * F.cross_entropy(t, targets) + self.opt["bn"] * self.ctx.bn_loss(first)
-            loss = loss - self.opt["adv"] * (_kl_teacher_student(s, t) * agreement_mask(s, t)).mean()
+            loss = loss - self.opt["adv"] * (losses.teacher_student_kl(s, t) * agreement_mask(s, t)).mean()
             loss = loss + self.prior_loss(first, targets)
             if self.opt["cr"]:
                 h = self.head(_embedding(acts[self.ctx.features]))

@@ -18,9 +18,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from . import method
+from . import losses, method
 from .base import BankMethod, agreement_mask
-from .cmi import _kl_teacher_student
 
 
 @method("fast")
@@ -50,7 +49,7 @@ class FastDFKD(BankMethod):
             t = acts[self.ctx.logits]
             s = student(xa)
             loss = self.opt["oh"] * F.cross_entropy(t, targets) + self.opt["bn"] * self.ctx.bn_loss(acts)
-            loss = loss - self.opt["adv"] * (_kl_teacher_student(s, t) * agreement_mask(s, t)).mean()
+            loss = loss - self.opt["adv"] * (losses.teacher_student_kl(s, t) * agreement_mask(s, t)).mean()
             loss = loss + self.prior_loss(acts, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()

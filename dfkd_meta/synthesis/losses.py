@@ -45,6 +45,11 @@ def js_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     return (0.5 * kl(p) + 0.5 * kl(q)).mean()
 
 
+def teacher_student_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(softmax(teacher) || softmax(student)), [B]: the adversarial term of CMI and FastDFKD."""
+    return F.kl_div(F.log_softmax(student_logits, 1), F.softmax(teacher_logits, 1), reduction="none").sum(1)
+
+
 def adi_competition(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """DeepInversion's adaptive competition (ADI): 1 - JS(teacher, student), normalised to [0, 1].
 

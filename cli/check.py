@@ -8,7 +8,7 @@ import click
 
 from dfkd_meta.errors import UsageError
 
-from .common import DATA_HELP, Command
+from .common import DATA_HELP, Command, read_limit_options
 
 
 @click.command(cls=Command)
@@ -20,10 +20,9 @@ from .common import DATA_HELP, Command
 @click.option("--resize", type=int, help="Pad/resize --data images to N x N, as for the export.")
 @click.option("--limit", type=click.IntRange(min=1), help="Re-check on the first N examples only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
-              help="Seconds before a file that hangs libhdf5 is reported as DM103.")
-def validate(path: str, model: str | None, data: str | None, resize: int | None, limit: int | None, as_json: bool,
-             timeout: float) -> None:
+@read_limit_options
+def validate(path: str, model: str | None, data: str | None, resize: int | None, limit: int | None,
+             as_json: bool) -> None:
     """Check a sidecar (or a release folder) against the format spec, and its binding to the model.
 
     PATH is a .dfkd.h5 sidecar, or a release folder holding one sidecar and its model.
@@ -38,7 +37,7 @@ def validate(path: str, model: str | None, data: str | None, resize: int | None,
     from dfkd_meta.sidecar.validator import validate as run
 
     sidecar, model = locate_release(path, model)
-    report = run(sidecar, model, timeout=timeout)
+    report = run(sidecar, model)
     numbers = None
     if data is not None and report.valid:
         if model is None:
@@ -104,6 +103,7 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--model", type=click.Path(dir_okay=False), help="Also check the binding to this ONNX file.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write per-class top-layer means +- std as a PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@read_limit_options
 def show(sidecar: str, model: str | None, plot: str | None, as_json: bool) -> None:
     """Summarise SIDECAR (validated first): model, data, layers, spectral blocks, privacy, sizes."""
     from dfkd_meta.sidecar import read_sidecar

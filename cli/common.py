@@ -129,3 +129,34 @@ def pair(text: str | None, param: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+
+
+def read_limit_options(command):
+    """--read-cpu-limit, --read-memory-limit and --timeout: the bounds on validating an untrusted sidecar
+    (SPEC §3.4), in force for every validation the command makes."""
+    import functools
+
+    from dfkd_meta.sidecar.limits import DEFAULT_CPU_SECONDS, DEFAULT_WALL_SECONDS
+
+    @functools.wraps(command)
+    def run(*args, read_cpu_limit: float, read_memory_limit: int | None, timeout: float, **kwargs):
+        from dfkd_meta.sidecar.limits import ReadLimits, using_limits
+
+        with using_limits(ReadLimits(read_cpu_limit, read_memory_limit, timeout)):
+            return command(*args, **kwargs)
+
+    options = [
+        click.option("--read-cpu-limit", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CPU_SECONDS,
+                     show_default=True, metavar="SECONDS",
+                     help="CPU time reading the sidecar may take before it is refused as DM114."),
+        click.option("--read-memory-limit", type=click.IntRange(min=1), metavar="MIB",
+                     help="Memory reading the sidecar may add before it is refused as DM115 "
+                          "[default: 1024 + twice the file's size in MiB]."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_WALL_SECONDS,
+                     show_default=True, metavar="SECONDS",
+                     help="Wall-clock limit of each validation (start-up and model checks included); "
+                          "exceeding it is DM116, which says nothing about the file."),
+    ]
+    for option in reversed(options):
+        run = option(run)
+    return run

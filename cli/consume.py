@@ -19,6 +19,7 @@ from .common import (
     losses,
     methods,
     objectives,
+    read_limit_options,
 )
 
 
@@ -61,6 +62,7 @@ from .common import (
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @DEVICE
 @QUIET
+@read_limit_options
 def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, lr, seed, tv, l2, jitter, flip,
                 feature, feature_layers, init, store, resume, preview, as_json, device, quiet):
     """Reconstruct a transfer set from a teacher and its sidecar (no data needed).
@@ -132,6 +134,7 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @DEVICE
 @QUIET
+@read_limit_options
 def distill(teacher, transfer, data, method, sidecar, iterations, options, gaussian_mix, save_transfer, resize,
             input_norm, student, output, temperature, loss, alpha, epochs, batch_size, lr, seed, eval_spec, force, resume,
             as_json, device, quiet):

@@ -75,19 +75,20 @@ def test_missing_paths_are_usage_errors(tmp_path):
 
 def test_child_crash_is_reported_as_dm103(monkeypatch):
     crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
-    monkeypatch.setattr(validate_mod, "worker_command", lambda p, m: crash)
+    monkeypatch.setattr(validate_mod, "worker_command", lambda *a: crash)
     report = validate(CORPUS / "valid/mlp_full.dfkd.h5")
     assert [f.rule for f in report.findings] == ["DM103"] and not report.valid
     assert "SIGSEGV" in report.findings[0].message
 
 
-def test_child_hang_is_reported_as_dm103(monkeypatch):
+def test_child_past_its_wall_clock_limit_is_dm116_not_a_verdict_on_the_file(monkeypatch):
     hang = [sys.executable, "-c", "import time; time.sleep(60)"]
-    monkeypatch.setattr(validate_mod, "worker_command", lambda p, m: hang)
+    monkeypatch.setattr(validate_mod, "worker_command", lambda *a: hang)
     t0 = time.monotonic()
     report = validate(CORPUS / "valid/mlp_full.dfkd.h5", timeout=1.0)
     assert time.monotonic() - t0 < 20
-    assert [f.rule for f in report.findings] == ["DM103"] and "longer than 1 s" in report.findings[0].message
+    assert [f.rule for f in report.findings] == ["DM116"] and "within 1 s" in report.findings[0].message
+    assert "hostile" not in report.findings[0].fix and not report.valid
 
 
 def test_internal_failure_is_a_finding_not_a_traceback(monkeypatch):

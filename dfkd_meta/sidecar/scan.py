@@ -58,11 +58,13 @@ def scan(state: ValidationState) -> None:
         if objects + n > lim["max_objects"]:
             state.fatal("DM113", gpath, f"more than {lim['max_objects']} objects in the file")
         names = list(grp.keys())
-        state.children[gpath] = names
+        state.children[gpath] = [n for n in names if _text_name(state, gpath, n)]
         for name in names:
+            objects += 1
+            if not isinstance(name, str):
+                continue  # reported by _text_name; such an object is never read
             cpath = f"{gpath.rstrip('/')}/{name}"
             state.where = cpath
-            objects += 1
             link = grp.get(name, getlink=True)
             if isinstance(link, h5py.ExternalLink):
                 state.kinds[cpath] = "link"
@@ -99,22 +101,51 @@ def scan(state: ValidationState) -> None:
                 state.add("DM110", cpath, f"{type(obj).__name__} objects (committed datatypes) are not allowed")
 
 
+def _text_name(state: ValidationState, parent: str, name, attribute: bool = False) -> bool:
+    """DM117: names are UTF-8 text (libhdf5 stores bytes; h5py hands back those it cannot decode as bytes)."""
+    if isinstance(name, str) and "\x00" not in name:
+        return True
+    shown = name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else str(name)
+    where = f"{parent}@{shown}" if attribute else f"{parent.rstrip('/')}/{shown}"
+    state.add("DM117", where, f"{'attribute' if attribute else 'object'} name {name!r} is not UTF-8 text")
+    return False
+
+
+def _type_text(dtype, tid) -> str:
+    if dtype is not None:
+        return str(dtype)
+    classes = {getattr(h5py.h5t, k): k.lower() for k in ("INTEGER", "FLOAT", "TIME", "STRING", "BITFIELD", "OPAQUE",
+                                                          "COMPOUND", "REFERENCE", "ENUM", "VLEN", "ARRAY")}
+    return f"{classes.get(tid.get_class(), tid.get_class())} (no NumPy equivalent)"
+
+
+def _numpy_dtype(obj):
+    """The NumPy dtype of an attribute or dataset, or None where there is none (time, unknown string encodings)."""
+    try:
+        return obj.dtype
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 def _scan_attrs(state: ValidationState, obj, path: str) -> None:
     lim = state.schema.limits
     n = h5py.h5a.get_num_attrs(obj.id)
     if n > lim["max_attributes"]:
         state.fatal("DM113", path, f"{n} attributes, at most {lim['max_attributes']} allowed")
     for name in obj.attrs:
+        if not _text_name(state, path, name, attribute=True):
+            continue
         apath = f"{path}@{name}"
         aid = obj.attrs.get_id(name)
         shape = aid.shape or ()
         if len(shape) > lim["max_rank"]:
             state.fatal("DM113", apath, f"rank {len(shape)}, at most {lim['max_rank']}")
-        if not allowed_dtype(aid.dtype):
+        dtype = _numpy_dtype(aid)
+        if dtype is None or not allowed_dtype(dtype):
             state.tainted.add(apath)
-            state.add("DM110", apath, f"attribute of forbidden type {aid.dtype}")
+            state.add("DM110", apath, f"attribute of forbidden type {_type_text(dtype, aid.get_type())}")
             continue
-        nbytes = math.prod(shape) * aid.dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > lim["max_attribute_bytes"]:
             state.fatal("DM112", apath, f"attribute declares {nbytes} bytes, at most {lim['max_attribute_bytes']}")
 
@@ -124,7 +155,7 @@ def _scan_dataset(state: ValidationState, ds: h5py.Dataset, path: str) -> int:
     shape = ds.shape or ()
     if len(shape) > lim["max_rank"]:
         state.fatal("DM113", path, f"rank {len(shape)}, at most {lim['max_rank']}")
-    declared = math.prod(shape) * ds.dtype.itemsize if ds.shape is not None else 0
+    declared = math.prod(shape) * ds.id.get_type().get_size() if ds.shape is not None else 0
     if declared > lim["max_dataset_bytes"]:
         state.fatal("DM112", path, f"declares {declared} bytes, at most {lim['max_dataset_bytes']}")
     dcpl = ds.id.get_create_plist()
@@ -142,9 +173,10 @@ def _scan_dataset(state: ValidationState, ds: h5py.Dataset, path: str) -> int:
             state.tainted.add(path)
             state.add("DM109", path, f"filter {code} ({fname.decode(errors='replace') or 'unnamed'})")
             return declared
-    if not allowed_dtype(ds.dtype):
+    dtype = _numpy_dtype(ds)
+    if dtype is None or not allowed_dtype(dtype):
         state.tainted.add(path)
-        state.add("DM110", path, f"dataset of forbidden type {ds.dtype}")
+        state.add("DM110", path, f"dataset of forbidden type {_type_text(dtype, ds.id.get_type())}")
         return declared
     stored = ds.id.get_storage_size()
     if declared > (64 << 10) and stored * lim["max_compression_ratio"] < declared:

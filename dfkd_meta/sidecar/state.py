@@ -8,6 +8,7 @@ from typing import Any
 
 import h5py
 
+from .limits import ReadBounds
 from .report import Finding
 from .schema import Schema
 
@@ -31,6 +32,7 @@ class ValidationState:
     global_symbols: dict[str, int] = field(default_factory=dict)  # shape symbols valid everywhere (C)
     datasets: dict[str, h5py.Dataset] = field(default_factory=dict)  # dataset path -> dataset that passed
     where: str = "/"  # the item being read, for DM102/DM199 findings
+    bounds: ReadBounds | None = None  # CPU and memory bounds on the reading (in the child process)
 
     def add(self, rule: str, path: str, message: str) -> None:
         r = self.schema.rules[rule]

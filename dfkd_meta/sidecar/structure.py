@@ -95,6 +95,8 @@ def check_group(state: ValidationState, path: str, tname: str, symbols: dict) ->
 
     attrs = {a.name: _check_attr(state, grp, path, a, fam) for a in spec.attrs.values()}
     for name in grp.attrs:
+        if not isinstance(name, str):
+            continue  # DM117, from the scan
         apath = f"{path}@{name}"
         if name not in spec.attrs and name not in RESERVED_ATTRS and apath not in state.tainted:
             if name.startswith("x_"):

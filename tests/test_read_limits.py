@@ -1,0 +1,115 @@
+"""Bounds on reading an untrusted sidecar (SPEC §3.4): CPU time (DM114), memory (DM115), wall clock
+(DM116), and names that are not text (DM117, once an internal failure)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+from click.testing import CliRunner
+
+import dfkd_meta.sidecar.validator as validate_mod
+from cli.main import main as cli
+from dfkd_meta.sidecar.limits import ReadBounds, ReadLimits, current_limits, using_limits
+from dfkd_meta.sidecar.state import ValidationState
+from dfkd_meta.sidecar.validator import validate, validate_in_process
+
+from .conftest import CORPUS
+
+REPRO = Path(__file__).resolve().parents[2] / "shared" / "repro"
+needs_repro = pytest.mark.skipif(not REPRO.is_dir(), reason="../shared/repro (regression files) is not here")
+VALID = CORPUS / "valid/mlp_full.dfkd.h5"
+
+
+def test_limits_defaults_scale_memory_with_the_file_and_refuse_nonsense():
+    lim = ReadLimits()
+    assert lim.memory_bytes(0) == 1024 << 20
+    assert lim.memory_bytes(1 << 30) == (1024 << 20) + (2 << 30)
+    assert ReadLimits(memory_mib=10).memory_bytes(1 << 30) == 10 << 20
+    for bad in ({"cpu_seconds": 0}, {"cpu_seconds": float("nan")}, {"wall_seconds": -1}, {"memory_mib": 0},
+                {"memory_mib": 1.5}):
+        with pytest.raises(ValueError, match="ReadLimits"):
+            ReadLimits(**bad)
+
+
+def test_using_limits_sets_the_bounds_of_every_validation_inside(monkeypatch):
+    seen = []
+    real = validate_mod.worker_command
+
+    def spy(path, model, cpu, memory):
+        seen.append((cpu, memory))
+        return real(path, model, cpu, memory)
+
+    monkeypatch.setattr(validate_mod, "worker_command", spy)
+    with using_limits(ReadLimits(cpu_seconds=7, memory_mib=300)):
+        assert current_limits().cpu_seconds == 7
+        assert validate(VALID).valid
+    assert current_limits() == ReadLimits()
+    assert seen == [(7.0, 300 << 20)]
+
+
+def test_reading_past_its_cpu_bound_is_dm114(monkeypatch):
+    # a child that applies the bound as the worker does, then loops like libhdf5 on the hang file
+    spin = [sys.executable, "-c", "from dfkd_meta.sidecar.limits import ReadBounds\n"
+                                  "ReadBounds(1, None).apply()\nwhile True: pass"]
+    monkeypatch.setattr(validate_mod, "worker_command", lambda *a: spin)
+    report = validate(VALID, limits=ReadLimits(cpu_seconds=1, wall_seconds=60))
+    assert [f.rule for f in report.findings] == ["DM114"] and not report.valid
+    assert "more than 1 s of CPU time" in report.findings[0].message
+
+
+def test_failed_allocation_under_the_memory_bound_is_dm115(monkeypatch):
+    import dfkd_meta.sidecar.scan as scan_mod
+
+    def starved(state):
+        state.where = "/layers/fc1/mean"
+        raise OSError("Can't synchronously read data (memory allocation failed for chunk)")
+
+    monkeypatch.setattr(scan_mod, "scan", starved)
+    bounds = ReadBounds(None, 512 << 20)
+    monkeypatch.setattr(ReadBounds, "memory_active", property(lambda self: True))
+    report = validate_in_process(VALID, bounds=bounds)
+    assert [(f.rule, f.path) for f in report.findings] == [("DM115", "/layers/fc1/mean")]
+    assert "512 MiB" in report.findings[0].message
+    # without a memory bound in force the same failure is an unreadable file, not a bound
+    report = validate_in_process(VALID)
+    assert [f.rule for f in report.findings] == ["DM102"]
+
+
+def test_bounds_are_lifted_after_the_reading(monkeypatch):
+    resource = pytest.importorskip("resource")
+    state = ValidationState(schema=None, path=VALID)
+    state.bounds = ReadBounds(3600, 1 << 40)
+    before = resource.getrlimit(resource.RLIMIT_CPU), resource.getrlimit(resource.RLIMIT_AS)
+    with validate_mod._bounded(state):
+        assert resource.getrlimit(resource.RLIMIT_CPU)[0] != resource.RLIM_INFINITY
+    assert (resource.getrlimit(resource.RLIMIT_CPU), resource.getrlimit(resource.RLIMIT_AS)) == before
+
+
+def test_names_that_are_not_text_are_dm117_not_an_internal_failure(tmp_path):
+    path = tmp_path / "names.dfkd.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs[b"bad\xff"] = 1
+        f.create_group(b"g\xfe")
+    rules = {(f.rule, f.path) for f in validate(path).findings}
+    assert ("DM117", "/@bad\\xff") in rules and ("DM117", "/g\\xfe") in rules
+    assert "DM199" not in {r for r, _ in rules}
+
+
+def test_validate_cli_takes_the_bounds():
+    res = CliRunner().invoke(cli, ["validate", str(VALID), "--read-cpu-limit", "30", "--read-memory-limit", "256",
+                                   "--timeout", "120"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["validate", str(VALID), "--read-cpu-limit", "0"])
+    assert res.exit_code == 2 and "--read-cpu-limit" in res.output
+
+
+@needs_repro
+@pytest.mark.parametrize("name, rule, cpu", [("hang-root-attribute.h5", "DM114", 5.0),
+                                             ("memory-2gb.h5", "DM115", 120.0),
+                                             ("dm199-startswith.h5", "DM117", 120.0)])
+def test_regression_files_get_their_rule(name, rule, cpu):
+    report = validate(REPRO / name, limits=ReadLimits(cpu_seconds=cpu, wall_seconds=120))
+    rules = report.rules
+    assert rule in rules and "DM199" not in rules and "DM103" not in rules and not report.valid

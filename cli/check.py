@@ -109,7 +109,7 @@ def show(sidecar: str, model: str | None, plot: str | None, as_json: bool) -> No
     from dfkd_meta.sidecar import read_sidecar
     from dfkd_meta.sidecar.summary import describe, format_summary, plot_top_layer
 
-    sc = read_sidecar(sidecar, model)
+    sc = read_sidecar(sidecar, model, for_use=False)  # a summary shows what is there, warnings and all
     info = describe(sc, sidecar)
     click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
     if plot:

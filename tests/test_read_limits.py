@@ -113,3 +113,20 @@ def test_regression_files_get_their_rule(name, rule, cpu):
     report = validate(REPRO / name, limits=ReadLimits(cpu_seconds=cpu, wall_seconds=120))
     rules = report.rules
     assert rule in rules and "DM199" not in rules and "DM103" not in rules and not report.valid
+
+
+@pytest.mark.parametrize("name, rule", [("std_overflows", "DM619"), ("coef_mean_overflows", "DM719"),
+                                        ("empty_class_with_statistics", "DM618")])
+def test_consumers_refuse_what_format_1_only_warns_about(name, rule):
+    from dfkd_meta.sidecar import read_sidecar
+    from dfkd_meta.sidecar.io import SidecarInvalidError
+
+    path = CORPUS / f"valid/{name}.dfkd.h5"
+    report = validate(path)
+    assert report.valid and rule in report.rules  # a warning in 1.x (SPEC §8.1)
+    with pytest.raises(SidecarInvalidError, match=f"{name}.dfkd.h5: cannot read a sidecar whose values consumers "
+                                                  f"cannot use: {rule}"):
+        read_sidecar(path)
+    assert read_sidecar(path, for_use=False).layers  # show still summarises it
+    res = CliRunner().invoke(cli, ["show", str(path)])
+    assert res.exit_code == 0, res.output

@@ -29,15 +29,21 @@ STR = h5py.string_dtype("utf-8")
 _NUMPY = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 
 
+# Warnings in format 1.x that every consumer still refuses (SPEC §8.1): errors from format 2.0.
+REFUSED_BY_CONSUMERS = frozenset({"DM618", "DM619", "DM719"})
+
+
 class SidecarInvalidError(DfkdError):
     """A sidecar failed validation; ``report`` holds every finding."""
 
     def __init__(self, path: str | os.PathLike, report: Report, action: str = "read"):
         self.report = report
-        first = report.errors[0]
-        more = f" and {len(report.errors) - 1} more errors" if len(report.errors) > 1 else ""
+        blocking = report.errors or [f for f in report.findings if f.rule in REFUSED_BY_CONSUMERS]
+        first = blocking[0]
+        more = f" and {len(blocking) - 1} more" if len(blocking) > 1 else ""
+        what = "an invalid sidecar" if report.errors else "a sidecar whose values consumers cannot use"
         super().__init__(
-            f"{path}: cannot {action} an invalid sidecar: {first.rule} {first.path}: {first.message}{more}; "
+            f"{path}: cannot {action} {what}: {first.rule} {first.path}: {first.message}{more}; "
             f"fix: {first.fix} (run `dfkd-meta validate {path}"
             f"{' --model ' + str(report.model) if report.model else ''}` for every finding)")
 
@@ -230,8 +236,12 @@ def read_element(g: h5py.Group, schema: Schema, registry: Mapping[str, Element])
 
 
 def read_sidecar(path: str | os.PathLike, model: str | os.PathLike | None = None, *, isolate: bool = True,
-                 schema: Schema | None = None, registry: Mapping[str, Element] | None = None) -> Sidecar:
+                 schema: Schema | None = None, registry: Mapping[str, Element] | None = None,
+                 for_use: bool = True) -> Sidecar:
     """Validate ``path`` (against ``model`` when given), then load it. Raises SidecarInvalidError.
+
+    ``for_use`` (the default) also refuses the warnings consumers cannot work with (REFUSED_BY_CONSUMERS:
+    statistics that overflow float32, non-zero statistics of empty classes); ``show`` reads without it.
 
     Validation runs in a child process (``isolate``) so a hostile file cannot crash the caller;
     the file is only opened here once it has passed. A ``schema`` other than the package's needs
@@ -240,7 +250,7 @@ def read_sidecar(path: str | os.PathLike, model: str | os.PathLike | None = None
     if schema is not None and isolate:
         raise ValueError("a schema other than the package's is validated in process: pass isolate=False")
     report = validate(path, model, isolate=isolate, schema=schema)
-    if not report.valid:
+    if not report.valid or (for_use and REFUSED_BY_CONSUMERS & set(report.rules)):
         raise SidecarInvalidError(path, report)
     disable_hdf5_plugins()
     with h5py.File(path, "r", locking=False) as f:

@@ -241,12 +241,15 @@ def _value_checks(state: ValidationState, ds: h5py.Dataset, path: str, checks: d
     if not checks:
         return
     bad = {name: [0, None] for name in checks}
+    bound = state.schema.limits["max_value_magnitude"]
     for offset, block in values.blocks(ds):
         tests = {}
         if "finite" in checks and block.dtype.kind == "f":
             tests["finite"] = ~np.isfinite(block)
         if "nonnegative" in checks:
             tests["nonnegative"] = block < 0  # NaN compares False: reported by finite
+        if "bounded" in checks:
+            tests["bounded"] = np.isfinite(block) & (np.abs(block) > bound)  # Inf and NaN: reported by finite
         for name, mask in tests.items():
             n = int(np.count_nonzero(mask))
             if n:
@@ -255,5 +258,6 @@ def _value_checks(state: ValidationState, ds: h5py.Dataset, path: str, checks: d
                 bad[name][0] += n
     for name, (n, first) in bad.items():
         if n:
-            what = "non-finite (NaN or Inf)" if name == "finite" else "negative"
-            state.add(checks[name], path, f"{n} {what} values, first at {first}")
+            what = {"finite": "non-finite (NaN or Inf) values", "nonnegative": "negative values",
+                    "bounded": f"values beyond {bound:.0e} in magnitude"}[name]
+            state.add(checks[name], path, f"{n} {what}, first at {first}")

@@ -47,6 +47,27 @@ def covariance_factors_stay_below_the_variance(ctx: GroupContext) -> None:
         ctx.report(f"{ctx.path}/cov_factors", f"rowsum(F*F) exceeds std^2 by {worst:.3g} at {where}")
 
 
+@rule("DM618", on="layer_stats")
+def empty_classes_have_zero_statistics(ctx: GroupContext) -> None:
+    """A class with count 0 has mean, std, covariance factors and channel statistics 0 (warning in 1.x)."""
+    count = ctx.datasets.get("count")
+    if count is None:
+        return
+    empty = np.flatnonzero(np.asarray(count[()], dtype=np.int64) == 0)
+    if not len(empty):
+        return
+    channel = ctx.state.datasets
+    items = {name: ctx.datasets.get(name) for name in ("mean", "std", "cov_factors")}
+    items.update({f"channel/{n}": channel.get(f"{ctx.path}/channel/{n}") for n in ("mean", "std")})
+    for name, ds in items.items():
+        if ds is None or ds.shape[0] != count.shape[0]:
+            continue
+        for c in empty:
+            if any(np.any(block != 0) for _, block in values.blocks(ds, (int(c),))):
+                ctx.report(f"{ctx.path}/{name}", f"class {int(c)} has count 0 and non-zero values")
+                break
+
+
 @rule("DM610", on="layer_list")
 def at_least_one_layer(ctx: GroupContext) -> None:
     """/layers holds at least one layer group."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -131,13 +132,15 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
 @click.option("--eval", "eval_spec", help="Labelled data to report accuracies on: " + DATA_HELP)
 @click.option("--force", is_flag=True, help="With --data: go ahead even when the teacher fails the accuracy check.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint <output>.ckpt.")
+@click.option("--keep-checkpoint", is_flag=True, help="Keep <output>.ckpt after a successful run (it is removed "
+              "by default: the run is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @DEVICE
 @QUIET
 @read_limit_options
 def distill(teacher, transfer, data, method, sidecar, iterations, options, gaussian_mix, save_transfer, resize,
             input_norm, student, output, temperature, loss, alpha, epochs, batch_size, lr, seed, eval_spec, force, resume,
-            as_json, device, quiet):
+            keep_checkpoint, as_json, device, quiet):
     """Train a student against the teacher's outputs: on a transfer set, on real data, or online.
 
     \b
@@ -152,7 +155,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, options, gauss
     from dfkd_meta.data import load_data
     from dfkd_meta.distill import distill as run
     from dfkd_meta.distill import distill_online, load_transfer_for, write_student
-    from dfkd_meta.fileio import require_file
+    from dfkd_meta.fileio import output_lock, require_file
     from dfkd_meta.models import build_model
 
     require_file(teacher, "teacher")
@@ -161,35 +164,38 @@ def distill(teacher, transfer, data, method, sidecar, iterations, options, gauss
                          "or --data SPEC (KD with real data)")
     if method is None and (sidecar or save_transfer):
         raise UsageError("--sidecar and --save-transfer go with --method")
-    eval_source = load_data(eval_spec, resize) if eval_spec else None
-    torch.manual_seed(seed)
-    if method is not None:
-        if sidecar is not None:
-            require_file(sidecar, "sidecar")
-        from dfkd_meta.onnx.inspect import model_facts
+    with output_lock(output):  # a second run on the same -o fails at once instead of racing
+        eval_source = load_data(eval_spec, resize) if eval_spec else None
+        torch.manual_seed(seed)
+        if method is not None:
+            if sidecar is not None:
+                require_file(sidecar, "sidecar")
+            from dfkd_meta.onnx.inspect import model_facts
 
-        facts = model_facts(teacher)
-        input_shape = tuple(facts.inputs[0].per_example_shape or ())
-        model = build_model(student, input_shape, int(facts.outputs[0].shape[-1]))
-        cfg = OnlineConfig(method=method, iterations=iterations, batch_size=batch_size or OnlineConfig.batch_size,
-                           lr=lr, temperature=temperature, seed=seed, gaussian_mix=gaussian_mix,
-                           options=_options(options))
-        result = distill_online(teacher, model, cfg, sidecar=sidecar, device=device, checkpoint=output + ".ckpt",
-                                resume=resume, eval_data=eval_source, save_transfer=save_transfer,
-                                progress=not quiet)
-    else:
-        source = load_transfer_for(teacher, require_file(transfer, "transfer set")) if transfer \
-            else load_data(data, resize)
-        input_shape = tuple(source.x.shape[1:]) if transfer else source.input_shape
-        num_classes = source.teacher_logits.shape[1] if transfer else source.num_classes
-        model = build_model(student, input_shape, num_classes)
-        cfg = DistillConfig(temperature=temperature, loss=loss, alpha=alpha, epochs=epochs,
-                            batch_size=batch_size or DistillConfig.batch_size, lr=lr or DistillConfig.lr, seed=seed,
-                            force=force)
-        result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
-                     resume=resume, eval_data=eval_source, progress=not quiet)
-    path = write_student(result.student, input_shape, output, {**result.report, "student": student},
-                         convention=result.convention, image_shape=result.image_shape)
+            facts = model_facts(teacher)
+            input_shape = tuple(facts.inputs[0].per_example_shape or ())
+            model = build_model(student, input_shape, int(facts.outputs[0].shape[-1]))
+            cfg = OnlineConfig(method=method, iterations=iterations, batch_size=batch_size or OnlineConfig.batch_size,
+                               lr=lr, temperature=temperature, seed=seed, gaussian_mix=gaussian_mix,
+                               options=_options(options))
+            result = distill_online(teacher, model, cfg, sidecar=sidecar, device=device, checkpoint=output + ".ckpt",
+                                    resume=resume, eval_data=eval_source, save_transfer=save_transfer,
+                                    progress=not quiet)
+        else:
+            source = load_transfer_for(teacher, require_file(transfer, "transfer set")) if transfer \
+                else load_data(data, resize)
+            input_shape = tuple(source.x.shape[1:]) if transfer else source.input_shape
+            num_classes = source.teacher_logits.shape[1] if transfer else source.num_classes
+            model = build_model(student, input_shape, num_classes)
+            cfg = DistillConfig(temperature=temperature, loss=loss, alpha=alpha, epochs=epochs,
+                                batch_size=batch_size or DistillConfig.batch_size, lr=lr or DistillConfig.lr, seed=seed,
+                                force=force)
+            result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
+                         resume=resume, eval_data=eval_source, progress=not quiet)
+        path = write_student(result.student, input_shape, output, {**result.report, "student": student},
+                             convention=result.convention, image_shape=result.image_shape)
+        if not keep_checkpoint:
+            Path(output + ".ckpt").unlink(missing_ok=True)  # the run is done: nothing to resume
     r = result.report
     if as_json:
         click.echo(json.dumps({**r, "student": student, "output": str(path)}, indent=2, default=str))

@@ -73,6 +73,8 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
 @click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Refuse when the teacher is right on fewer of the "
               "examples (default: halfway between chance and 1, at least 0.5).")
 @click.option("--force", is_flag=True, help="Export even when the teacher fails the accuracy check (recorded).")
+@click.option("--overwrite", is_flag=True, help="Replace the release already in the output folder (refused "
+              "otherwise).")
 @click.option("--layers", help="Comma-separated tensor names (default: hidden pre-activations and the logits).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=ExportConfig.temperature,
               show_default=True, help="Logits are recorded divided by it.")
@@ -89,8 +91,8 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
 @click.option("--name", help="Release file stem (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (sizes, time, samples/s).")
 @QUIET
-def export(model, data, resize, output, input_norm, value_range, min_accuracy, force, layers, temperature, cov_rank,
-           spectral_k, split, limit, batch_size, name, as_json, quiet):
+def export(model, data, resize, output, input_norm, value_range, min_accuracy, force, overwrite, layers, temperature,
+           cov_rank, spectral_k, split, limit, batch_size, name, as_json, quiet):
     """Write a release folder: the ONNX teacher and its statistics sidecar.
 
     The teacher is fed its own input convention and must be right on most of the examples it is
@@ -111,7 +113,7 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
                        temperature=temperature, cov_rank=cov_rank, spectral_k=spectral_k, split=split,
                        batch_size=batch_size, limit=limit, input_norm=input_norm,
                        value_range=pair(value_range, "value_range"), min_accuracy=min_accuracy, force=force)
-    result = export_release(model, source, output, cfg, name=name, progress=not quiet)
+    result = export_release(model, source, output, cfg, name=name, progress=not quiet, overwrite=overwrite)
     s = result.summary
     if as_json:
         click.echo(json.dumps(s, indent=2))

@@ -59,3 +59,55 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike, flag: str = "{output}") -> Iterator[Path]:
+    """Hold an exclusive lock on ``<target>.lock`` for one run writing ``target``; a second run on the same
+    output fails at once with a UsageError instead of racing for the same partial and temporary files.
+
+    The lock file is removed when the run ends. A run that finds the lock file it locked already
+    replaced (the holder removed it between open and lock) tries once more on the new file.
+    """
+    target = Path(target)
+    lock = target.with_name(target.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot create folder {lock.parent} ({exc.strerror}); choose a writable "
+                         "location") from None
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks, as before
+        yield lock
+        return
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(f"{target}: cannot create {lock.name} ({exc.strerror}); choose a writable location") \
+                from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise UsageError(f"{target}: another run is writing it (process {holder or '?'}, lock {lock.name}); wait "
+                             f"for it to finish, or pass another {flag}") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise UsageError(f"{target}: could not lock {lock.name}; another run keeps replacing it")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)

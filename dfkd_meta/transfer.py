@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,11 @@ class TransferWriter:
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         disable_hdf5_plugins()
+        self.restarted: str | None = None  # why a --resume found nothing to continue from
+        if resume and self.partial.exists() and not self._holds_batches():
+            self.restarted = f"{self.partial} holds no finished batch; starting from zero"
+            print(self.restarted, file=sys.stderr)
+            resume = False
         if resume and self.partial.exists():
             self.f = self._reopen(provenance, input_domain, input_space)
         else:
@@ -111,7 +117,20 @@ class TransferWriter:
                 dtype = np.int64 if name == "classes" else np.float32
                 self.f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                       chunks=(max(1, min(256, 2 ** 20 // max(1, 4 * int(np.prod(shape))))), *shape))
+            self.f.flush()  # a run killed before its first batch leaves a readable, empty partial file
         self.done = len(self.f["classes"])
+
+    def _holds_batches(self) -> bool:
+        """Whether the partial file can be read and holds at least one batch (a run killed before its first
+        batch leaves an empty or unreadable file, with nothing to resume)."""
+        if any(f.severity == "error" for f in scan_container(self.partial)):
+            return self.partial.stat().st_size > 4096  # larger: real batches may be lost; _reopen says so
+        try:
+            with h5py.File(self.partial, "r", locking=False) as f:
+                ds = f.get("classes")
+                return isinstance(ds, h5py.Dataset) and ds.ndim == 1 and len(ds) > 0
+        except (OSError, ValueError):
+            return False
 
     def _reopen(self, provenance: dict, input_domain: dict, input_space: str) -> h5py.File:
         problems = [f for f in scan_container(self.partial) if f.severity == "error"]
@@ -150,8 +169,10 @@ class TransferWriter:
         self.f.flush()  # a batch on disk is a batch a --resume will not redo
 
     def finish(self) -> Path:
+        """Mark the partial file complete, check it as a reader would, and only then rename it onto ``path``."""
         self.f.attrs["complete"] = 1
         self.f.close()
+        read_transfer(self.partial)  # raises on anything a consumer would refuse; ``path`` stays untouched
         os.replace(self.partial, self.path)
         return self.path
 

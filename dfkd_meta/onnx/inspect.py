@@ -104,10 +104,16 @@ def resolve_external_path(model_dir: Path, location: str) -> Path | None:
 def load_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """Parse an ONNX file without loading external data; raise DfkdError if it is not ONNX."""
     try:
-        return onnx.load(os.fspath(path), load_external_data=False)
+        model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-derived errors, ...
         raise DfkdError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
                         "pass a .onnx file written by an ONNX exporter") from None
+    # protobuf parses an empty file (and some junk) as an empty message: a model needs a graph to be one
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
+        size = os.path.getsize(path)
+        what = "is empty (0 bytes)" if size == 0 else f"holds no ONNX graph ({size} bytes, ir_version {model.ir_version})"
+        raise DfkdError(f"{path}: {what}; pass a .onnx file written by an ONNX exporter")
+    return model
 
 
 def model_facts(path: str | os.PathLike, model: onnx.ModelProto | None = None) -> ModelFacts:

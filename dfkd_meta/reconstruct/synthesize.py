@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..config import INITS, ReconstructConfig, settings
 from ..device import resolve_device
 from ..errors import DfkdError, UsageError
-from ..fileio import sha256_file
+from ..fileio import output_lock, sha256_file
 from ..onnx.graph import OnnxModule, load_onnx
 from ..sidecar import read_sidecar
 from ..transfer import TransferWriter
@@ -52,7 +52,26 @@ def input_domain_record(binding) -> dict:
 def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: ReconstructConfig, *,
                 device: str = "auto", resume: bool = False, progress: bool = True,
                 preview: str | Path | None = None) -> ReconstructResult:
-    """Build a transfer set from ``model`` and its ``sidecar`` (validated and bound first)."""
+    """Build a transfer set from ``model`` and its ``sidecar`` (validated and bound first).
+
+    ``out`` appears only when every batch is written and every value is finite; a second run on the
+    same ``out`` is refused while this one holds it.
+    """
+    with output_lock(out):
+        return _reconstruct(model, sidecar, out, cfg, device=device, resume=resume, progress=progress,
+                            preview=preview)
+
+
+def _finite_batch(sidecar, b: int, **arrays: np.ndarray) -> None:
+    bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
+    if bad:
+        raise DfkdError(f"{sidecar}: batch {b} gave non-finite {', '.join(bad)} (the teacher's activations or the "
+                        "targets drawn from this sidecar overflow float32); nothing was written to the output: check "
+                        "the sidecar with `dfkd-meta validate`, or lower {lr}")
+
+
+def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume, progress, preview
+                 ) -> ReconstructResult:
     if cfg.samples < 1 or cfg.batch_size < 1 or cfg.steps < 0 or cfg.lr <= 0:
         raise UsageError("{samples} and {batch_size} must be >= 1, {steps} >= 0 and {lr} > 0")
     if cfg.init not in INITS:
@@ -129,10 +148,12 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
                 per_sample, _ = obj.loss(acts, batch)
                 out_logits = acts[logits] if not batch.masks else teacher.run(x, [logits])[logits]
                 x_out = x.detach().cpu().numpy()
-                writer.append(x=to_raw(x_out, sc.model) if cfg.store == "raw" else x_out, classes=classes,
-                              teacher_logits=out_logits.cpu().numpy(),
-                              teacher_soft=torch.softmax(out_logits / temperature, 1).cpu().numpy(),
-                              loss=per_sample.cpu().numpy())
+                arrays = {"x": to_raw(x_out, sc.model) if cfg.store == "raw" else x_out,
+                          "teacher_logits": out_logits.cpu().numpy(),
+                          "teacher_soft": torch.softmax(out_logits / temperature, 1).cpu().numpy(),
+                          "loss": per_sample.cpu().numpy()}
+                _finite_batch(sidecar, b, **arrays)
+                writer.append(classes=classes, **arrays)
     except BaseException:
         writer.close()  # the partial file keeps every finished batch for --resume ...
         if writer.done == 0:

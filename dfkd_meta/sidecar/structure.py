@@ -241,7 +241,7 @@ def _value_checks(state: ValidationState, ds: h5py.Dataset, path: str, checks: d
     if not checks:
         return
     bad = {name: [0, None] for name in checks}
-    bound = state.schema.limits["max_value_magnitude"]
+    bound = state.schema.limits.get("max_value_magnitude")  # schemas before 1.1.0's text revision have none
     for offset, block in values.blocks(ds):
         tests = {}
         if "finite" in checks and block.dtype.kind == "f":

@@ -10,6 +10,7 @@ low-rank covariances, and the spectral coefficients of every spectral block.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from ..config import ExportConfig, settings
 from ..convention import InputConvention, resolve
 from ..data import DataSource, Feed, fits
 from ..errors import DfkdError, UsageError
-from ..fileio import atomic_path
+from ..fileio import output_lock
 from ..onnx.graph import load_onnx
 from ..onnx.inspect import candidate_layers, external_data_locations, model_facts
 from ..onnx.runtime import OrtModel
@@ -146,20 +147,26 @@ def _precheck(plan: _Plan, data: DataSource, cfg: ExportConfig) -> None:
 
 def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_dir: str | Path,
                    config: ExportConfig | None = None, *, name: str | None = None,
-                   dropout_keep: dict[str, float] | None = None, progress: bool = True,
+                   dropout_keep: dict[str, float] | None = None, progress: bool = True, overwrite: bool = False,
                    **settings) -> ExportResult:
     """Write ``out_dir/<name>.onnx`` and ``out_dir/<name>.dfkd.h5``; returns paths and a summary.
 
     ``settings`` override fields of ``config`` (an ``ExportConfig``). A torch module is first
     written as ONNX (recording ``input_norm`` when given). Nothing is written until the model, the
-    data, the layers and the teacher's accuracy on the data have been checked; a failed export
-    leaves nothing behind.
+    data, the layers and the teacher's accuracy on the data have been checked. The release is built
+    in a temporary folder beside ``out_dir`` and published by renaming it (a new or empty
+    ``out_dir``) or by moving its files in, the sidecar last; a failed or killed export leaves no
+    release behind. An ``out_dir`` that already holds this release is refused unless ``overwrite``;
+    a second export into the same folder at the same time is refused.
     """
     cfg = replace(config or ExportConfig(), **settings)
     cfg.check()
     dist.require_main(f"write the release folder {out_dir}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: exists and is not a folder; {{output}} names the release folder")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dfkd-export-") as scratch:
+    with output_lock(out_dir), tempfile.TemporaryDirectory(prefix="dfkd-export-") as scratch:
         if isinstance(model, torch.nn.Module):
             from ..models import hidden_dropout_keep_probs
 
@@ -169,43 +176,78 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
                                  convention=conv, dropout_keep=hidden_dropout_keep_probs(model))
         else:
             source = Path(model)
+        sidecar_name = f"{name or source.stem}.dfkd.h5"
+        if (out_dir / sidecar_name).exists() and not overwrite:
+            raise UsageError(f"{out_dir}: already holds a release ({sidecar_name}); pass {{overwrite}} to replace it, "
+                             "or choose another folder")
         plan = _plan(source, data, cfg)
         _precheck(plan, data, cfg)
-        out_dir = Path(out_dir)
-        made_dir = not out_dir.exists()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        created: list[Path] = []
+        stage = _stage_folder(out_dir)
         try:
-            return _export(plan, data, out_dir, created, t0, cfg, name=name, dropout_keep=dropout_keep,
-                           progress=progress)
-        except BaseException:
-            for p in created:  # a failed export leaves nothing behind
-                p.unlink(missing_ok=True)
-            if made_dir and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-            raise
+            result = _export(plan, data, stage, t0, cfg, name=name, dropout_keep=dropout_keep, progress=progress)
+            _publish(stage, out_dir, last=result.sidecar_path.name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    model_path, sidecar_path = out_dir / result.model_path.name, out_dir / result.sidecar_path.name
+    summary = {**result.summary, "model": str(model_path), "sidecar": str(sidecar_path)}
+    return ExportResult(model_path, sidecar_path, summary)
 
 
-def _place_model(src: Path, out_dir: Path, name: str | None, created: list[Path]) -> Path:
-    """The release's copy of the model (external-data files beside it, names unchanged).
+def _stage_folder(out_dir: Path) -> Path:
+    """A fresh folder beside ``out_dir`` (same file system, so publishing is a rename); stale ones of
+    killed exports of the same folder are removed first."""
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for old in parent.glob(f".{out_dir.name}.export-*"):
+            pid = old.name.rsplit("-", 2)[-2]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise UsageError(f"{out_dir}: cannot write beside it in {parent} ({exc.strerror}); choose a writable "
+                         "location for {output}") from None
 
-    Every file this creates is appended to ``created`` so a failed export can remove it.
-    """
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _publish(stage: Path, out_dir: Path, last: str) -> None:
+    """Make the staged release visible: one rename onto a new or empty folder, else file by file with
+    ``last`` (the sidecar) moved in last, so a release folder never holds a sidecar without its model."""
+    files = [f for f in stage.rglob("*") if f.is_file()]
+    for f in files:  # data must be on disk before a rename makes it visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(stage, out_dir)
+        return
+    for f in sorted(files, key=lambda p: p.relative_to(stage).as_posix() == last):
+        target = out_dir / f.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, target)
+
+
+def _place_model(src: Path, out_dir: Path, name: str | None) -> Path:
+    """The release's copy of the model (external-data files beside it, names unchanged)."""
     target = out_dir / f"{name or src.stem}.onnx"
-    if src.resolve() != target.resolve():
-        for loc in external_data_locations(onnx.load(str(src), load_external_data=False)):
-            if not (out_dir / loc).exists():
-                created.append(out_dir / loc)
-            with atomic_path(out_dir / loc) as tmp:
-                shutil.copyfile(src.parent / loc, tmp)
-        if not target.exists():
-            created.append(target)
-        with atomic_path(target) as tmp:
-            shutil.copyfile(src, tmp)
+    for loc in external_data_locations(onnx.load(str(src), load_external_data=False)):
+        (out_dir / loc).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src.parent / loc, out_dir / loc)
+    shutil.copyfile(src, target)
     return target
 
 
-def _export(plan: _Plan, data: DataSource, out_dir: Path, created: list[Path], t0: float, cfg: ExportConfig, *,
+def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: ExportConfig, *,
             name, dropout_keep, progress) -> ExportResult:
     proto, facts, chosen, c = plan.proto, plan.facts, plan.chosen, plan.classes
     keep = {**dropout_keep_from_metadata(proto), **(dropout_keep or {})}
@@ -250,7 +292,7 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, created: list[Path], t
                 convention=plan.convention.describe(), force=cfg.force)
     check = meter.result(cfg.split, plan.min_accuracy, cfg.force)
 
-    onnx_path = _place_model(plan.source, out_dir, name, created)
+    onnx_path = _place_model(plan.source, out_dir, name)
     stats = []
     for order, (key, tensor, kind, shape) in enumerate(chosen):
         m = moments[key]
@@ -274,8 +316,6 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, created: list[Path], t
                                   teacher_check=check),
         layers=stats, spectral=blocks)
     sidecar_path = out_dir / f"{onnx_path.stem}.dfkd.h5"
-    if not sidecar_path.exists():
-        created.append(sidecar_path)
     write_sidecar(sidecar, sidecar_path)
     report = validate(sidecar_path, onnx_path)
     if not report.valid:

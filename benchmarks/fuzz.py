@@ -1,6 +1,6 @@
 """Fuzzing campaign for the sidecar validator (run by hand, not in CI; see issue 19).
 
-    python benchmarks/fuzz.py --files 100000 --workers 2          # about an hour on 2 cores
+    python benchmarks/fuzz.py --files 100000 --workers 2          # hours: 5.8 files/s on one loaded core
     python benchmarks/fuzz.py --files 300 --out runs/fuzz-smoke   # a quick look
 
 Valid sidecars of every shape the format has (MLP with covariance factors and spectral blocks, CNN

@@ -127,23 +127,35 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
+    """Accuracy against wall-clock minutes: one panel per data set, pair and budget; a colour per method,
+    solid with the sidecar, dashed without; seeds in the same style."""
     from dfkd_meta.plotting import pyplot, save_png
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    panels: dict[tuple, list] = {}
     for key, row in sorted(results["rows"].items()):
-        curve = row.get("curve")
-        if not curve:
-            continue
-        data, pair, method, sidecar, budget, seed = key.split("|")
-        ax.plot([c["seconds"] / 60 for c in curve], [c["student_accuracy"] for c in curve],
-                "-" if sidecar == "yes" else "--", label=f"{pair} {method} {'+sidecar' if sidecar == 'yes' else ''} "
-                f"s{seed}", linewidth=1)
-    ax.set_xlabel("wall-clock minutes (2 CPU cores)")
-    ax.set_ylabel("student test accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+        if row.get("curve"):
+            data, pair, method, sidecar, budget, seed = key.split("|")
+            panels.setdefault((data, pair, budget), []).append((method, sidecar, seed, row["curve"]))
+    if not panels:
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    colours = {m: f"C{i}" for i, m in enumerate(sorted({m for rows in panels.values() for m, *_ in rows}))}
+    for ax, ((data, pair, budget), rows) in zip(axes[0], sorted(panels.items())):
+        low, labelled = 1.0, set()
+        for method, sidecar, _seed, curve in rows:
+            acc = [c["student_accuracy"] for c in curve]
+            low = min(low, min(acc[len(acc) // 2:]))
+            label = None if (method, sidecar) in labelled else f"{method} {'+ sidecar' if sidecar == 'yes' else ''}"
+            labelled.add((method, sidecar))
+            ax.plot([c["seconds"] / 60 for c in curve], acc, "-" if sidecar == "yes" else "--",
+                    color=colours[method], label=label, linewidth=1.2)
+        ax.set_title(f"{data} {pair}, {budget} min per run", fontsize=9)
+        ax.set_xlabel("wall-clock minutes (2 CPU cores)")
+        ax.set_ylim(max(0.0, low - 0.05), 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("student test accuracy (final-iteration curve)")
     fig.tight_layout()
     save_png(fig, path)
 
@@ -168,6 +180,7 @@ def main(argv=None) -> int:
     results = load(args.out)
     if args.table:
         print(table(results))
+        plot(results, args.out.with_suffix(".png"))
         return 0
     data, teacher, sidecar = release_for(args.data, args.pair, args.work, log)
     methods = sorted(METHODS) if args.grid else args.methods

@@ -89,7 +89,7 @@ class TransferWriter:
         if input_space not in INPUT_SPACES:
             raise UsageError(f"{{store}} {input_space!r}: expected one of {', '.join(INPUT_SPACES)}")
         dist.require_main(f"write {path}")
-        self.path = Path(path)
+        self.path, self.num_classes = Path(path), num_classes
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         disable_hdf5_plugins()
@@ -168,13 +168,14 @@ class TransferWriter:
         self.done += n
         self.f.flush()  # a batch on disk is a batch a --resume will not redo
 
-    def finish(self) -> Path:
-        """Mark the partial file complete, check it as a reader would, and only then rename it onto ``path``."""
+    def finish(self) -> TransferSet:
+        """Mark the partial file complete, read it as a consumer would (raising on anything a consumer would
+        refuse, with ``path`` untouched), and only then rename it onto ``path``. Returns what was read."""
         self.f.attrs["complete"] = 1
         self.f.close()
-        read_transfer(self.partial)  # raises on anything a consumer would refuse; ``path`` stays untouched
+        checked = read_transfer(self.partial, self.num_classes)
         os.replace(self.partial, self.path)
-        return self.path
+        return checked
 
     def close(self) -> None:
         if self.f.id.valid:

@@ -189,4 +189,5 @@ def _save_transfer(path, method, ctx: SynthesisContext, cfg: OnlineConfig, run: 
         writer.close()
         writer.partial.unlink(missing_ok=True)
         raise
-    return writer.finish()
+    writer.finish()
+    return writer.path

@@ -162,10 +162,7 @@ def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume,
         raise
     bar.close()
     seconds = time.perf_counter() - t0
-    path = writer.finish()
-    from ..transfer import read_transfer
-
-    ts = read_transfer(path, c)
+    ts, path = writer.finish(), writer.path
     summary = {"transfer": str(path), "objective": cfg.objective, "samples": len(ts), "batches": n_batches,
                "resumed_batches": first, "seconds": round(seconds, 3),
                "sample_steps_per_second": round((n_batches - first) * cfg.batch_size * max(steps, 1)

@@ -212,7 +212,7 @@ def _stage_folder(out_dir: Path) -> Path:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process (a pid beyond the platform's range neither)
         return False
     except OSError:
         return True

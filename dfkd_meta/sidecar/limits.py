@@ -1,4 +1,4 @@
-"""Bounds on reading an untrusted file (SPEC §11.3): CPU time and memory of the reading itself, and a
+"""Bounds on reading an untrusted file (SPEC §3.4): CPU time and memory of the reading itself, and a
 wall-clock limit on the whole child process.
 
 The child process that validates a sidecar applies the reading bounds once its imports are done and

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from ..fileio import require_file
@@ -108,7 +109,7 @@ def validate(path: str | os.PathLike, model: str | os.PathLike | None = None, *,
         return validate_in_process(path, model, schema=schema)
     limits = limits or current_limits()
     if timeout is not None:
-        limits = ReadLimits(limits.cpu_seconds, limits.memory_mib, timeout)
+        limits = replace(limits, wall_seconds=timeout)
     timeout = limits.wall_seconds
     cmd = worker_command(path, model, limits.cpu_seconds, limits.memory_bytes(p.stat().st_size))
     env = {**os.environ, "HDF5_PLUGIN_PRELOAD": "::", "HDF5_PLUGIN_PATH": "", "OPENBLAS_NUM_THREADS": "1",

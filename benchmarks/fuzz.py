@@ -1,6 +1,6 @@
 """Fuzzing campaign for the sidecar validator (run by hand, not in CI; see issue 19).
 
-    python benchmarks/fuzz.py --files 100000 --workers 2          # hours: 5.8 files/s on one loaded core
+    python benchmarks/fuzz.py --files 100000 --workers 2          # about an hour with 2 workers
     python benchmarks/fuzz.py --files 300 --out runs/fuzz-smoke   # a quick look
 
 Valid sidecars of every shape the format has (MLP with covariance factors and spectral blocks, CNN
@@ -36,6 +36,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+import dfkd_meta.sidecar.validator  # noqa: F401  (here, so a missing install fails once, not in every worker)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = [ROOT / "fixtures/conformance/valid" / f"{n}.dfkd.h5"
@@ -223,7 +225,6 @@ _ARGS: argparse.Namespace | None = None
 def _init(args: argparse.Namespace) -> None:
     global _ARGS
     _ARGS = args
-    import dfkd_meta.sidecar.validator  # noqa: F401  (imported once per worker; children are forks)
     from dfkd_meta.sidecar.scan import disable_hdf5_plugins
 
     disable_hdf5_plugins()
@@ -231,6 +232,11 @@ def _init(args: argparse.Namespace) -> None:
         if p.is_file():
             _BASES[p.name if p.parent.name == "valid" else "release-1.0.0.dfkd.h5"] = p.read_bytes()
     np.ones((2, 2)) @ np.ones((2, 2))  # BLAS buffers exist before any child's memory bound
+    from dfkd_meta.sidecar.validator import check_file
+
+    for p in BASES:  # warm the schema and h5py caches once, so that no forked child rebuilds them
+        if p.is_file():
+            check_file(p)
 
 
 def _one(i: int) -> dict:

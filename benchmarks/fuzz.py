@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 import dfkd_meta.sidecar.validator  # noqa: F401  (here, so a missing install fails once, not in every worker)
+from dfkd_meta.sidecar.limits import ReadLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = [ROOT / "fixtures/conformance/valid" / f"{n}.dfkd.h5"
@@ -248,13 +249,16 @@ def _one(i: int) -> dict:
     path = work / f"{i}.dfkd.h5"
     mutation = mutate(_BASES[name], name, rng, path)
     size = path.stat().st_size
-    result = _check_in_child(path, args.cpu, (args.memory_mib << 20), args.wall)
+    memory = ReadLimits(memory_mib=args.memory_mib).memory_bytes(size)  # the validator's default unless given
+    result = _check_in_child(path, args.cpu, memory, args.wall)
     result.update(index=i, mutation=mutation)
-    if result["outcome"] in ("dm199", "crash", "timeout", "escaped", "bound"):
+    over = result["peak_mib"] > args.memory_target_mib
+    if result["outcome"] in ("dm199", "crash", "timeout", "escaped", "bound") or over:
         keep = Path(args.out) / "repro"
         keep.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, keep / f"{result['outcome']}-{i}.dfkd.h5")
-        (keep / f"{result['outcome']}-{i}.json").write_text(json.dumps(result, indent=1, default=str))
+        label = result["outcome"] + ("-memory" if over else "")
+        shutil.copyfile(path, keep / f"{label}-{i}.dfkd.h5")
+        (keep / f"{label}-{i}.json").write_text(json.dumps(result, indent=1, default=str))
     result["bytes"] = size
     path.unlink(missing_ok=True)
     return result
@@ -267,7 +271,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu", type=float, default=20.0, help="CPU seconds a read may take (the validator's bound)")
-    ap.add_argument("--memory-mib", type=int, default=1024, help="memory a read may add (the validator's bound)")
+    ap.add_argument("--memory-mib", type=int, default=None,
+                    help="memory a read may add (default: the validator's, 256 MiB plus half the file's size)")
+    ap.add_argument("--memory-target-mib", type=float, default=512.0,
+                    help="peak child memory above which a file counts against the target and is kept")
     ap.add_argument("--wall", type=float, default=60.0, help="wall-clock seconds per file before it is a timeout")
     ap.add_argument("--out", default=str(ROOT / "runs" / "fuzz"), help="kept repro files go to OUT/repro")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz.json")
@@ -276,7 +283,7 @@ def main(argv=None) -> int:
     by_kind: dict[str, Counter] = {k: Counter() for k, _ in KINDS}
     rules: Counter = Counter()
     failures: list[dict] = []
-    peak = 0.0
+    peak, over_target = 0.0, 0
     t0 = last = time.monotonic()
     ctx = mp.get_context("fork")
     with ctx.Pool(args.workers, initializer=_init, initargs=(args,)) as pool:
@@ -285,6 +292,7 @@ def main(argv=None) -> int:
             by_kind[r["mutation"]["kind"]][r["outcome"]] += 1
             rules.update(r.get("errors", r.get("rules", [])))
             peak = max(peak, r["peak_mib"])
+            over_target += r["peak_mib"] > args.memory_target_mib
             if r["outcome"] in ("dm199", "crash", "timeout", "escaped"):
                 failures.append({k: r.get(k) for k in ("index", "outcome", "signal", "dm199", "error", "mutation")})
             if time.monotonic() - last > 10 or n == args.files:
@@ -293,18 +301,21 @@ def main(argv=None) -> int:
                       file=sys.stderr, flush=True)
     seconds = time.monotonic() - t0
     summary = {"date": dt.date.today().isoformat(), "files": args.files, "start": args.start, "seed": args.seed,
-               "workers": args.workers, "bounds": {"cpu_seconds": args.cpu, "memory_mib": args.memory_mib,
+               "workers": args.workers, "bounds": {"cpu_seconds": args.cpu,
+                                                   "memory_mib": args.memory_mib or "256 + half the file's size",
                                                    "wall_seconds": args.wall},
                "bases": sorted(_BASES) or [p.name for p in BASES], "seconds": round(seconds, 1),
                "files_per_second": round(args.files / seconds, 1), "outcomes": dict(outcomes),
                "outcomes_by_mutation": {k: dict(v) for k, v in by_kind.items()},
                "error_rules": dict(rules.most_common()), "peak_child_rss_mib": round(peak, 1),
+               "memory_target_mib": args.memory_target_mib, "files_over_memory_target": over_target,
                "failures": failures[:200]}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("failures", "error_rules")}, indent=1))
-    bad = sum(outcomes[k] for k in ("dm199", "crash", "timeout", "escaped"))
-    print(f"{bad} failures (internal, crash, timeout, escaped) in {args.files} files; repro files in {args.out}/repro")
+    bad = sum(outcomes[k] for k in ("dm199", "crash", "timeout", "escaped")) + over_target
+    print(f"{bad} failures (internal, crash, timeout, escaped, over {args.memory_target_mib:.0f} MiB) in {args.files} "
+          f"files; repro files in {args.out}/repro")
     return 1 if bad else 0
 
 

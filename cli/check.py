@@ -25,7 +25,8 @@ def validate(path: str, model: str | None, data: str | None, resize: int | None,
              as_json: bool) -> None:
     """Check a sidecar (or a release folder) against the format spec, and its binding to the model.
 
-    PATH is a .dfkd.h5 sidecar, or a release folder holding one sidecar and its model.
+    PATH is a .dfkd.h5 sidecar, or a release folder: its sidecar, model (external data included) and
+    model card (README.md, read as untrusted text and checked against the release) are checked.
     Exit status: 0 valid, 1 invalid, 2 not run (usage error, missing or unreadable path).
 
     \b
@@ -33,11 +34,13 @@ def validate(path: str, model: str | None, data: str | None, resize: int | None,
       dfkd-meta validate release/teacher.dfkd.h5 --model release/teacher.onnx
       dfkd-meta validate release/ --data mnist:DATA/mnist --json
     """
-    from dfkd_meta.sidecar.release import locate_release
+    from pathlib import Path
+
+    from dfkd_meta.sidecar.release import locate_release, validate_release
     from dfkd_meta.sidecar.validator import validate as run
 
     sidecar, model = locate_release(path, model)
-    report = run(sidecar, model)
+    report = validate_release(path, model) if Path(path).is_dir() else run(sidecar, model)
     numbers = None
     if data is not None and report.valid:
         if model is None:
@@ -71,7 +74,15 @@ def validate(path: str, model: str | None, data: str | None, resize: int | None,
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(model: str, as_json: bool) -> None:
-    """Show MODEL's inputs, outputs, ops (supported or not) and candidate statistics layers."""
+    """Show MODEL's inputs, outputs, ops (supported or not) and candidate statistics layers.
+
+    Reads the graph only: nothing runs, no external weights are loaded, torch is not imported.
+
+    \b
+    Examples:
+      dfkd-meta inspect teacher.onnx
+      dfkd-meta inspect teacher.onnx --json
+    """
     from dfkd_meta.fileio import require_file
     from dfkd_meta.onnx.inspect import inspect_model
 
@@ -105,7 +116,13 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @read_limit_options
 def show(sidecar: str, model: str | None, plot: str | None, as_json: bool) -> None:
-    """Summarise SIDECAR (validated first): model, data, layers, spectral blocks, privacy, sizes."""
+    """Summarise SIDECAR (validated first): model, data, layers, spectral blocks, privacy, sizes.
+
+    \b
+    Examples:
+      dfkd-meta show release/teacher.dfkd.h5
+      dfkd-meta show release/teacher.dfkd.h5 --model release/teacher.onnx --plot classes.png
+    """
     from dfkd_meta.sidecar import read_sidecar
     from dfkd_meta.sidecar.summary import describe, format_summary, plot_top_layer
 

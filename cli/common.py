@@ -151,7 +151,7 @@ def read_limit_options(command):
                      help="CPU time reading the sidecar may take before it is refused as DM114."),
         click.option("--read-memory-limit", type=click.IntRange(min=1), metavar="MIB",
                      help="Memory reading the sidecar may add before it is refused as DM115 "
-                          "[default: 1024 + twice the file's size in MiB]."),
+                          "[default: 256 + half the file's size in MiB]."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_WALL_SECONDS,
                      show_default=True, metavar="SECONDS",
                      help="Wall-clock limit of each validation (start-up and model checks included); "

@@ -69,9 +69,11 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
     """Reconstruct a transfer set from a teacher and its sidecar (no data needed).
 
     \b
-    Example:
+    Examples:
       dfkd-meta reconstruct --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 \\
           --objective spectral_all_layers --samples 10000 -o transfer.h5 --preview samples.png
+      dfkd-meta reconstruct --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 \\
+          --objective all_layers --init first-layer --samples 10000 -o transfer.h5 --resume
     """
     from dfkd_meta.fileio import require_file
     from dfkd_meta.reconstruct.synthesize import reconstruct as run
@@ -227,26 +229,42 @@ def _options(pairs: tuple[str, ...]) -> dict[str, float]:
 @click.command(cls=Command)
 @click.option("--data", "data_spec", default="digits", show_default=True, help=DATA_HELP)
 @click.option("--resize", type=int, help="Pad/resize images to N x N.")
-@click.option("-o", "--output", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("-o", "--output", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the teacher, the release, the transfer sets and demo.json.")
 @click.option("--teacher", help="Teacher architecture (default: hinton-small on digits, hinton1200 on MNIST).")
 @click.option("--student", help="Student architecture (default: hinton-tiny on digits, hinton800 on MNIST).")
 @click.option("--samples", type=click.IntRange(min=1), help="Transfer-set size per objective.")
 @click.option("--steps", type=click.IntRange(min=0), help="Reconstruction steps per batch.")
-@click.option("--teacher-epochs", type=click.IntRange(min=1))
-@click.option("--student-epochs", type=click.IntRange(min=1))
+@click.option("--teacher-epochs", type=click.IntRange(min=1), help="Teacher training epochs (default: 40 on digits, "
+              "10 on MNIST).")
+@click.option("--student-epochs", type=click.IntRange(min=1), help="Epochs of every student, over its transfer set "
+              "or the real data (default: 30 on digits, 10 on MNIST).")
 @click.option("--objectives", help="Comma-separated objectives to compare (noise always runs).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the teacher, every transfer set and "
+              "every student.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table's rows as JSON (progress goes to stderr).")
 @DEVICE
 @QUIET
 def demo(data_spec, resize, output, teacher, student, samples, steps, teacher_epochs, student_epochs, objectives, seed,
-         device, quiet):
-    """Run the whole pipeline and print a comparison table (a few minutes on 2 CPU cores on digits)."""
+         as_json, device, quiet):
+    """Run the whole pipeline and print a comparison table (a few minutes on 2 CPU cores on digits).
+
+    \b
+    Examples:
+      dfkd-meta demo
+      dfkd-meta demo --data mnist:DATA/mnist --objectives spectral_all_layers,zskd --json
+    """
+    from dfkd_meta.config import settings
     from dfkd_meta.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.for_data(data_spec, resize=resize, teacher=teacher, student=student, samples=samples, steps=steps,
                               teacher_epochs=teacher_epochs, student_epochs=student_epochs, seed=seed, device=device,
                               objectives=tuple(o.strip() for o in objectives.split(",")) if objectives else None)
-    result = run_demo(cfg, output, progress=not quiet, log=click.echo)
+    result = run_demo(cfg, output, progress=not quiet, log=lambda line: click.echo(line, err=as_json))
+    if as_json:
+        click.echo(json.dumps({"config": settings(cfg), "rows": result.rows, "folder": str(output)}, indent=2,
+                              default=str))
+        return
     click.echo("")
     click.echo(result.table())
     click.echo(f"\nfiles in {output}/ (release/, transfer sets, demo.json)")

@@ -34,8 +34,9 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
     """Train a reference teacher on labelled data and write it as ONNX.
 
     \b
-    Example:
+    Examples:
       dfkd-meta train --model lenet5 --data mnist:DATA/mnist --resize 32 -o teacher.onnx
+      dfkd-meta train --model hinton-small --data digits --epochs 40 -o teacher.onnx --json
     """
     from dfkd_meta.data import load_data
     from dfkd_meta.models import build_model, hidden_dropout_keep_probs

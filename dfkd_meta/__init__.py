@@ -15,6 +15,7 @@ _EXPORTS = {
     "LayerStats": "sidecar", "ChannelStats": "sidecar", "SpectralStats": "sidecar", "PrivacyBlock": "sidecar",
     "Finding": "sidecar", "Report": "sidecar", "SidecarInvalidError": "sidecar",
     "read_sidecar": "sidecar", "write_sidecar": "sidecar", "validate": "sidecar",
+    "validate_release": "sidecar.release",
     "model_binding": "sidecar.binding",
     # errors
     "DfkdError": "errors", "UsageError": "errors",

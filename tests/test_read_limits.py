@@ -15,7 +15,7 @@ from dfkd_meta.sidecar.limits import ReadBounds, ReadLimits, current_limits, usi
 from dfkd_meta.sidecar.state import ValidationState
 from dfkd_meta.sidecar.validator import validate, validate_in_process
 
-from .conftest import CORPUS
+from .conftest import CORPUS, ROOT
 
 REPRO = Path(__file__).resolve().parents[2] / "shared" / "repro"
 needs_repro = pytest.mark.skipif(not REPRO.is_dir(), reason="../shared/repro (regression files) is not here")
@@ -24,8 +24,8 @@ VALID = CORPUS / "valid/mlp_full.dfkd.h5"
 
 def test_limits_defaults_scale_memory_with_the_file_and_refuse_nonsense():
     lim = ReadLimits()
-    assert lim.memory_bytes(0) == 1024 << 20
-    assert lim.memory_bytes(1 << 30) == (1024 << 20) + (2 << 30)
+    assert lim.memory_bytes(0) == 256 << 20
+    assert lim.memory_bytes(1 << 30) == (256 << 20) + (1 << 29)
     assert ReadLimits(memory_mib=10).memory_bytes(1 << 30) == 10 << 20
     for bad in ({"cpu_seconds": 0}, {"cpu_seconds": float("nan")}, {"wall_seconds": -1}, {"memory_mib": 0},
                 {"memory_mib": 1.5}):
@@ -113,6 +113,14 @@ def test_regression_files_get_their_rule(name, rule, cpu):
     report = validate(REPRO / name, limits=ReadLimits(cpu_seconds=cpu, wall_seconds=120))
     rules = report.rules
     assert rule in rules and "DM199" not in rules and "DM103" not in rules and not report.valid
+
+
+@pytest.mark.parametrize("name", ["heap_size_one_byte_flip", "heap_size_two_byte_flip"])
+def test_corrupt_heap_sizes_stop_at_the_default_memory_bound(name):
+    # found by benchmarks/fuzz.py: under the old 1 GiB bound these 21-80 KB files took 791-919 MiB
+    report = validate(ROOT / "fixtures" / "repro" / f"{name}.dfkd.h5")
+    dm115 = [f for f in report.findings if f.rule == "DM115"]
+    assert dm115 and "256 MiB" in dm115[0].message and not report.valid and "DM199" not in report.rules
 
 
 @pytest.mark.parametrize("name, rule", [("std_overflows", "DM619"), ("coef_mean_overflows", "DM719"),

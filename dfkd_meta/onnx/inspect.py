@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..errors import DfkdError
+from .op_names import is_supported
 
 Dim = int | str | None  # fixed size, symbolic name, or unknown
 
@@ -204,8 +205,6 @@ def candidate_layers(facts: ModelFacts, model: onnx.ModelProto, logits: str | No
 
 def inspect_model(path: str | os.PathLike) -> dict:
     """Everything a publisher needs to choose layers, as plain data (what `dfkd-meta inspect` prints)."""
-    from .ops import is_supported  # imports torch: only for this report
-
     path = Path(path)
     model = load_model_proto(path)
     facts = model_facts(path, model)

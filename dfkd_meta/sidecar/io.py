@@ -252,6 +252,12 @@ def read_sidecar(path: str | os.PathLike, model: str | os.PathLike | None = None
     report = validate(path, model, isolate=isolate, schema=schema)
     if not report.valid or (for_use and REFUSED_BY_CONSUMERS & set(report.rules)):
         raise SidecarInvalidError(path, report)
+    return load_validated(path, schema=schema, registry=registry)
+
+
+def load_validated(path: str | os.PathLike, *, schema: Schema | None = None,
+                   registry: Mapping[str, Element] | None = None) -> Sidecar:
+    """Load a sidecar that has just validated (``read_sidecar`` validates first; call this only after)."""
     disable_hdf5_plugins()
     with h5py.File(path, "r", locking=False) as f:
         return read_element(f, schema_or_default(schema), registry or ELEMENTS)

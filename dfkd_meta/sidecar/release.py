@@ -1,10 +1,12 @@
-"""A release folder: one ONNX model and its sidecar (``<stem>.onnx`` beside ``<stem>.dfkd.h5``)."""
+"""A release folder (SPEC §13): one ONNX model, its sidecar (``<stem>.onnx`` beside ``<stem>.dfkd.h5``)
+and a model card."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 from ..errors import UsageError
+from .report import Report, finding
 
 SIDECAR_SUFFIX = ".dfkd.h5"
 
@@ -34,3 +36,25 @@ def locate_release(path: str | os.PathLike, model: str | os.PathLike | None = No
         raise UsageError(f"{p}: no {stem}.onnx beside {sidecar.name} and {len(models)} other .onnx files; "
                          "pass the model with {model}")
     return sidecar, models[0]
+
+
+def validate_release(folder: str | os.PathLike, model: str | os.PathLike | None = None) -> Report:
+    """Validate a whole release folder (SPEC §11.3, §13): the sidecar against its model (external data
+    included), the model card as untrusted text checked against the release, and stray entries."""
+    from .card import CARD_NAME, check_card
+    from .io import load_validated
+    from .validator import validate
+
+    folder = Path(folder)
+    sidecar, model_path = locate_release(folder, model)
+    report = validate(sidecar, model_path)
+    sc = load_validated(sidecar) if report.valid else None
+    report.findings += check_card(folder, sc, sidecar)
+    if sc is not None:
+        known = {sidecar.name, CARD_NAME, sc.model.file_name} | {p.split("/")[0] for p in sc.model.external_data}
+        stray = sorted(p.name for p in folder.iterdir() if p.name not in known)
+        if stray:
+            shown = ", ".join(stray[:10]) + (f" and {len(stray) - 10} more" if len(stray) > 10 else "")
+            report.findings.append(finding("DM954", "/", f"not part of the release: {shown}"))
+    report.sort()
+    return report

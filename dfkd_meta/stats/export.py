@@ -44,6 +44,7 @@ from ..sidecar import (
     write_sidecar,
 )
 from ..sidecar.binding import model_binding
+from ..sidecar.card import CARD_NAME, render_card
 from ..sidecar.types import ConventionRecord, InputDomain
 from .moments import ClassMoments, pool_positions, sketch_width
 from .spectral import LayerRef, plan_spectral
@@ -177,9 +178,10 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
         else:
             source = Path(model)
         sidecar_name = f"{name or source.stem}.dfkd.h5"
-        if (out_dir / sidecar_name).exists() and not overwrite:
-            raise UsageError(f"{out_dir}: already holds a release ({sidecar_name}); pass {{overwrite}} to replace it, "
-                             "or choose another folder")
+        for existing, what in ((sidecar_name, "a release"), (CARD_NAME, "a model card")):
+            if os.path.lexists(out_dir / existing) and not overwrite:
+                raise UsageError(f"{out_dir}: already holds {what} ({existing}); pass {{overwrite}} to replace it, "
+                                 "or choose another folder")
         plan = _plan(source, data, cfg)
         _precheck(plan, data, cfg)
         stage = _stage_folder(out_dir)
@@ -320,6 +322,7 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     report = validate(sidecar_path, onnx_path)
     if not report.valid:
         raise SidecarInvalidError(sidecar_path, report, action="export")
+    (out_dir / CARD_NAME).write_text(render_card(sidecar, sidecar_path), encoding="utf-8")
     skipped_cov = [k for k, m in moments.items() if cfg.cov_rank and m.sketch is None]
     recorded = settings(replace(cfg, input_norm=plan.convention.name))
     summary = {

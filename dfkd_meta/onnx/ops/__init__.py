@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
+from ..op_names import DEFAULT_DOMAINS
+
 Tensor = torch.Tensor
 OpFn = Callable[[list, dict[str, Any]], Any]
 OPS: dict[str, OpFn] = {}
-DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 class OnnxOpError(ValueError):

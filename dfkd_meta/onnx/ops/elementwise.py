@@ -17,12 +17,23 @@ def _unary(fn: Callable[[Tensor], Tensor]) -> OpFn:
     return lambda i, a: fn(i[0])
 
 
-for _name, _fn in {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Neg": torch.neg,
-                   "Erf": torch.erf, "Exp": torch.exp, "Log": torch.log, "Sqrt": torch.sqrt, "Abs": torch.abs,
-                   "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil,
-                   "Softplus": F.softplus, "Softsign": F.softsign, "Sign": torch.sign,
-                   "Not": torch.logical_not}.items():
-    op(_name)(_unary(_fn))
+# Registered by literal name, one per line: `supported_ops()` reads the names without importing torch.
+op("Relu")(_unary(torch.relu))
+op("Sigmoid")(_unary(torch.sigmoid))
+op("Tanh")(_unary(torch.tanh))
+op("Neg")(_unary(torch.neg))
+op("Erf")(_unary(torch.erf))
+op("Exp")(_unary(torch.exp))
+op("Log")(_unary(torch.log))
+op("Sqrt")(_unary(torch.sqrt))
+op("Abs")(_unary(torch.abs))
+op("Reciprocal")(_unary(torch.reciprocal))
+op("Floor")(_unary(torch.floor))
+op("Ceil")(_unary(torch.ceil))
+op("Softplus")(_unary(F.softplus))
+op("Softsign")(_unary(F.softsign))
+op("Sign")(_unary(torch.sign))
+op("Not")(_unary(torch.logical_not))
 
 
 @op("Identity")

@@ -1,0 +1,222 @@
+"""The release folder's model card: ``README.md`` with YAML front matter (SPEC §13).
+
+``export`` writes it from the sidecar it has just written, in the convention model hubs use
+(``---`` fenced YAML, then Markdown). ``validate RELEASE_DIR`` reads it as untrusted text: a regular
+file (not a link, device or pipe) of bounded size, UTF-8, whose front matter is parsed by YAML's
+safe loader only after a token scan has refused anchors, aliases and tags (so nothing expands and
+no object is constructed). The card is documentation: the sidecar stays the authority, and the card
+is checked against it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from .report import Finding, finding
+from .types import Sidecar
+
+CARD_NAME = "README.md"
+MAX_CARD_BYTES = 256 << 10
+MAX_FRONT_MATTER_BYTES = 32 << 10
+CARD_KEY = "dfkd_meta"  # our block in the front matter; the rest is the hubs' vocabulary
+
+
+class CardError(ValueError):
+    """The card cannot be read safely; the message says why."""
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+def card_facts(sc: Sidecar, sidecar_file: str, sidecar_sha256: str) -> dict:
+    """The ``dfkd_meta`` block: what a reader can check against the release's files."""
+    check = sc.dataset.teacher_check
+    facts = {
+        "format_version": sc.format_version, "model": sc.model.file_name, "model_sha256": sc.model.sha256,
+        "sidecar": sidecar_file, "sidecar_sha256": sidecar_sha256, "classes": sc.num_classes,
+        "input_shape": [int(d) for d in sc.model.input_shape[1:]], "input_convention": describe_domain(sc),
+        "data": sc.dataset.name, "data_license": sc.dataset.license, "samples": int(sc.dataset.sample_count),
+        "privacy": describe_privacy(sc),
+    }
+    if check is not None:
+        facts["teacher_accuracy"] = round(float(check.accuracy), 6)
+        facts["teacher_check"] = f"{check.samples} {check.split} examples, threshold {check.min_accuracy:.2f}" + \
+            (", exported below it with --force" if check.forced else "")
+    return facts
+
+
+def describe_domain(sc: Sidecar) -> str:
+    dom = sc.model.input_domain
+    fmt = lambda v: ", ".join(f"{x:.4g}" for x in v)  # noqa: E731
+    identity = all(m == 0 for m in dom.norm_mean) and all(s == 1 for s in dom.norm_std)
+    name = dom.convention.name if dom.convention is not None else ("none" if identity else "custom")
+    what = "raw values" if identity else f"(x - [{fmt(dom.norm_mean)}]) / [{fmt(dom.norm_std)}]"
+    return f"{name}: {what}, raw values in [{dom.value_min:.4g}, {dom.value_max:.4g}], layout {dom.layout}"
+
+
+def describe_privacy(sc: Sidecar) -> str:
+    p = sc.privacy
+    if p is None:
+        return ("none: exact aggregate statistics of the training data (means, stds, counts), "
+                "no differential privacy")
+    return f"{p.mechanism} mechanism, epsilon {p.epsilon:g}, delta {p.delta:g}, on {', '.join(p.applies_to)}"
+
+
+def render_card(sc: Sidecar, sidecar_path: Path) -> str:
+    """The card text for the release whose sidecar is ``sidecar_path`` (model beside it)."""
+    facts = card_facts(sc, sidecar_path.name, sha256_file(sidecar_path))
+    images = sc.model.image_shape is not None
+    front = {"library_name": "onnx", "pipeline_tag": "image-classification" if images else "tabular-classification",
+             "tags": ["dfkd-meta", "knowledge-distillation", "data-free"], "datasets": [sc.dataset.name],
+             "metrics": ["accuracy"], CARD_KEY: facts}
+    import yaml
+
+    stem = sidecar_path.name[: -len(".dfkd.h5")]
+    acc = (f"{facts['teacher_accuracy']:.4f} on {facts['teacher_check']}" if "teacher_accuracy" in facts
+           else "not recorded (a sidecar made before format 1.1)")
+    names = ", ".join(sc.model.class_names) if sc.model.class_names else f"{sc.num_classes} classes, by index"
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False, allow_unicode=False, width=1000).rstrip()}
+---
+
+# {stem}: an ONNX classifier with a dfkd-meta statistics sidecar
+
+This release holds a trained classifier and per-class statistics of its activations on its
+training data, so that anyone can distil a smaller model from it **without the data**
+(dfkd-meta; data-free knowledge distillation from metadata, Lopes, Fenu & Starner, 2017).
+
+## What the release holds
+| file | what it is |
+| --- | --- |
+| `{facts['model']}` | the teacher, ONNX (sha256 `{facts['model_sha256']}`) |
+| `{facts['sidecar']}` | the statistics sidecar, format {facts['format_version']}, bound to the model by its hash |
+| `{CARD_NAME}` | this card (documentation only: the sidecar is the authority) |
+
+## The teacher
+- Input: `{sc.model.input_name}`, shape {facts['input_shape']} per example, {sc.model.input_dtype}.
+- Input convention: {facts['input_convention']}.
+- Classes: {names}.
+- Accuracy on the export data: {acc}.
+
+## The data the statistics describe
+- {facts['data']} ({sc.dataset.description or 'no description recorded'}), licence {facts['data_license']};
+  {facts['samples']} examples.
+- Privacy: {facts['privacy']}.
+
+## Use it
+`RELEASE` is this folder:
+```
+dfkd-meta validate RELEASE/
+dfkd-meta distill --teacher RELEASE/{facts['model']} --sidecar RELEASE/{facts['sidecar']} --method dfad \\
+    --student ARCH --iterations 3000 -o student.onnx
+```
+`ARCH` is a reference architecture (`dfkd-meta train --help` lists them) or `module:factory`
+(which imports and runs that module's code). `dfkd-meta reconstruct` writes an offline transfer set instead.
+"""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+def read_card(path: str | os.PathLike) -> tuple[dict, str]:
+    """(front matter, body) of a card; raises CardError for anything unsafe or malformed."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise CardError(f"cannot stat ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CardError("not a regular file (a link, folder, device or pipe)")
+    if st.st_size > MAX_CARD_BYTES:
+        raise CardError(f"{st.st_size} bytes, at most {MAX_CARD_BYTES}")
+    with open(path, "rb") as fh:  # O_NOFOLLOW is implied by the lstat above only up to a race: read bounded
+        raw = fh.read(MAX_CARD_BYTES + 1)
+    if len(raw) > MAX_CARD_BYTES:
+        raise CardError(f"more than {MAX_CARD_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CardError(f"not UTF-8 text (byte {exc.start})") from None
+    if "\x00" in text:
+        raise CardError("holds NUL characters")
+    lines = text.split("\n")
+    if not lines or lines[0].strip() != "---":
+        raise CardError("no front matter (the first line must be ---)")
+    try:
+        end = next(i for i, line in enumerate(lines[1:], 1) if line.strip() == "---")
+    except StopIteration:
+        raise CardError("the front matter has no closing --- line") from None
+    front_text = "\n".join(lines[1:end])
+    if len(front_text.encode()) > MAX_FRONT_MATTER_BYTES:
+        raise CardError(f"front matter over {MAX_FRONT_MATTER_BYTES} bytes")
+    return _safe_yaml(front_text), "\n".join(lines[end + 1:])
+
+
+def _safe_yaml(text: str) -> dict:
+    import yaml
+
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken, yaml.TagToken)):
+                raise CardError(f"front matter uses a YAML {type(token).__name__[:-5].lower()} "
+                                f"(line {token.start_mark.line + 2}); cards use plain YAML")
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 2}" if mark is not None else ""
+        raise CardError(f"front matter is not YAML{where}") from None
+    except RecursionError:
+        raise CardError("front matter nests too deeply") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CardError(f"front matter is a {type(value).__name__}, not a mapping")
+    return value
+
+
+def check_card(folder: Path, sc: Sidecar | None, sidecar_path: Path) -> list[Finding]:
+    """Findings on ``folder``'s card: DM951 none, DM952 unreadable, DM953 contradicts the release.
+
+    ``sc`` is the validated sidecar (None when it did not validate: only the reading is checked).
+    """
+    path = folder / CARD_NAME
+    if not os.path.lexists(path):
+        return [finding("DM951", CARD_NAME, "the release folder has no model card")]
+    try:
+        front, _ = read_card(path)
+    except CardError as exc:
+        return [finding("DM952", CARD_NAME, str(exc))]
+    block = front.get(CARD_KEY)
+    if block is None:
+        return [finding("DM952", CARD_NAME, f"the front matter has no {CARD_KEY} block")]
+    if not isinstance(block, dict):
+        return [finding("DM952", CARD_NAME, f"{CARD_KEY} is a {type(block).__name__}, not a mapping")]
+    if sc is None:
+        return []
+    truth = card_facts(sc, sidecar_path.name, sha256_file(sidecar_path))
+    out = []
+    for key in ("format_version", "model", "model_sha256", "sidecar", "sidecar_sha256", "classes",
+                "teacher_accuracy"):
+        if key in block and key in truth and not _same(block[key], truth[key]):
+            out.append(finding("DM953", f"{CARD_NAME}:{CARD_KEY}.{key}",
+                               f"the card says {_short(block[key])}, the release has {_short(truth[key])}"))
+    return out
+
+
+def _same(claimed, actual) -> bool:
+    if isinstance(actual, float) and isinstance(claimed, (int, float)) and not isinstance(claimed, bool):
+        return abs(float(claimed) - actual) <= 5e-5
+    return type(claimed) is type(actual) and claimed == actual
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -14,6 +14,7 @@ from .convention import InputConvention, parse
 from .data import DataSource, Feed
 from .device import resolve_device
 from .errors import UsageError
+from .progress import progress as progress_bar
 
 
 @torch.no_grad()
@@ -69,9 +70,9 @@ def train_teacher(model: nn.Module, data: DataSource, config: TrainConfig | None
     history, t0 = [], time.perf_counter()
     for epoch in range(epochs):
         model.train()
-        bar = tqdm(data.batches("train", batch_size, feed=feed, shuffle=True, seed=seed + epoch),
-                   total=-(-data.size("train") // batch_size), desc=f"epoch {epoch + 1}/{epochs}",
-                   disable=None if progress else True, leave=False)
+        bar = progress_bar(data.batches("train", batch_size, feed=feed, shuffle=True, seed=seed + epoch),
+                           total=-(-data.size("train") // batch_size), desc=f"train epoch {epoch + 1}/{epochs}",
+                           unit="batch", enabled=progress)
         losses = []
         for x, y in bar:
             logits = model(torch.from_numpy(x).to(dev))

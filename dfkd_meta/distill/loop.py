@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import DEFAULT_TEMPERATURE, DistillConfig, changed, settings
 from ..convention import InputConvention, from_domain, resolve
@@ -26,6 +25,7 @@ from ..errors import DfkdError, UsageError
 from ..fileio import atomic_path, sha256_file
 from ..onnx.inspect import load_model_proto
 from ..onnx.torch_export import model_metadata
+from ..progress import progress as progress_bar
 from ..stats.teacher_check import AccuracyMeter, default_min_accuracy, require_fit
 from ..transfer import TransferSet
 from .losses import Outputs, combined, get_loss
@@ -148,8 +148,8 @@ def distill(teacher: str | Path, student: nn.Module, source: TransferSet | DataS
         student.train()
         order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(x)))
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"distill epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if progress else True)
+        bar = progress_bar(range(steps_per_epoch), desc=f"distill epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                           enabled=progress)
         for i in bar:
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             loss = objective(Outputs(student(x_t[idx].to(dev))), Outputs(t_t[idx].to(dev)), temperature)

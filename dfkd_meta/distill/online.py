@@ -25,6 +25,7 @@ from ..data import DataSource, Feed
 from ..device import resolve_device
 from ..errors import DfkdError, UsageError
 from ..fileio import atomic_path, sha256_file
+from ..progress import progress as progress_bar
 from ..synthesis import get_method
 from ..synthesis.context import SynthesisContext
 from ..transfer import TransferWriter
@@ -82,8 +83,8 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
     curve_x = curve_y = None
     if eval_every and eval_data is not None:
         curve_x, curve_y = eval_data.arrays("test" if eval_data.has_split("test") else "train", feed=curve_feed)
-    bar = tqdm(range(start, cfg.iterations), desc=f"distill {cfg.method}", unit="it", leave=False,
-               disable=None if progress else True, initial=start, total=cfg.iterations)
+    bar = progress_bar(range(start, cfg.iterations), desc=f"distill {cfg.method}", unit="it", enabled=progress,
+                       initial=start, total=cfg.iterations)
     t0, losses_seen = time.perf_counter(), []
     for it in bar:
         x, t = method.next_batch(student, cfg.batch_size - n_gauss)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import INITS, ReconstructConfig, settings
 from ..device import resolve_device
 from ..errors import DfkdError, UsageError
 from ..fileio import output_lock, sha256_file
 from ..onnx.graph import OnnxModule, load_onnx
+from ..progress import progress as progress_bar
 from ..sidecar import read_sidecar
 from ..transfer import TransferWriter
 from .init import FirstLayerGaussian
@@ -105,8 +105,8 @@ def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume,
     n_batches = math.ceil(cfg.samples / cfg.batch_size)
     first = writer.done // cfg.batch_size
     steps = cfg.steps if obj.optimise else 0
-    bar = tqdm(total=(n_batches - first) * max(steps, 1), desc=f"reconstruct {cfg.objective}", unit="step",
-               disable=None if progress else True)
+    bar = progress_bar(total=(n_batches - first) * max(steps, 1), desc=f"reconstruct {cfg.objective}", unit="step",
+                       enabled=progress)
     t0 = time.perf_counter()
     try:
         for b in range(first, n_batches):

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from tqdm.auto import tqdm
 
 from .. import dist
 from ..config import ExportConfig, settings
@@ -33,6 +32,7 @@ from ..onnx.graph import load_onnx
 from ..onnx.inspect import candidate_layers, external_data_locations, model_facts
 from ..onnx.runtime import OrtModel
 from ..onnx.torch_export import dropout_keep_from_metadata, export_onnx, model_metadata
+from ..progress import progress as progress_bar
 from ..sidecar import (
     ChannelStats,
     DatasetProvenance,
@@ -267,7 +267,7 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     meter = AccuracyMeter()
     n_total = min(data.size(cfg.split), cfg.limit) if cfg.limit else data.size(cfg.split)
     seen, t1 = 0, time.perf_counter()
-    bar = tqdm(total=n_total, desc="statistics", unit="ex", disable=None if progress else True, leave=False)
+    bar = progress_bar(total=n_total, desc="statistics", unit="ex", enabled=progress)
     for x, y in data.batches(cfg.split, cfg.batch_size, feed=plan.feed, limit=cfg.limit):
         order = np.argsort(y, kind="stable")  # each class becomes one contiguous slice of every tensor
         x, y = x[order], y[order]

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
 from ..onnx.linearize import (
     adjacency,
@@ -16,6 +15,7 @@ from ..onnx.linearize import (
     normalized_laplacian,
     path_initializers,
 )
+from ..progress import progress as progress_bar
 
 DEFAULT_K_ALL, DEFAULT_K_PAIR = 64, 32
 
@@ -54,7 +54,7 @@ def plan_spectral(model: onnx.ModelProto, layers: list[LayerRef], input_shape: t
         return []
     module = linearised_module(model)
     blocks, weights = [], []
-    for a, b in tqdm(list(zip(layers, layers[1:])), desc="spectral graph", disable=None if progress else True, leave=False):
+    for a, b in progress_bar(list(zip(layers, layers[1:])), desc="spectral graph", unit="pair", enabled=progress):
         blocks.append(jacobian_block(module, a.tensor, b.tensor, a.shape, input_shape))
         weights.append(path_initializers(model, a.tensor, b.tensor))
     sizes = [x.units for x in layers]

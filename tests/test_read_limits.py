@@ -138,3 +138,19 @@ def test_consumers_refuse_what_format_1_only_warns_about(name, rule):
     assert read_sidecar(path, for_use=False).layers  # show still summarises it
     res = CliRunner().invoke(cli, ["show", str(path)])
     assert res.exit_code == 0, res.output
+
+
+def test_a_string_type_with_an_unknown_character_set_is_dm110_not_an_internal_failure(tmp_path):
+    # what the first campaign saw as DM199 "Unknown string encoding": a flipped character-set field
+    path = tmp_path / "cset.dfkd.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["dfkd_type"] = "sidecar"
+    data = bytearray(path.read_bytes())
+    # a variable-length string datatype message: class 9 version 1, type 1 (string), cset 1 (UTF-8)
+    spots = [i for i in range(len(data) - 3) if data[i:i + 3] == b"\x19\x01\x01"]
+    assert spots, "no UTF-8 variable-length string type found in the file"
+    for i in spots:
+        data[i + 2] = 0x05  # character sets 2-15 are reserved
+    path.write_bytes(bytes(data))
+    report = validate(path)
+    assert "DM110" in report.rules and "DM199" not in report.rules and not report.valid

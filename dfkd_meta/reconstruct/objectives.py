@@ -6,6 +6,7 @@ class's mean variance in that layer, so no layer dominates by its size or scale.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ import torch
 from ..errors import DfkdError, UsageError
 from ..onnx.inspect import final_dense_layer
 from ..sidecar.types import LayerStats, Sidecar, SpectralStats
-from .sampling import sample_layer, sample_spectral, zskd_soft_targets
+from .sampling import JointSpectral, sample_layer, sample_spectral, zskd_soft_targets
 
 EPS = 1e-6
 ZSKD_TEMPERATURE = 20.0  # Nayak et al. 2019
@@ -191,6 +192,11 @@ class _SpectralMatching(Objective):
         self._basis = {b.key: _t(b.basis, ctx) for b in self.blocks()}
         self._scale = {b.key: _t(np.mean(b.coef_std.astype(np.float64) ** 2, axis=1) + EPS, ctx)
                        for b in self.blocks()}
+        blocks = self.blocks()
+        shared = any(set(a.layers) & set(b.layers) for i, a in enumerate(blocks) for b in blocks[i + 1:])
+        # blocks that share a layer (the pairs of a chain) draw their targets jointly, consistent on it
+        self.joint = JointSpectral(blocks, {k: math.prod(ctx.sidecar.layer(k).shape)
+                                            for b in blocks for k in b.layers}) if shared else None
 
     def taps(self):
         keys = {k for b in self.blocks() for k in b.layers}
@@ -198,8 +204,10 @@ class _SpectralMatching(Objective):
 
     def start(self, classes, rng):
         batch = super().start(classes, rng)
-        for b in self.blocks():
-            batch.targets[b.key] = _t(sample_spectral(b, classes, rng), self.ctx)
+        drawn = self.joint.sample(classes, rng) if self.joint is not None else \
+            {b.key: sample_spectral(b, classes, rng) for b in self.blocks()}
+        for key, target in drawn.items():
+            batch.targets[key] = _t(target, self.ctx)
         return batch
 
     def coefficients(self, block: SpectralStats, acts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -224,7 +232,10 @@ class SpectralAllLayers(_SpectralMatching):
 
 @objective
 class SpectralLayerPairs(_SpectralMatching):
-    """Match sampled graph-Fourier coefficients of each pair of adjacent layers (Lopes et al.)."""
+    """Match sampled graph-Fourier coefficients of each pair of adjacent layers (Lopes et al.).
+
+    The pairs' targets are drawn jointly (``JointSpectral``), so pairs that share a layer agree on it.
+    """
 
     name = "spectral_layer_pairs"
 

@@ -15,10 +15,9 @@ from dfkd_meta.sidecar.limits import ReadBounds, ReadLimits, current_limits, usi
 from dfkd_meta.sidecar.state import ValidationState
 from dfkd_meta.sidecar.validator import validate, validate_in_process
 
-from .conftest import CORPUS, ROOT
+from .conftest import CORPUS
 
-REPRO = Path(__file__).resolve().parents[2] / "shared" / "repro"
-needs_repro = pytest.mark.skipif(not REPRO.is_dir(), reason="../shared/repro (regression files) is not here")
+REPRO = Path(__file__).resolve().parents[1] / "fixtures" / "repro"
 VALID = CORPUS / "valid/mlp_full.dfkd.h5"
 
 
@@ -105,12 +104,11 @@ def test_validate_cli_takes_the_bounds():
     assert res.exit_code == 2 and "--read-cpu-limit" in res.output
 
 
-@needs_repro
-@pytest.mark.parametrize("name, rule, cpu", [("hang-root-attribute.h5", "DM114", 5.0),
-                                             ("memory-2gb.h5", "DM115", 120.0),
-                                             ("dm199-startswith.h5", "DM117", 120.0)])
+@pytest.mark.parametrize("name, rule, cpu", [("hang_root_attribute_bit_flip", "DM114", 5.0),
+                                             ("memory_2gb_two_byte_flip", "DM115", 120.0),
+                                             ("name_not_text_dm199", "DM117", 120.0)])
 def test_regression_files_get_their_rule(name, rule, cpu):
-    report = validate(REPRO / name, limits=ReadLimits(cpu_seconds=cpu, wall_seconds=120))
+    report = validate(REPRO / f"{name}.dfkd.h5", limits=ReadLimits(cpu_seconds=cpu, wall_seconds=120))
     rules = report.rules
     assert rule in rules and "DM199" not in rules and "DM103" not in rules and not report.valid
 
@@ -118,7 +116,7 @@ def test_regression_files_get_their_rule(name, rule, cpu):
 @pytest.mark.parametrize("name", ["heap_size_one_byte_flip", "heap_size_two_byte_flip"])
 def test_corrupt_heap_sizes_stop_at_the_default_memory_bound(name):
     # found by benchmarks/fuzz.py: under the old 1 GiB bound these 21-80 KB files took 791-919 MiB
-    report = validate(ROOT / "fixtures" / "repro" / f"{name}.dfkd.h5")
+    report = validate(REPRO / f"{name}.dfkd.h5")
     dm115 = [f for f in report.findings if f.rule == "DM115"]
     assert dm115 and "256 MiB" in dm115[0].message and not report.valid and "DM199" not in report.rules
 

@@ -83,7 +83,8 @@ def run_pair(pair: str, args, work: Path, log) -> list[dict]:
                  "train_seconds": round(time.perf_counter() - t0, 1)})
     log(f"{pair}: teacher {teacher_arch} {trained.test_accuracy:.4f}")
     t0 = time.perf_counter()
-    release = export_release(teacher_path, data, folder / "release", cov_rank=args.cov_rank, progress=False)
+    release = export_release(teacher_path, data, folder / "release", cov_rank=args.cov_rank, progress=False,
+                             overwrite=True)
     export_s = time.perf_counter() - t0
     cfg = DistillConfig(epochs=args.student_epochs, seed=args.seed)
 

@@ -82,7 +82,7 @@ def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: 
     export_s, ort_s, taps_s = float("inf"), float("inf"), float("inf")
     for _ in range(repeats):
         release = export_release(path, data, folder / f"{arch}-release", spectral_k=0, batch_size=500,
-                                 force=True, progress=False)  # random weights: the accuracy check must not stop it
+                                 force=True, overwrite=True, progress=False)  # random weights: no accuracy check
         export_s = min(export_s, release.summary["pass_seconds"])
         taps = [layer["tensor"] for layer in release.summary["layers"]]
         ort_s = min(ort_s, _ort_pass(OrtModel(path), data))

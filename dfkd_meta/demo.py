@@ -71,7 +71,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo", progress: bool 
     teacher_path = export_onnx(trained.model, data.input_shape, out / "teacher.onnx", convention=trained.convention,
                                dropout_keep=hidden_dropout_keep_probs(trained.model))
     log(f"[2/5] exporting the release (ONNX + sidecar) to {out / 'release'}")
-    release = export_release(teacher_path, data, out / "release", progress=progress)
+    release = export_release(teacher_path, data, out / "release", progress=progress,
+                             overwrite=True)  # the demo owns its folder: a rerun replaces it
     log("[3/5] validating the sidecar against the model")
     report = validate(release.sidecar_path, release.model_path)
     if not report.valid:

@@ -143,3 +143,11 @@ def test_demo_runs_end_to_end_at_a_reduced_size(tmp_path):
     assert result.rows[0]["accuracy"] > 0.8
     assert (tmp_path / "demo" / "release" / "teacher.dfkd.h5").is_file()
     assert "| method |" in result.table()
+    # a second run into the same folder replaces it (the demo owns it), here through the CLI with --json
+    r = CliRunner().invoke(cli_main, ["demo", "-o", str(tmp_path / "demo"), "--teacher-epochs", "8", "--student-epochs",
+                                      "1", "--samples", "100", "--steps", "5", "--objectives", "all_layers", "--json",
+                                      "-q", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]  # progress went to stderr
+    assert [row["method"].split(",")[0] for row in rows[:2]] == ["teacher hinton-small", "student hinton-tiny"]
+    assert len(rows) == 4 and (tmp_path / "demo" / "release" / "README.md").is_file()

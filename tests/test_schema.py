@@ -58,14 +58,18 @@ META_SCHEMA = {
 # Rules the corpus cannot hold a file for, and where each is tested instead.
 NOT_IN_CORPUS = {
     "DM103": "a libhdf5 crash: test_validate.py simulates one",
-    "DM114": "reading past the CPU bound: test_read_limits.py (a spinning child; the shared hang file)",
-    "DM115": "reading past the memory bound: test_read_limits.py (a failed allocation; the shared 2 GB file)",
+    "DM114": "reading past the CPU bound: test_read_limits.py (a spinning child; fixtures/repro's hang file)",
+    "DM115": "reading past the memory bound: test_read_limits.py (a failed allocation; fixtures/repro's files)",
     "DM116": "a validation past its wall-clock limit: test_validate.py simulates one",
     "DM106": "h5py cannot create user-defined links",
     "DM199": "an internal validator failure: test_validate.py forces one",
     "DM901": "needs labelled data (validate --data): test_convention.py re-checks releases against digits",
     "DM902": "needs labelled data (validate --data): test_convention.py re-checks releases against digits",
     "DM903": "needs labelled data (validate --data): test_convention.py re-checks the frozen 1.0.0 release",
+    "DM951": "about a release folder, not a file: test_release_card.py (a folder without a card)",
+    "DM952": "about a release folder's card: test_release_card.py (hostile cards, links, fifos, oversize)",
+    "DM953": "about a release folder's card: test_release_card.py (a card contradicting its release)",
+    "DM954": "about a release folder: test_release_card.py (stray files)",
 }
 
 

@@ -14,8 +14,9 @@ from cli.main import main as cli_main
 from dfkd_meta import validate_release
 from dfkd_meta.data import load_data
 from dfkd_meta.errors import UsageError
+from dfkd_meta.fileio import sha256_file
 from dfkd_meta.sidecar import read_sidecar
-from dfkd_meta.sidecar.card import CARD_NAME, MAX_CARD_BYTES, CardError, read_card, sha256_file
+from dfkd_meta.sidecar.card import CARD_NAME, MAX_CARD_BYTES, CardError, read_card
 from dfkd_meta.stats.export import export_release
 
 from .conftest import digits_release

@@ -9,11 +9,11 @@ is checked against it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
 
+from ..fileio import sha256_file
 from .report import Finding, finding
 from .types import Sidecar
 
@@ -114,14 +114,6 @@ dfkd-meta distill --teacher RELEASE/{facts['model']} --sidecar RELEASE/{facts['s
 `ARCH` is a reference architecture (`dfkd-meta train --help` lists them) or `module:factory`
 (which imports and runs that module's code). `dfkd-meta reconstruct` writes an offline transfer set instead.
 """
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ reading

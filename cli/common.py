@@ -112,7 +112,8 @@ class Group(click.Group):
             sys.exit(130)
 
 
-DATA_HELP = ("digits (bundled 8x8 digits), mnist:DIR (MNIST-layout IDX folder) or npz:FILE (x images or feature "
+DATA_HELP = ("digits (bundled 8x8 digits), fashion-demo (the 2,000 Fashion-MNIST test images shipped with the demo "
+             "release, evaluation only), mnist:DIR (MNIST-layout IDX folder) or npz:FILE (x images or feature "
              "vectors, y labels).")
 CONVENTION_HELP = CONVENTION_CHOICES
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")

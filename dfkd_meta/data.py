@@ -4,6 +4,8 @@
 - ``mnist:DIR``   a folder of MNIST-layout IDX files (gzipped or raw): MNIST, Fashion-MNIST, ...
 - ``npz:FILE``    arrays ``x`` and ``y`` (``x_test``/``y_test`` optional), loaded without pickle:
                   images [N, H, W] or [N, C, H, W], or flat feature vectors [N, D].
+- ``fashion-demo`` the 2,000 held-out Fashion-MNIST test images shipped with the demo release
+                  (padded to 32x32 like its teacher's inputs; a test split only, for evaluation).
 
 A source holds *raw* values: uint8 images scaled to [0, 1], float arrays as they are. It never
 normalises on its own: a ``Feed`` (a teacher's input convention, then the teacher's input shape)
@@ -67,14 +69,18 @@ class DataSource:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def _examples(self) -> np.ndarray:
+        """The examples that define shape and range: the train split's, or the only split a test-only source has."""
+        return (self.raw["train"] if "train" in self.raw else next(iter(self.raw.values())))[0]
+
     @property
     def is_image(self) -> bool:
-        return self.raw["train"][0].ndim == 4
+        return self._examples().ndim == 4
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Per-example shape of the raw examples after resizing: (C, H, W) or (D,)."""
-        x = self.raw["train"][0]
+        x = self._examples()
         if not self.is_image:
             return tuple(x.shape[1:])
         c, h, w = x.shape[1:]
@@ -86,7 +92,7 @@ class DataSource:
 
     def value_range(self) -> tuple[float, float]:
         """Raw value range: [0, 1] for uint8 images or floats inside it, else the train split's min and max."""
-        x = self.raw["train"][0]
+        x = self._examples()
         if x.dtype == np.uint8:
             return 0.0, 1.0
         lo, hi = float(x.min()), float(x.max())
@@ -316,25 +322,39 @@ def _npz_pair(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
     return x, y.astype(np.int64)
 
 
+# --- the embedded Fashion-MNIST test slice --------------------------------------------------------
+
+def load_fashion_slice() -> DataSource:
+    from .assets import FASHION_CLASSES, FASHION_SLICE
+
+    with np.load(FASHION_SLICE, allow_pickle=False) as f:
+        x, y = f["x_test"], f["y_test"]
+    return DataSource(name="fashion-demo", description="2,000 Fashion-MNIST test images (200 per class, padded "
+                      "28 -> 32), shipped with the demo release for evaluation only", license="MIT",
+                      class_names=list(FASHION_CLASSES), raw={"test": (x[:, None], y.astype(np.int64))})
+
+
 # --- the --data syntax ---------------------------------------------------------------------------
 
 def load_data(spec: str, resize: int | None = None) -> DataSource:
-    """Parse ``digits``, ``mnist:DIR`` or ``npz:FILE`` and load it (raw values; see ``Feed``)."""
+    """Parse ``digits``, ``fashion-demo``, ``mnist:DIR`` or ``npz:FILE`` and load it (raw values; see ``Feed``)."""
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         src = load_digits_source()
+    elif kind == "fashion-demo" and not arg:
+        src = load_fashion_slice()
     elif kind == "mnist" and arg:
         src = load_mnist_source(arg)
     elif kind == "npz" and arg:
         src = load_npz_source(arg)
     else:
-        raise UsageError(f"{{data}} {spec!r}: expected digits, mnist:DIR or npz:FILE")
+        raise UsageError(f"{{data}} {spec!r}: expected digits, fashion-demo, mnist:DIR or npz:FILE")
     if resize is not None:
         if resize < 1:
             raise UsageError(f"{{resize}} {resize}: must be a positive size")
         if not src.is_image:
             raise UsageError(f"{{resize}} {resize}: {spec} holds feature vectors, not images; drop {{resize}}")
-    if "test" in src.raw and src.raw["test"][0].shape[1:] != src.raw["train"][0].shape[1:]:
+    if "test" in src.raw and "train" in src.raw and src.raw["test"][0].shape[1:] != src.raw["train"][0].shape[1:]:
         raise DfkdError(f"{spec}: test examples have shape {list(src.raw['test'][0].shape[1:])}, train examples "
                         f"{list(src.raw['train'][0].shape[1:])}; both splits need one shape")
     src.resize, src.spec = resize, spec

@@ -133,21 +133,23 @@ def test_cli_distill_on_transfer_and_on_data(setup, tmp_path):
 
 
 def test_demo_runs_end_to_end_at_a_reduced_size(tmp_path):
-    cfg = DemoConfig(teacher_epochs=8, student_epochs=3, samples=200, steps=20, batch_size=100, device="cpu",
-                     objectives=("all_layers", "spectral_all_layers"))
+    cfg = DemoConfig(data="digits", teacher_epochs=8, student_epochs=3, samples=200, steps=20, batch_size=100,
+                     device="cpu", objectives=("all_layers", "spectral_all_layers"))
     result = run_demo(cfg, tmp_path / "demo", progress=False, log=lambda *_: None)
     methods = [r["method"] for r in result.rows]
-    assert methods[0].startswith("teacher") and "KD on real data" in methods[1]
+    assert methods[0].startswith("teacher") and "KD on the real training data" in methods[1]
+    assert [r["metadata"] for r in result.rows] == ["", "real data", "none", "sidecar", "sidecar"]
     assert any("noise" in m for m in methods) and any("spectral_all_layers" in m for m in methods)
     assert all(0 <= r["accuracy"] <= 1 for r in result.rows)
     assert result.rows[0]["accuracy"] > 0.8
     assert (tmp_path / "demo" / "release" / "teacher.dfkd.h5").is_file()
-    assert "| method |" in result.table()
+    assert "| student trained on | metadata |" in result.table()
     # a second run into the same folder replaces it (the demo owns it), here through the CLI with --json
-    r = CliRunner().invoke(cli_main, ["demo", "-o", str(tmp_path / "demo"), "--teacher-epochs", "8", "--student-epochs",
+    r = CliRunner().invoke(cli_main, ["demo", "--data", "digits", "-o", str(tmp_path / "demo"), "--teacher-epochs", "8",
+                                      "--student-epochs",
                                       "1", "--samples", "100", "--steps", "5", "--objectives", "all_layers", "--json",
                                       "-q", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)["rows"]  # progress went to stderr
-    assert [row["method"].split(",")[0] for row in rows[:2]] == ["teacher hinton-small", "student hinton-tiny"]
+    assert [row["method"].split(" (")[0] for row in rows[:2]] == ["teacher hinton-small", "KD on the real training data"]
     assert len(rows) == 4 and (tmp_path / "demo" / "release" / "README.md").is_file()

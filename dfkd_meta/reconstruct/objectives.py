@@ -76,6 +76,8 @@ class Objective:
 
     name = ""
     optimise = True
+    start_from: str | None = None  # an init the objective needs ("first-layer"); None: the run's {init}
+    uses_sidecar = True  # False: a metadata-free baseline (it reads only the model)
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -249,10 +251,25 @@ class Noise(Objective):
 
     name = "noise"
     optimise = False
+    uses_sidecar = False
 
     def loss(self, acts, batch):
         zero = torch.zeros(len(batch.classes), device=self.ctx.device)
         return zero, {}
+
+
+@objective
+class FirstLayerGaussian(Noise):
+    """Draws from the sidecar's class-conditional Gaussian at the first stored layer, mapped back to inputs.
+
+    The first stored layer must be affine in the input (a Dense or Conv pre-activation); its
+    recorded class means and covariance factors become an input-space Gaussian per class
+    (reconstruct.init). No optimisation: the sidecar's cheapest transfer set.
+    """
+
+    name = "first_layer_gaussian"
+    start_from = "first-layer"
+    uses_sidecar = True
 
 
 def final_dense_weight(model: onnx.ModelProto, logits: str) -> np.ndarray:
@@ -268,6 +285,7 @@ class ZSKD(Objective):
     """Metadata-free baseline (Nayak et al. 2019): Dirichlet soft labels from the final layer's weights."""
 
     name = "zskd"
+    uses_sidecar = False
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -90,7 +90,8 @@ def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume,
                             "map), and this sidecar has none; use {feature_layers} all")
         raise DfkdError(f"{sidecar}: {{feature_weight}} needs statistics of a hidden layer, and this sidecar only has "
                         "the logits; drop {feature_weight}, or re-export with hidden layers in the export's {layers}")
-    start = FirstLayerGaussian(sc, proto, str(sidecar)) if cfg.init == "first-layer" else None
+    init = obj.start_from or cfg.init  # an objective that is a way of starting (first_layer_gaussian) sets it
+    start = FirstLayerGaussian(sc, proto, str(sidecar)) if init == "first-layer" else None
     logits = sc.model.logits_name
     taps = list(dict.fromkeys(obj.taps() + (matcher.tensors if matcher else []) + [logits]))
     temperature = ctx.logits_layer.temperature
@@ -165,6 +166,8 @@ def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume,
     ts, path = writer.finish(), writer.path
     summary = {"transfer": str(path), "objective": cfg.objective, "samples": len(ts), "batches": n_batches,
                "resumed_batches": first, "seconds": round(seconds, 3),
+               # a step is one forward and one backward pass per input; the last forward labels the batch
+               "teacher_forward_examples": (cfg.samples - first * cfg.batch_size) * (steps + 1),
                "sample_steps_per_second": round((n_batches - first) * cfg.batch_size * max(steps, 1)
                                                 / max(seconds, 1e-9), 1),
                "mean_loss": float(ts.loss.mean()),

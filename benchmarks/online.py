@@ -3,6 +3,7 @@
     python benchmarks/online.py --data mnist:../shared/data/mnist --pair lenet --grid --minutes 5
     python benchmarks/online.py --data mnist:../shared/data/mnist --pair lenet --methods dfad --minutes 30 \\
         --seeds 0 1 2 --sidecar both
+    python benchmarks/online.py --pair lenet --methods dfad --sidecar yes --minutes 40 --resumable  # the 4x row
     python benchmarks/online.py --table            # print every row of the results file
 
 Every row trains one student and records its final test accuracy (no checkpoint selection),
@@ -65,27 +66,46 @@ def _student(pair: str, data, seed: int):
     return build_model(PAIRS[pair][1], data.input_shape, data.num_classes)
 
 
-def run_online(pair, data, teacher, sidecar, method, seed, minutes, calibrate, log) -> dict:
-    cfg = OnlineConfig(method=method, iterations=calibrate, seed=seed, checkpoint_every=calibrate)
-    t0 = time.perf_counter()
-    probe = distill_online(teacher, _student(pair, data, seed), cfg, sidecar=sidecar, device="cpu", progress=False)
-    total = time.perf_counter() - t0
-    loop = probe.report["history"][-1]["seconds"]
-    per_it, setup = loop / calibrate, total - loop
-    iterations = max(calibrate, int((minutes * 60 - setup) / per_it))
-    log(f"  {method} {'with' if sidecar else 'without'} sidecar, seed {seed}: {per_it:.3f} s/it, setup {setup:.0f} s "
-        f"-> {iterations} iterations")
+def run_online(pair, data, teacher, sidecar, method, seed, minutes, calibrate, log, state: Path | None = None) -> dict:
+    """One row. With ``state`` (a path stem), the calibrated plan and the run's checkpoint live there,
+    so an interrupted row resumes where it stopped (the long rows span sessions)."""
+    plan_path = state.with_suffix(".plan.json") if state is not None else None
+    if plan_path is not None and plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+        log(f"  resuming {method} {'with' if sidecar else 'without'} sidecar, seed {seed}: {plan['iterations']} "
+            "iterations planned")
+    else:
+        cfg = OnlineConfig(method=method, iterations=calibrate, seed=seed, checkpoint_every=calibrate)
+        t0 = time.perf_counter()
+        probe = distill_online(teacher, _student(pair, data, seed), cfg, sidecar=sidecar, device="cpu", progress=False)
+        total = time.perf_counter() - t0
+        loop = probe.report["history"][-1]["seconds"]
+        per_it, setup = loop / calibrate, total - loop
+        plan = {"iterations": max(calibrate, int((minutes * 60 - setup) / per_it)), "seconds_per_iteration": per_it,
+                "setup_seconds": setup}
+        if plan_path is not None:
+            plan_path.parent.mkdir(parents=True, exist_ok=True)
+            plan_path.write_text(json.dumps(plan))
+        log(f"  {method} {'with' if sidecar else 'without'} sidecar, seed {seed}: {per_it:.3f} s/it, setup "
+            f"{setup:.0f} s -> {plan['iterations']} iterations")
+    iterations, per_it = plan["iterations"], plan["seconds_per_iteration"]
     cfg = OnlineConfig(method=method, iterations=iterations, seed=seed, checkpoint_every=max(1, iterations // 20))
     t0 = time.perf_counter()
     r = distill_online(teacher, _student(pair, data, seed), cfg, sidecar=sidecar, device="cpu", eval_data=data,
-                       eval_every=max(1, iterations // 10), progress=False).report
+                       eval_every=max(1, iterations // 10), progress=False,
+                       checkpoint=state.with_suffix(".ckpt") if state is not None else None,
+                       resume=state is not None).report
     seconds = time.perf_counter() - t0
+    if state is not None:
+        # across sessions the wall clock of one process is not the row's: count the loop's own seconds
+        # (kept in the checkpoint, curve evaluations excluded) plus the setup measured at calibration
+        seconds = r["distill_seconds"] + plan["setup_seconds"]
     return {"accuracy": r["student_accuracy"], "agreement": r["agreement"], "teacher_accuracy": r["teacher_accuracy"],
             "minutes": round(seconds / 60, 2), "iterations": iterations, "teacher_forward_examples":
             r["teacher_forward_examples"], "seconds_per_iteration": round(per_it, 4),
             "curve": [h for h in r["history"] if "student_accuracy" in h], "settings": r["settings"],
             "method_settings": r["method_settings"], "student_recipe": r["student_recipe"],
-            "gaussian_per_batch": r["gaussian_per_batch"]}
+            "gaussian_per_batch": r["gaussian_per_batch"], "resumable": state is not None}
 
 
 def run_kd(pair, data, teacher, seed, log) -> dict:
@@ -174,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "bench-online")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "online.json")
     ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--resumable", action="store_true",
+                    help="checkpoint each row under --work/rows/ and resume an interrupted one (long rows)")
     ap.add_argument("--table", action="store_true", help="only print the results file's table")
     args = ap.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -198,8 +220,9 @@ def main(argv=None) -> int:
                 key = f"{data.name}|{args.pair}|{method}|{side}|{args.minutes:g}|{seed}"
                 if key in results["rows"] and not args.rerun:
                     continue
+                state = args.work / "rows" / key.replace("|", "_").replace("/", "-") if args.resumable else None
                 row = run_online(args.pair, data, teacher, sidecar if side == "yes" else None, method, seed,
-                                 args.minutes, args.calibrate, log)
+                                 args.minutes, args.calibrate, log, state)
                 results["rows"][key] = {**row, "date": today}
                 save(args.out, results)
                 log(f"{key}: {row['accuracy']:.4f} ({row['minutes']:.1f} min, {row['iterations']} iterations)")

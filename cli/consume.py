@@ -1,12 +1,25 @@
 """The consumer's commands: reconstruct a transfer set, distill a student, and the end-to-end demo."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from dfkd_meta.config import DistillConfig, ExportConfig, OnlineConfig, Priors, ReconstructConfig
+from dfkd_meta.config import (
+    INITS,
+    LOSS_FORMS,
+    RECONSTRUCT_PRESETS,
+    SCHEDULES,
+    DistillConfig,
+    ExportConfig,
+    OnlineConfig,
+    Priors,
+    ReconstructConfig,
+    reconstruct_preset,
+)
 from dfkd_meta.errors import UsageError
 
 from .common import (
@@ -51,11 +64,26 @@ from .common import (
 @click.option("--feature-layers", type=click.Choice(["all", "channels"]), default=Priors.feature_layers,
               show_default=True,
               help="Layers the moment matching covers: every hidden layer, or only those with channel statistics.")
-@click.option("--init", "init", type=click.Choice(["uniform", "first-layer"]), default=ReconstructConfig.init,
+@click.option("--init", "init", type=click.Choice(list(INITS)), default=ReconstructConfig.init,
               show_default=True,
-              help="Starting inputs: uniform over the input domain, or a per-class Gaussian whose image under the "
-                   "first stored layer (affine in the input) has its recorded mean and covariance factors; export "
-                   "with --cov-rank for the covariance.")
+              help="Starting inputs: uniform over the input domain; first-layer, a per-class Gaussian whose image "
+                   "under the first stored layer (affine in the input) has its recorded mean and covariance factors "
+                   "(export with --cov-rank for the covariance); or normal, raw values from N(MEAN, STD) of "
+                   "--init-normal.")
+@click.option("--init-normal", type=(float, click.FloatRange(min=0, min_open=True)),
+              default=ReconstructConfig.init_normal, show_default=True, metavar="MEAN STD",
+              help="Raw mean and std of --init normal (0.15 0.1: Lopes et al. on MNIST).")
+@click.option("--loss-form", type=click.Choice(list(LOSS_FORMS)), default=ReconstructConfig.loss_form,
+              show_default=True,
+              help="Each layer's term: squared error over the class's variance in that layer (normalised), or "
+                   "the paper's squared error of rectified values over the layer's size (lopes2017).")
+@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default=ReconstructConfig.schedule,
+              show_default=True, help="The input step size over the steps: cosine to zero, or constant.")
+@click.option("--clip/--no-clip", default=ReconstructConfig.clip, show_default=True,
+              help="Keep inputs inside the recorded input domain after every step.")
+@click.option("--preset", type=click.Choice(sorted(RECONSTRUCT_PRESETS)),
+              help="Published settings for every option above (lopes2017: the paper's code on MNIST, see README); "
+                   "options given explicitly override it.")
 @click.option("--store", type=click.Choice(["model", "raw"]), default=ReconstructConfig.store, show_default=True,
               help="Store inputs as the model takes them (normalised) or as raw values; the file says which.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its .partial file.")
@@ -65,7 +93,8 @@ from .common import (
 @QUIET
 @read_limit_options
 def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, lr, seed, tv, l2, jitter, flip,
-                feature, feature_layers, init, store, resume, preview, as_json, device, quiet):
+                feature, feature_layers, init, init_normal, loss_form, schedule, clip, preset, store, resume, preview,
+                as_json, device, quiet):
     """Reconstruct a transfer set from a teacher and its sidecar (no data needed).
 
     \b
@@ -73,22 +102,32 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
       dfkd-meta reconstruct --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 \\
           --objective spectral_all_layers --samples 10000 -o transfer.h5 --preview samples.png
       dfkd-meta reconstruct --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 \\
-          --objective all_layers --init first-layer --samples 10000 -o transfer.h5 --resume
+          --objective spectral_layer_pairs --preset lopes2017 --samples 2560 -o transfer.h5 --resume
     """
     from dfkd_meta.fileio import require_file
     from dfkd_meta.reconstruct.synthesize import reconstruct as run
 
     require_file(model, "model")
     require_file(sidecar, "sidecar")
-    cfg = ReconstructConfig(objective=objective, samples=samples, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                            priors=Priors(tv=tv, l2=l2, jitter=jitter, flip=flip, feature=feature,
-                                          feature_layers=feature_layers), init=init, store=store)
+    given = click.get_current_context().get_parameter_source
+    values = {"objective": objective, "samples": samples, "steps": steps, "batch_size": batch_size, "lr": lr,
+              "seed": seed, "init": init, "init_normal": tuple(init_normal), "loss_form": loss_form,
+              "schedule": schedule, "clip": clip, "store": store}
+    prior_values = {"tv": tv, "l2": l2, "jitter": jitter, "flip": flip, "feature": feature,
+                    "feature_layers": feature_layers}
+    if preset is None:
+        cfg = ReconstructConfig(**values, priors=Priors(**prior_values))
+    else:  # the preset's values, then what the user typed on top
+        explicit = {k: v for k, v in values.items() if given(k) == ParameterSource.COMMANDLINE}
+        priors = dataclasses.replace(RECONSTRUCT_PRESETS[preset]["priors"], **{
+            k: v for k, v in prior_values.items() if given(k) == ParameterSource.COMMANDLINE})
+        cfg = reconstruct_preset(preset, **explicit, priors=priors)
     result = run(model, sidecar, output, cfg, device=device, resume=resume, progress=not quiet, preview=preview)
     s = result.summary
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
-    click.echo(f"wrote {s['transfer']}: {s['samples']} samples ({objective}), teacher agrees with the target class "
+    click.echo(f"wrote {s['transfer']}: {s['samples']} samples ({cfg.objective}), teacher agrees with the target class "
                f"on {s['teacher_agreement']:.1%}, mean final loss {s['mean_loss']:.4g}, {s['seconds']:.1f} s"
                + (f" (resumed after {s['resumed_batches']} batches)" if s["resumed_batches"] else ""))
 

@@ -50,7 +50,9 @@ def changed(recorded: dict, cfg_or_settings) -> list[str]:
 # --- the commands' settings, one default each -------------------------------------------------------
 
 DEFAULT_TEMPERATURE = 8.0  # logits temperature of export, and distillation's when no transfer set says
-INITS = ("uniform", "first-layer")
+INITS = ("uniform", "first-layer", "normal")
+LOSS_FORMS = ("normalised", "lopes2017")
+SCHEDULES = ("cosine", "constant")
 FEATURE_LAYERS = ("all", "channels")
 STORE_SPACES = ("model", "raw")
 
@@ -129,8 +131,44 @@ class ReconstructConfig:
     lr: float = 0.05
     seed: int = 0
     priors: Priors = field(default_factory=Priors)
-    init: str = "uniform"  # starting inputs: "uniform" over the input domain, or "first-layer" (init.py)
+    init: str = "uniform"  # starting inputs: "uniform" over the input domain, "first-layer" (init.py), or "normal"
+    init_normal: tuple[float, float] = (0.15, 0.1)  # raw mean and std of the "normal" init (Lopes et al. on MNIST)
     store: str = "model"  # the transfer file's x: "model" inputs (normalised) or "raw" values
+    loss_form: str = "normalised"  # layer terms: over the class variance, or "lopes2017": rectified, over the size
+    schedule: str = "cosine"  # the input step size over the steps: cosine to 0, or "constant"
+    clip: bool = True  # keep inputs inside the recorded input domain after every step
+
+    def check(self) -> None:
+        if self.samples < 1 or self.batch_size < 1 or self.steps < 0 or not self.lr > 0:
+            raise UsageError("{samples} and {batch_size} must be >= 1, {steps} >= 0 and {lr} > 0")
+        for name, value, allowed in (("init", self.init, INITS), ("loss_form", self.loss_form, LOSS_FORMS),
+                                     ("schedule", self.schedule, SCHEDULES), ("store", self.store, STORE_SPACES)):
+            if value not in allowed:
+                raise UsageError(f"{{{name}}} {value!r}: expected one of {', '.join(allowed)}")
+        if not (len(self.init_normal) == 2 and all(math.isfinite(v) for v in self.init_normal)
+                and self.init_normal[1] > 0):
+            raise UsageError(f"{{init_normal}} {self.init_normal}: expected a finite MEAN and a STD > 0")
+
+
+# Named settings of published methods: a preset fills every field it names; options a user passes
+# explicitly override it. Each entry says where its values come from.
+RECONSTRUCT_PRESETS: dict[str, dict[str, Any]] = {
+    # Lopes, Fenu & Starner 2017, as their code runs on MNIST (irapha/replayed_distillation,
+    # procedures/optimize_dataset.py and _optimization_objectives.py): 40 batches of 64 per class,
+    # 1,000 Adam steps at 0.07 (constant), inputs from N(0.15, 0.1) in raw pixel values, loss
+    # sum over layers of mean((relu(target) - relu(activation))^2) / layer size, no clipping on MNIST,
+    # no image priors.
+    "lopes2017": {"samples": 25_600, "batch_size": 64, "steps": 1000, "lr": 0.07, "schedule": "constant",
+                  "init": "normal", "init_normal": (0.15, 0.1), "loss_form": "lopes2017", "clip": False,
+                  "priors": Priors()},
+}
+
+
+def reconstruct_preset(name: str, **overrides) -> ReconstructConfig:
+    """The preset's ReconstructConfig, with ``overrides`` (fields a user set explicitly) on top."""
+    if name not in RECONSTRUCT_PRESETS:
+        raise UsageError(f"{{preset}} {name!r}: expected one of {', '.join(sorted(RECONSTRUCT_PRESETS))}")
+    return ReconstructConfig(**{**RECONSTRUCT_PRESETS[name], **overrides})
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Reconstruction objectives, one class each, in a registry keyed by the names the CLI takes.
 
 An objective names the tensors it needs, draws per-batch targets from the sidecar, and turns the
-teacher's activations into a per-sample loss. Every layer term is a mean over units divided by the
-class's mean variance in that layer, so no layer dominates by its size or scale.
+teacher's activations into a per-sample loss. By default every layer term is a mean over units
+divided by the class's mean variance in that layer, so no layer dominates by its size or scale;
+``loss_form`` "lopes2017" uses the paper's term instead (``lopes2017_sq_error``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Context:
     sidecar: Sidecar
     model: onnx.ModelProto
     device: torch.device
+    loss_form: str = "normalised"  # config.LOSS_FORMS
 
     @property
     def layers(self) -> list[LayerStats]:
@@ -71,6 +73,22 @@ def normalised_sq_error(value: torch.Tensor, target: torch.Tensor, scale: torch.
     return (sq * weight).sum(1) / weight.sum(1).clamp_min(1.0) / scale
 
 
+def lopes2017_sq_error(value: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                       rectify: bool = True) -> torch.Tensor:
+    """Lopes et al.'s term: per-sample mean squared error of the rectified values, divided by the unit count.
+
+    Their code rectifies both sides (the logits too) and weights each layer by 1 / its size; a
+    spectral term (coefficients, not activations) is not rectified.
+    """
+    if rectify:
+        value, target = torch.relu(value), torch.relu(target)
+    sq = (value - target) ** 2
+    units = sq.shape[1]
+    if weight is None:
+        return sq.mean(1) / units
+    return (sq * weight).sum(1) / weight.sum(1).clamp_min(1.0) / units
+
+
 class Objective:
     """Base: subclasses set ``name`` and implement taps/start/loss."""
 
@@ -93,6 +111,13 @@ class Objective:
 
     def loss(self, acts: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def term(self, value: torch.Tensor, target: torch.Tensor, scale: torch.Tensor,
+             weight: torch.Tensor | None = None, rectify: bool = True) -> torch.Tensor:
+        """One layer's (or block's) per-sample term in the run's loss form."""
+        if self.ctx.loss_form == "lopes2017":
+            return lopes2017_sq_error(value, target, weight, rectify)
+        return normalised_sq_error(value, target, scale, weight)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}
@@ -130,8 +155,8 @@ class _LayerMatching(Objective):
             value = layer_value(layer, acts)
             if mask is not None:  # the tapped value is masked and rescaled: undo the scale, score kept units
                 value = value * layer.dropout_keep_prob
-            terms[layer.key] = normalised_sq_error(value, batch.targets[layer.key], scale,
-                                                   mask.flatten(1) if mask is not None else None)
+            terms[layer.key] = self.term(value, batch.targets[layer.key], scale,
+                                         mask.flatten(1) if mask is not None else None)
         return sum(terms.values()), terms
 
 
@@ -217,8 +242,8 @@ class _SpectralMatching(Objective):
         return signal @ self._basis[block.key]
 
     def loss(self, acts, batch):
-        terms = {b.key: normalised_sq_error(self.coefficients(b, acts), batch.targets[b.key],
-                                            self._scale[b.key][batch.classes]) for b in self.blocks()}
+        terms = {b.key: self.term(self.coefficients(b, acts), batch.targets[b.key], self._scale[b.key][batch.classes],
+                                  rectify=False) for b in self.blocks()}
         return sum(terms.values()), terms
 
 

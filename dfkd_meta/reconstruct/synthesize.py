@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import INITS, ReconstructConfig, settings
+from ..config import ReconstructConfig, settings
 from ..device import resolve_device
-from ..errors import DfkdError, UsageError
+from ..errors import DfkdError
 from ..fileio import output_lock, sha256_file
 from ..onnx.graph import OnnxModule, load_onnx
 from ..progress import progress as progress_bar
 from ..sidecar import read_sidecar
 from ..transfer import TransferWriter
 from .init import FirstLayerGaussian
-from .inputs import domain_bounds, require_image, to_raw
+from .inputs import domain_bounds, require_image, to_model, to_raw
 from .objectives import Context, build_objective
 from .priors import MomentMatcher, augment, image_prior_loss
 
@@ -72,16 +72,13 @@ def _finite_batch(sidecar, b: int, **arrays: np.ndarray) -> None:
 
 def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume, progress, preview
                  ) -> ReconstructResult:
-    if cfg.samples < 1 or cfg.batch_size < 1 or cfg.steps < 0 or cfg.lr <= 0:
-        raise UsageError("{samples} and {batch_size} must be >= 1, {steps} >= 0 and {lr} > 0")
-    if cfg.init not in INITS:
-        raise UsageError(f"{{init}} {cfg.init!r}: expected one of {', '.join(INITS)}")
+    cfg.check()
     sc = read_sidecar(sidecar, model)  # refuses invalid or unbound sidecars: nothing is written before this
     view = require_image(sc.model, cfg.priors.image_options(), str(sidecar)) if cfg.priors.image_options() else None
     dev = resolve_device(device)
     proto = load_onnx(model)
     teacher = OnnxModule(proto, source=str(model)).to(dev).eval()
-    ctx = Context(sc, proto, dev)
+    ctx = Context(sc, proto, dev, cfg.loss_form)
     obj = build_objective(cfg.objective, ctx)
     matcher = MomentMatcher(sc.layers, dev, cfg.priors.feature_layers) if cfg.priors.feature else None
     if matcher is not None and not matcher.layers:
@@ -117,15 +114,21 @@ def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume,
                 int.from_bytes(hashlib.sha256(f"{cfg.seed}/{b}".encode()).digest()[:7], "big"))
             classes = _batch_classes(b, size, c, rng)
             batch = obj.start(classes, rng)
-            if start is None:
+            if start is not None:
+                x = start.sample(classes, gen).to(dev)
+            elif init == "normal":  # drawn in raw values, then through the teacher's input convention
+                raw = cfg.init_normal[0] + cfg.init_normal[1] * torch.randn((size, *input_shape), generator=gen)
+                x = torch.from_numpy(to_model(raw.numpy(), sc.model)).to(dev)
+            else:
                 x0 = torch.rand((size, *input_shape), generator=gen)  # uniform over the valid input domain
                 x = lo + (hi - lo) * x0.to(dev)
-            else:
-                x = start.sample(classes, gen).to(dev).clamp(lo, hi)
+            if cfg.clip:
+                x = x.clamp(lo, hi)
             x.requires_grad_(steps > 0)
             if steps:
                 opt = torch.optim.Adam([x], lr=cfg.lr)
-                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+                sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.schedule == "cosine" \
+                    else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
                 transforms = obj.transforms(batch)
                 for _ in range(steps):
                     acts = teacher.run(augment(x, cfg.priors, gen, view), taps, transform=transforms)
@@ -137,8 +140,9 @@ def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume,
                     loss.backward()
                     opt.step()
                     sched.step()
-                    with torch.no_grad():
-                        x.clamp_(lo, hi)  # stay inside the recorded input domain
+                    if cfg.clip:
+                        with torch.no_grad():
+                            x.clamp_(lo, hi)  # stay inside the recorded input domain
                     bar.update(1)
                     bar.set_postfix({k: f"{v.mean().item():.3g}" for k, v in terms.items()}
                                     | {"total": f"{loss.item():.3g}"}, refresh=False)

@@ -141,7 +141,10 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
 @click.option("--sidecar", type=click.Path(dir_okay=False),
               help="With --method: the teacher's sidecar, whose statistics become the method's prior.")
 @click.option("--iterations", type=click.IntRange(min=1), default=OnlineConfig.iterations, show_default=True,
-              help="With --method: student updates.")
+              help="With --method: student updates (with --minutes: at most this many).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
+              help="With --method: a wall-clock budget for the loop; the learning-rate schedule follows the time "
+                   "spent, and the run stops when it is spent (or at --iterations).")
 @click.option("--set", "options", multiple=True, metavar="KEY=VALUE",
               help="With --method: one of the method's own settings (repeatable); the report lists them.")
 @click.option("--gaussian-mix", type=click.FloatRange(0, 1, max_open=True), default=OnlineConfig.gaussian_mix,
@@ -179,7 +182,7 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
 @DEVICE
 @QUIET
 @read_limit_options
-def distill(teacher, transfer, data, method, sidecar, iterations, options, gaussian_mix, save_transfer, resize,
+def distill(teacher, transfer, data, method, sidecar, iterations, minutes, options, gaussian_mix, save_transfer, resize,
             input_norm, student, output, temperature, loss, alpha, epochs, batch_size, lr, seed, eval_spec, force, resume,
             keep_checkpoint, as_json, device, quiet):
     """Train a student against the teacher's outputs: on a transfer set, on real data, or online.
@@ -203,8 +206,8 @@ def distill(teacher, transfer, data, method, sidecar, iterations, options, gauss
     if sum(x is not None for x in (transfer, data, method)) != 1:
         raise UsageError("pass exactly one of --transfer FILE (data-free, offline), --method NAME (data-free, online) "
                          "or --data SPEC (KD with real data)")
-    if method is None and (sidecar or save_transfer):
-        raise UsageError("--sidecar and --save-transfer go with --method")
+    if method is None and (sidecar or save_transfer or minutes):
+        raise UsageError("--sidecar, --minutes and --save-transfer go with --method")
     with output_lock(output):  # a second run on the same -o fails at once instead of racing
         eval_source = load_data(eval_spec, resize) if eval_spec else None
         torch.manual_seed(seed)
@@ -216,7 +219,8 @@ def distill(teacher, transfer, data, method, sidecar, iterations, options, gauss
             facts = model_facts(teacher)
             input_shape = tuple(facts.inputs[0].per_example_shape or ())
             model = build_model(student, input_shape, int(facts.outputs[0].shape[-1]))
-            cfg = OnlineConfig(method=method, iterations=iterations, batch_size=batch_size or OnlineConfig.batch_size,
+            cfg = OnlineConfig(method=method, iterations=iterations, minutes=minutes,
+                               batch_size=batch_size or OnlineConfig.batch_size,
                                lr=lr, temperature=temperature, seed=seed, gaussian_mix=gaussian_mix,
                                options=_options(options))
             result = distill_online(teacher, model, cfg, sidecar=sidecar, device=device, checkpoint=output + ".ckpt",

@@ -190,7 +190,8 @@ class OnlineConfig:
     """Distillation with inputs synthesised online, the student in the loop (``dfkd-meta distill --method``)."""
 
     method: str = "dfad"  # a name in synthesis.METHODS
-    iterations: int = 2000  # student updates
+    iterations: int = 2000  # student updates (with ``minutes``: at most this many)
+    minutes: float | None = None  # wall-clock budget of the loop; the cosine schedule then follows the time spent
     batch_size: int = 256
     lr: float | None = None  # the student's; None: the method's published setting
     temperature: float | None = None  # KD temperature; None: the method's published setting
@@ -203,6 +204,8 @@ class OnlineConfig:
     def check(self) -> None:
         if self.iterations < 1 or self.batch_size < 2 or self.checkpoint_every < 1 or self.save_samples < 1:
             raise UsageError("{iterations}, {checkpoint_every} and {save_samples} must be >= 1, {batch_size} >= 2")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise UsageError(f"{{minutes}} {self.minutes}: must be a positive number of minutes")
         if not 0.0 <= self.gaussian_mix < 1.0:
             raise UsageError(f"{{gaussian_mix}} {self.gaussian_mix}: must be in [0, 1)")
         if (self.lr is not None and not self.lr > 0) or (self.temperature is not None and not self.temperature > 0):

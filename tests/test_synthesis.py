@@ -1,6 +1,7 @@
 """Online synthesis: the methods' losses by hand, and every method with and without a sidecar on digits."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -179,7 +180,7 @@ def test_cli_method_contract(release, tmp_path):
     r = runner.invoke(cli_main, [*base, "--method", "dafl", "--transfer", "x.h5"])
     assert r.exit_code == 2 and "exactly one of --transfer" in r.output
     r = runner.invoke(cli_main, [*base, "--data", "digits", "--sidecar", str(release.sidecar_path)])
-    assert r.exit_code == 2 and "--sidecar and --save-transfer go with --method" in r.output
+    assert r.exit_code == 2 and "--sidecar, --minutes and --save-transfer go with --method" in r.output
     r = runner.invoke(cli_main, [*base, "--method", "dafl", "--set", "nz"])
     assert r.exit_code == 2 and "expected KEY=VALUE" in r.output
     r = runner.invoke(cli_main, [*base, "--method", "dafl", "--set", "lr_x=1"])
@@ -188,6 +189,48 @@ def test_cli_method_contract(release, tmp_path):
                                  "4", "--batch-size", "16", "--set", "nz=16", "--eval", "digits", "--json"])
     assert r.exit_code == 0, r.output
     assert '"method": "dafl"' in r.output and (tmp_path / "s.onnx").is_file()
+
+
+def test_a_time_budget_stops_the_run_and_anneals_the_rate_to_zero(release, monkeypatch):
+    import dfkd_meta.distill.online as online
+
+    class FakeClock:  # every reading advances one second: the run's length in steps is known
+        now = 0.0
+
+        def perf_counter(self):
+            self.now += 1.0
+            return self.now
+
+    optimisers = []
+    real = online._optimizer
+
+    def spy(*args, **kwargs):
+        opt, sched = real(*args, **kwargs)
+        optimisers.append(opt)
+        return opt, sched
+    monkeypatch.setattr(online, "time", FakeClock())
+    monkeypatch.setattr(online, "_optimizer", spy)
+    torch.manual_seed(0)
+    cfg = OnlineConfig(method="dfad", iterations=1000, minutes=0.5, batch_size=16, options=SMALL["dfad"],
+                       checkpoint_every=5)
+    r = distill_online(release.model_path, build_model("hinton-tiny", (1, 8, 8), 10), cfg, device="cpu",
+                       progress=False).report
+    # one clock reading per step plus one per record every 5 steps: 30 s last about 25 steps
+    assert 20 <= r["iterations"] <= 30 and r["budget_minutes"] == 0.5
+    assert r["history"][-1]["iteration"] == r["iterations"]  # the last step is recorded
+    assert optimisers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine over the time: at its end
+    with pytest.raises(UsageError, match="minutes"):
+        OnlineConfig(minutes=0.0).check()
+
+
+def test_cli_minutes_budget_ends_the_run_early(release, tmp_path):
+    r = CliRunner().invoke(cli_main, ["distill", "--teacher", str(release.model_path), "--student", "hinton-tiny",
+                                      "-o", str(tmp_path / "s.onnx"), "-q", "--device", "cpu", "--method", "dfad",
+                                      "--iterations", "100000", "--minutes", "0.02", "--batch-size", "16", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["iterations"] < 100000 and report["budget_minutes"] == 0.02
+    assert 1.2 <= report["distill_seconds"] < 60  # the loop's own time: the budget, plus at most one step
 
 
 def test_flat_input_teachers_get_a_vector_generator(tmp_path):

@@ -11,6 +11,7 @@ run gives the same student as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -34,13 +35,18 @@ from .losses import Outputs, get_loss
 from .student import evaluate_pair, predict
 
 
-def _optimizer(recipe: dict, params, iterations: int):
+def _optimizer(recipe: dict, params, iterations: int, clock: dict | None = None):
+    """The student's optimiser and schedule; with ``clock`` (a time budget) the cosine follows
+    ``clock["progress"]``, the share of the budget spent, instead of the iteration count."""
     if recipe["optimizer"] == "sgd":
         opt = torch.optim.SGD(params, lr=recipe["lr"], momentum=0.9, weight_decay=5e-4)
     else:
         opt = torch.optim.Adam(params, lr=recipe["lr"])
     if recipe.get("schedule", "cosine") == "constant":
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    if clock is not None:
+        return opt, torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda _: 0.5 * (1.0 + math.cos(math.pi * min(1.0, clock["progress"]))))
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations)
 
 
@@ -69,7 +75,9 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise UsageError(f"{{student}} {type(student).__name__}: the student has no trainable parameters")
-    opt, sched = _optimizer(recipe, params, cfg.iterations)
+    budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
+    clock = {"progress": 0.0} if budget is not None else None
+    opt, sched = _optimizer(recipe, params, cfg.iterations, clock)
     n_gauss = round(cfg.gaussian_mix * cfg.batch_size) if ctx.gaussian is not None else 0
     run = {"config": settings(cfg), "teacher_sha256": sha256_file(teacher),
            "sidecar_sha256": sha256_file(sidecar) if sidecar is not None else None}
@@ -85,8 +93,9 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
         curve_x, curve_y = eval_data.arrays("test" if eval_data.has_split("test") else "train", feed=curve_feed)
     bar = progress_bar(range(start, cfg.iterations), desc=f"distill {cfg.method}", unit="it", enabled=progress,
                        initial=start, total=cfg.iterations)
-    t0, losses_seen = time.perf_counter(), []
-    for it in bar:
+    t0, losses_seen, done = time.perf_counter(), [], start
+    out_of_time = budget is not None and seconds_before >= budget  # a resumed run whose budget is spent
+    for it in (() if out_of_time else bar):
         x, t = method.next_batch(student, cfg.batch_size - n_gauss)
         if n_gauss:
             xg = ctx.gaussian_inputs(ctx.sample_classes(n_gauss, gen), gen)
@@ -96,11 +105,14 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if clock is not None:
+            spent = seconds_before + time.perf_counter() - t0
+            clock["progress"], out_of_time = spent / budget, spent >= budget
         sched.step()
         losses_seen.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses_seen[-20:]):.4f}", refresh=False)
         done = it + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
             history.append({"iteration": done, "loss": float(np.mean(losses_seen[-cfg.checkpoint_every:])),
                             "teacher_examples": ctx.teacher_examples,
                             "seconds": round(seconds_before + time.perf_counter() - t0, 2)})
@@ -110,19 +122,21 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
             if ckpt is not None:
                 _save(ckpt, run, done, history, seconds_before + time.perf_counter() - t0, student, opt, sched,
                       method, gen, ctx)
-        if curve_x is not None and done % eval_every == 0:
+        if curve_x is not None and (done % eval_every == 0 or out_of_time):
             paused = time.perf_counter()
             accuracy = float((predict(student, curve_x, dev) == curve_y).mean())
             history.append({"iteration": done, "student_accuracy": accuracy,
                             "seconds": round(seconds_before + paused - t0, 2)})
             t0 += time.perf_counter() - paused  # evaluation is not part of the run's time
+        if out_of_time:
+            break
     bar.close()
     student.eval()
     seconds = seconds_before + time.perf_counter() - t0
     report = {"settings": run["config"], "method": cfg.method, "student_recipe": recipe,
               "method_settings": method.opt, "sidecar": str(sidecar) if sidecar is not None else None,
               "context": ctx.describe(), "gaussian_per_batch": n_gauss, "teacher": str(teacher),
-              "teacher_sha256": run["teacher_sha256"], "iterations": cfg.iterations,
+              "teacher_sha256": run["teacher_sha256"], "iterations": done, "budget_minutes": cfg.minutes,
               "teacher_forward_examples": ctx.teacher_examples, "distill_seconds": round(seconds, 2),
               "history": history}
     if eval_data is not None:

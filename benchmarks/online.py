@@ -66,9 +66,12 @@ def _student(pair: str, data, seed: int):
     return build_model(PAIRS[pair][1], data.input_shape, data.num_classes)
 
 
-def run_online(pair, data, teacher, sidecar, method, seed, minutes, calibrate, log, state: Path | None = None) -> dict:
+def run_online(pair, data, teacher, sidecar, method, seed, minutes, calibrate, log, state: Path | None = None,
+               time_budget: bool = False) -> dict:
     """One row. With ``state`` (a path stem), the calibrated plan and the run's checkpoint live there,
-    so an interrupted row resumes where it stopped (the long rows span sessions)."""
+    so an interrupted row resumes where it stopped (the long rows span sessions). With
+    ``time_budget`` the loop runs on ``distill --minutes`` (the budget less the measured setup), the
+    calibrated count only spacing the curve's points, so a row cannot overrun when the machine slows."""
     plan_path = state.with_suffix(".plan.json") if state is not None else None
     if plan_path is not None and plan_path.is_file():
         plan = json.loads(plan_path.read_text())
@@ -90,6 +93,10 @@ def run_online(pair, data, teacher, sidecar, method, seed, minutes, calibrate, l
             f"{setup:.0f} s -> {plan['iterations']} iterations")
     iterations, per_it = plan["iterations"], plan["seconds_per_iteration"]
     cfg = OnlineConfig(method=method, iterations=iterations, seed=seed, checkpoint_every=max(1, iterations // 20))
+    if time_budget:  # the count becomes a cap far above the plan; the clock ends the run
+        cfg = OnlineConfig(method=method, iterations=4 * iterations, seed=seed,
+                           minutes=max(0.1, minutes - plan["setup_seconds"] / 60),
+                           checkpoint_every=max(1, iterations // 20))
     t0 = time.perf_counter()
     r = distill_online(teacher, _student(pair, data, seed), cfg, sidecar=sidecar, device="cpu", eval_data=data,
                        eval_every=max(1, iterations // 10), progress=False,
@@ -101,11 +108,12 @@ def run_online(pair, data, teacher, sidecar, method, seed, minutes, calibrate, l
         # (kept in the checkpoint, curve evaluations excluded) plus the setup measured at calibration
         seconds = r["distill_seconds"] + plan["setup_seconds"]
     return {"accuracy": r["student_accuracy"], "agreement": r["agreement"], "teacher_accuracy": r["teacher_accuracy"],
-            "minutes": round(seconds / 60, 2), "iterations": iterations, "teacher_forward_examples":
+            "minutes": round(seconds / 60, 2), "iterations": r["iterations"], "teacher_forward_examples":
             r["teacher_forward_examples"], "seconds_per_iteration": round(per_it, 4),
             "curve": [h for h in r["history"] if "student_accuracy" in h], "settings": r["settings"],
             "method_settings": r["method_settings"], "student_recipe": r["student_recipe"],
-            "gaussian_per_batch": r["gaussian_per_batch"], "resumable": state is not None}
+            "gaussian_per_batch": r["gaussian_per_batch"], "resumable": state is not None,
+            "budget_mode": "time" if time_budget else "calibrated iterations"}
 
 
 def run_kd(pair, data, teacher, seed, log) -> dict:
@@ -194,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "bench-online")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "online.json")
     ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--time-budget", action="store_true",
+                    help="end each row by the clock (distill --minutes) instead of a calibrated iteration count")
     ap.add_argument("--resumable", action="store_true",
                     help="checkpoint each row under --work/rows/ and resume an interrupted one (long rows)")
     ap.add_argument("--table", action="store_true", help="only print the results file's table")
@@ -222,7 +232,7 @@ def main(argv=None) -> int:
                     continue
                 state = args.work / "rows" / key.replace("|", "_").replace("/", "-") if args.resumable else None
                 row = run_online(args.pair, data, teacher, sidecar if side == "yes" else None, method, seed,
-                                 args.minutes, args.calibrate, log, state)
+                                 args.minutes, args.calibrate, log, state, args.time_budget)
                 results["rows"][key] = {**row, "date": today}
                 save(args.out, results)
                 log(f"{key}: {row['accuracy']:.4f} ({row['minutes']:.1f} min, {row['iterations']} iterations)")

@@ -47,6 +47,11 @@ class Consumer:
     progress: bool = True
     train_data: DataSource | None = None  # for the real-data row only
 
+    def eval_flags(self) -> str:
+        """The ``--eval`` flags that score a student on this consumer's evaluation data from the command line."""
+        resize = f" --resize {self.eval_data.resize}" if self.eval_data.resize else ""
+        return f"--eval {self.eval_data.spec or self.eval_data.name}{resize}"
+
     def new_student(self) -> torch.nn.Module:
         torch.manual_seed(self.seed)
         return build_model(self.student, self.eval_data.input_shape, self.eval_data.num_classes)
@@ -92,9 +97,9 @@ class OfflineRow:
                     device=c.device, eval_data=c.eval_data, progress=c.progress)
         examples = rc.summary["teacher_forward_examples"] + r.report["samples"]  # reconstruction, then labelling
         command = (f"dfkd-meta reconstruct --model {c.teacher} --sidecar {c.sidecar} --objective {self.objective} "
-                   f"--samples {self.samples} --steps {self.steps} --lr {self.lr} -o transfer.h5 && dfkd-meta distill "
-                   f"--teacher {c.teacher} --transfer transfer.h5 --student {c.student} --epochs {self.epochs} "
-                   f"-o student.onnx")
+                   f"--samples {self.samples} --steps {self.steps} --lr {self.lr} --batch-size {self.batch_size} "
+                   f"--seed {c.seed} -o transfer.h5 && dfkd-meta distill --teacher {c.teacher} --transfer transfer.h5 "
+                   f"--student {c.student} --epochs {self.epochs} --seed {c.seed} {c.eval_flags()} -o student.onnx")
         return _row(self.label, "sidecar" if self.uses_sidecar else "none", r.report, time.perf_counter() - t0,
                     examples, command)
 
@@ -123,7 +128,7 @@ class OnlineRow:
                            device=c.device, eval_data=c.eval_data, progress=c.progress, log=lambda _: None)
         command = (f"dfkd-meta distill --teacher {c.teacher} --method {self.method} "
                    f"{f'--sidecar {c.sidecar} ' if self.sidecar else ''}--iterations {self.iterations} "
-                   f"--student {c.student} -o student.onnx")
+                   f"--student {c.student} --seed {c.seed} {c.eval_flags()} -o student.onnx")
         return _row(self.label, "sidecar" if self.sidecar else "none", r.report, time.perf_counter() - t0,
                     r.report["teacher_forward_examples"], command)
 
@@ -145,8 +150,9 @@ class RealDataRow:
         t0 = time.perf_counter()
         r = distill(c.teacher, c.new_student(), c.train_data, DistillConfig(epochs=self.epochs, seed=c.seed),
                     device=c.device, eval_data=c.eval_data, progress=c.progress)
-        command = (f"dfkd-meta distill --teacher {c.teacher} --data {c.train_data.spec} --student {c.student} "
-                   f"--epochs {self.epochs} -o student.onnx")
+        resize = f" --resize {c.train_data.resize}" if c.train_data.resize else ""
+        command = (f"dfkd-meta distill --teacher {c.teacher} --data {c.train_data.spec}{resize} --student {c.student} "
+                   f"--epochs {self.epochs} --seed {c.seed} {c.eval_flags()} -o student.onnx")
         return _row(self.label, "real data", r.report, time.perf_counter() - t0, r.report["samples"], command)
 
 

@@ -143,3 +143,23 @@ def test_the_readme_table_is_the_demos_own_output():
     assert results["worst_seed_margin"] > results["largest_spread"]
     assert [t["method"] for t in results["table"]][1:] == [row.label for row in FASHION_ROWS]
     assert Path(results["runs"][0]["rows"][1]["command"].split()[0]).name == "dfkd-meta"
+
+
+@pytest.mark.parametrize("row", [OfflineRow("first_layer_gaussian", samples=600, steps=0, epochs=1),
+                                 OnlineRow("dafl", sidecar=True, iterations=3)], ids=["offline", "online"])
+def test_a_rows_recorded_command_reproduces_its_student(tmp_path, row):
+    import shutil
+    import subprocess
+
+    if shutil.which("dfkd-meta") is None:
+        pytest.skip("the dfkd-meta console script is not installed (pip install -e .)")
+    consumer = Consumer(assets.FASHION_TEACHER, assets.FASHION_SIDECAR, "lenet5-half", load_data("fashion-demo"),
+                        tmp_path, seed=3, device="cpu", progress=False)
+    result = row.run(consumer)
+    work = tmp_path / "by-hand"
+    work.mkdir()
+    done = subprocess.run(result["command"] + " -q --device cpu", shell=True, cwd=work, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((work / "student.json").read_text())
+    assert report["student_accuracy"] == pytest.approx(result["accuracy"], abs=1e-9), (report, result)

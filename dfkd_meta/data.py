@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .assets import FASHION_CLASSES, FASHION_SLICE
 from .convention import IDENTITY, InputConvention
 from .errors import DfkdError, UsageError
 
@@ -279,8 +280,7 @@ def load_mnist_source(folder: str | os.PathLike) -> DataSource:
         raw[split] = (images[:, None], labels.astype(np.int64))
     classes = int(max(raw["train"][1].max(), raw["test"][1].max())) + 1
     fashion = "fashion" in folder.name.lower()
-    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-             "Ankle boot"] if fashion and classes == 10 else [str(i) for i in range(classes)]
+    names = list(FASHION_CLASSES) if fashion and classes == 10 else [str(i) for i in range(classes)]
     return DataSource(name=folder.name, description=f"MNIST-layout IDX data from {folder.name}/ "
                       f"({len(raw['train'][1])} train, {len(raw['test'][1])} test)",
                       license="MIT" if fashion else "CC-BY-SA-3.0", class_names=names, raw=raw)
@@ -325,8 +325,6 @@ def _npz_pair(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
 # --- the embedded Fashion-MNIST test slice --------------------------------------------------------
 
 def load_fashion_slice() -> DataSource:
-    from .assets import FASHION_CLASSES, FASHION_SLICE
-
     with np.load(FASHION_SLICE, allow_pickle=False) as f:
         x, y = f["x_test"], f["y_test"]
     return DataSource(name="fashion-demo", description="2,000 Fashion-MNIST test images (200 per class, padded "

@@ -57,7 +57,6 @@ class Consumer:
         return build_model(self.student, self.eval_data.input_shape, self.eval_data.num_classes)
 
 
-
 def _row(label: str, metadata: str, report: dict, seconds: float, teacher_examples: int | None, command: str) -> dict:
     return {"method": label, "metadata": metadata, "accuracy": report["student_accuracy"],
             "agreement": report["agreement"], "seconds": round(seconds, 1), "teacher_examples": teacher_examples,
@@ -129,7 +128,7 @@ class OnlineRow:
         command = (f"dfkd-meta distill --teacher {c.teacher} --method {self.method} "
                    f"{f'--sidecar {c.sidecar} ' if self.sidecar else ''}--iterations {self.iterations} "
                    f"--student {c.student} --seed {c.seed} {c.eval_flags()} -o student.onnx")
-        return _row(self.label, "sidecar" if self.sidecar else "none", r.report, time.perf_counter() - t0,
+        return _row(self.label, "sidecar" if self.uses_sidecar else "none", r.report, time.perf_counter() - t0,
                     r.report["teacher_forward_examples"], command)
 
 

@@ -178,6 +178,47 @@ def test_pool_attributes(kind, k, s, pads, ceil, incl):
 
 
 @FUZZ
+@given(n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 11), w=st.integers(1, 11), kh=st.integers(1, 3),
+       kw=st.integers(1, 3), ceil=st.integers(0, 1), ties=st.booleans(), grad=st.booleans())
+def test_tiled_max_pool_is_bit_identical_to_max_pool2d(n, c, h, w, kh, kw, ceil, ties, grad):
+    """The non-overlapping MaxPool fast path: same values and same input gradients as ATen, ties included."""
+    from dfkd_meta.onnx.ops.nn import _TiledMaxPool2d
+
+    assume(h >= kh and w >= kw)
+    x = f32(n, c, h, w)
+    if ties:  # ReLU'd and coarsely rounded: many windows with equal maxima (zeros above all)
+        x = np.round(np.maximum(x, 0), 1)
+    attrs = {"kernel_shape": [kh, kw], "strides": [kh, kw], "ceil_mode": ceil}
+    xt = torch.from_numpy(x).requires_grad_(grad)
+    fast = _TiledMaxPool2d.applies(xt, [kh, kw], [kh, kw], [1, 1], [0, 0, 0, 0], bool(ceil))
+    assert fast == (not ceil or (h % kh == 0 and w % kw == 0))
+    y = OPS["MaxPool"]([xt], attrs)
+    xr = torch.from_numpy(x).requires_grad_(grad)
+    ref = torch.nn.functional.max_pool2d(xr, (kh, kw), ceil_mode=bool(ceil))
+    assert y.shape == ref.shape and torch.equal(y.detach(), ref.detach())
+    if grad:
+        g = torch.from_numpy(R.standard_normal(tuple(y.shape)).astype(np.float32))
+        (got,), (want,) = torch.autograd.grad(y, xt, g), torch.autograd.grad(ref, xr, g)
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape,cout", [((64, 1, 32, 32), 6), ((16, 1, 28, 28), 8), ((8, 2, 17, 13), 3)])
+def test_conv_input_gradient_float32_on_reference_shapes(shape, cout):
+    """The float32 fast path on the first convs of the reference models (grayscale inputs) agrees with ATen."""
+    from dfkd_meta.onnx.ops.nn import _InputGradConv2d
+
+    x = torch.from_numpy(f32(*shape)).requires_grad_()
+    w = torch.from_numpy(f32(cout, shape[1], 5, 5))
+    assert _InputGradConv2d.applies(x, w, None, [1, 1], [2, 2], [1, 1], 1)
+    y = OPS["Conv"]([x, w], {"pads": [2, 2, 2, 2]})
+    g = torch.from_numpy(R.standard_normal(tuple(y.shape)).astype(np.float32))
+    (got,) = torch.autograd.grad(y, x, g)
+    xr = x.detach().requires_grad_()
+    (want,) = torch.autograd.grad(torch.nn.functional.conv2d(xr, w, padding=2), xr, g)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@FUZZ
 @given(ta=st.integers(0, 1), tb=st.integers(0, 1), alpha=st.floats(-2, 2), beta=st.floats(-2, 2),
        c=st.sampled_from(["none", "row", "full", "scalar"]))
 def test_gemm_attributes(ta, tb, alpha, beta, c):

@@ -141,6 +141,13 @@ class _LayerMatching(Objective):
     def taps(self) -> list[str]:
         return [layer.tensor_name for layer in self.chosen()]
 
+    def scale(self, layer: LayerStats) -> torch.Tensor:
+        """The layer's per-class scale, converted once (it is read every step)."""
+        cache = self.__dict__.setdefault("_scales", {})
+        if layer.key not in cache:
+            cache[layer.key] = _layer_scale(layer, self.ctx)
+        return cache[layer.key]
+
     def start(self, classes: np.ndarray, rng: np.random.Generator) -> Batch:
         batch = super().start(classes, rng)
         for layer in self.chosen():
@@ -150,7 +157,7 @@ class _LayerMatching(Objective):
     def loss(self, acts, batch):
         terms = {}
         for layer in self.chosen():
-            scale = _layer_scale(layer, self.ctx)[batch.classes]
+            scale = self.scale(layer)[batch.classes]
             mask = batch.masks.get(layer.tensor_name)
             value = layer_value(layer, acts)
             if mask is not None:  # the tapped value is masked and rescaled: undo the scale, score kept units

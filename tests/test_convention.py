@@ -113,6 +113,34 @@ def test_foreign_teacher_gets_statistics_of_its_raw_inputs(raw_cnn, tmp_path, ex
     assert not (tmp_path / "wrong").exists()
 
 
+def test_foreign_teacher_takes_the_sidecar_paths_alike_from_both_exporters(raw_cnn, tmp_path):
+    """A publisher's own BN CNN, legacy and dynamo exports (BN folded or not, other tensor names): the
+    first-layer Gaussian draws inputs the teacher labels as their class, and online synthesis with the
+    sidecar sees the same prior and trains the same student from either file."""
+    from dfkd_meta.config import OnlineConfig
+    from dfkd_meta.distill import distill_online
+
+    paths, npz, _, _ = raw_cnn
+    data = load_data(f"npz:{npz}")
+    drawn, students = {}, {}
+    for exporter, onnx_path in paths.items():
+        rel = export_release(onnx_path, data, tmp_path / exporter, spectral_k=0, cov_rank=8, progress=False)
+        t = reconstruct(rel.model_path, rel.sidecar_path, tmp_path / f"{exporter}.h5",
+                        ReconstructConfig(objective="first_layer_gaussian", samples=300, batch_size=100),
+                        device="cpu", progress=False)
+        assert t.summary["teacher_agreement"] >= 0.7, exporter  # measured 0.87; chance is 0.1
+        drawn[exporter] = read_transfer(t.path).x
+        torch.manual_seed(0)
+        r = distill_online(rel.model_path, SmallBNCNN(), OnlineConfig(method="dfad", iterations=12, batch_size=32),
+                           sidecar=rel.sidecar_path, device="cpu", progress=False)
+        ctx = r.report["context"]
+        assert ctx["first_layer_gaussian"] and len(ctx["moment_layers"]) == 2 and r.report["gaussian_per_batch"] == 8
+        students[exporter] = [p.detach() for p in r.student.parameters()]
+    np.testing.assert_allclose(drawn["legacy"], drawn["dynamo"], rtol=1e-4, atol=1e-4)
+    for a, b in zip(students["legacy"], students["dynamo"]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
+
+
 def test_wrong_convention_is_near_chance_and_force_records_it(raw_cnn, tmp_path):
     paths, npz, _, _ = raw_cnn
     data = load_data(f"npz:{npz}")

@@ -9,7 +9,13 @@
 3. Export throughput (statistics pass: ONNX Runtime with taps, per-class moments) against plain
    ONNX Runtime inference over the same batches of the same data source, and ORT with the same
    taps but no statistics (the ceiling for the statistics code).
-4. Validation time and peak memory of large sidecars (>= 100 MB and twice that).
+   Beside each row, the bytes the step's leaf ops read (a profile) against the machine's streaming
+   copy rate: how much of the step memory traffic alone explains.
+4. Online synthesis, every method with the sidecar, LeNet-5 -> LeNet-5-half: the teacher's and the
+   student's FLOPs (forward, input gradients of the teacher, weight and input gradients of the
+   student, counted per example by hooks) over the loop's time less the generators' time (their
+   recorded calls replayed alone, reported apart so a large generator cannot inflate the ratio).
+5. Validation time and peak memory of large sidecars (>= 100 MB and twice that).
 
 Random-weight teachers and synthetic inputs are used: speed does not depend on training, and the
 script needs no data set. Ratios, not absolute times, are what the README quotes.
@@ -51,6 +57,43 @@ def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / best
 
 
+def memory_bandwidth(mb: int = 256, repeats: int = 5) -> float:
+    """Bytes per second of a large copy (read + write), best of ``repeats``: the machine's streaming rate."""
+    a = torch.empty(mb * 2 ** 20 // 4).uniform_()
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.numel() * 4 / best
+
+
+VIEW_OPS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::slice", "aten::select", "aten::as_strided",
+            "aten::expand", "aten::t", "aten::transpose", "aten::permute", "aten::unsqueeze", "aten::squeeze",
+            "aten::flatten", "aten::unflatten", "aten::alias", "aten::detach", "aten::empty", "aten::empty_like",
+            "aten::empty_strided", "aten::zeros", "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg"}
+ITEMSIZE = {"float": 4, "double": 8, "long int": 8, "int": 4, "bool": 1, "unsigned char": 1, "c10::Half": 2}
+
+
+def step_bytes_read(model: Path, sidecar: Path, batch: int, folder: Path, steps: int = 5) -> float:
+    """Bytes the leaf ATen ops of one reconstruction step read (their inputs; views excluded), from a
+    profile of ``steps`` steps: a lower bound on the step's memory traffic (outputs are written too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = ReconstructConfig(objective="all_layers", samples=batch, steps=steps, batch_size=batch)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        reconstruct(model, sidecar, folder / "traffic.h5", cfg, device="cpu", progress=False)
+    total = 0
+    for e in prof.events():
+        if e.cpu_children or not e.name.startswith("aten::") or e.name in VIEW_OPS:
+            continue
+        for shape, dtype in zip(e.input_shapes, e.input_dtypes):
+            if shape and dtype in ITEMSIZE:
+                total += int(np.prod(shape)) * ITEMSIZE[dtype]
+    return total / (steps + 1)  # the batch's final labelling forward counted as one more step
+
+
 def synthetic_source(shape: tuple[int, ...], n: int, seed: int = 0) -> DataSource:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
@@ -68,7 +111,7 @@ def _ort_pass(model: OrtModel, data: DataSource, batch_size: int = 500) -> float
 
 
 def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: int, export_n: int,
-                  folder: Path, rate: float, repeats: int) -> dict:
+                  folder: Path, rate: float, bandwidth: float, repeats: int) -> dict:
     torch.manual_seed(0)
     model = build_model(arch, shape, 10).eval()
     path = export_onnx(model, shape, folder / f"{arch}.onnx")
@@ -96,9 +139,13 @@ def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: 
                                   ReconstructConfig(objective="all_layers", samples=b, steps=steps, batch_size=b),
                                   device="cpu", progress=False).summary["seconds"] for _ in range(repeats))
         sps = b * steps / seconds
+        read = step_bytes_read(release.model_path, release.sidecar_path, b, folder)
         rows.append({"batch_size": b, "steps": steps, "sample_steps_per_s": round(sps, 1),
                      "gflops_per_s": round(sps * 2 * flops / 1e9, 2),
-                     "fraction_of_matmul_rate": round(sps * 2 * flops / rate, 4)})
+                     "fraction_of_matmul_rate": round(sps * 2 * flops / rate, 4),
+                     # the step's reads at the machine's streaming rate, as a share of the step's time
+                     "bytes_read_per_step_mb": round(read / 2 ** 20, 2),
+                     "read_time_share": round(read / bandwidth / (seconds / steps), 3)})
     return {"teacher": arch, "input_shape": list(shape), "forward_mflops": round(flops / 1e6, 4),
             "reconstruction": rows,
             "export": {"examples": export_n, "repeats": repeats, "export_pass_s": export_s,
@@ -107,6 +154,113 @@ def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: 
                        "ort_examples_per_s": round(export_n / ort_s, 1),
                        "export_over_ort_throughput": round(ort_s / export_s, 3),
                        "taps_only_over_ort_throughput": round(ort_s / taps_s, 3)}}
+
+
+class PassCounter:
+    """Counts, while a run lasts, the examples run through the teacher (and how many of them are then
+    differentiated to the input), through the student (forward with gradients: a weight and an input
+    gradient follow), and the generators' calls by batch size and gradient mode, so their time can be
+    replayed alone and reported apart from the teacher's and the student's."""
+
+    def __init__(self, student: torch.nn.Module):
+        self.student = student
+        self.teacher_examples = self.teacher_grad_examples = 0
+        self.student_examples = self.student_grad_examples = 0
+        self.generator_calls: dict[tuple[int, bool], int] = {}
+        self.generator: torch.nn.Module | None = None
+
+    def __enter__(self):
+        from dfkd_meta.onnx.graph import OnnxModule
+        from dfkd_meta.synthesis.generators import InputGenerator
+
+        counter, run, forward = self, OnnxModule.run, InputGenerator.forward
+        self._restore = [(OnnxModule, "run", run), (InputGenerator, "forward", forward)]
+
+        def counted_run(module, inputs, *args, **kw):
+            x = inputs if isinstance(inputs, torch.Tensor) else next(iter(inputs.values()))
+            counter.teacher_examples += len(x)
+            if torch.is_grad_enabled() and x.requires_grad:
+                counter.teacher_grad_examples += len(x)
+            return run(module, inputs, *args, **kw)
+
+        def counted_forward(module, z):
+            key = (len(z), torch.is_grad_enabled())
+            counter.generator_calls[key] = counter.generator_calls.get(key, 0) + 1
+            counter.generator = counter.generator or module
+            return forward(module, z)
+
+        def student_hook(module, args, output):
+            counter.student_examples += len(args[0])
+            if torch.is_grad_enabled():
+                counter.student_grad_examples += len(args[0])
+
+        OnnxModule.run, InputGenerator.forward = counted_run, counted_forward
+        self._hook = self.student.register_forward_hook(student_hook)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, value in self._restore:
+            setattr(owner, name, value)
+        self._hook.remove()
+
+    def generator_seconds(self, repeats: int = 3) -> float:
+        """The generators' share of the run: each recorded call replayed alone (best of ``repeats``),
+        with its backward where it ran with gradients, times its count."""
+        if self.generator is None:
+            return 0.0
+        gen, total = self.generator, 0.0
+        for (n, grad), calls in self.generator_calls.items():
+            z = torch.randn(n, gen.nz)
+            best = float("inf")
+            for _ in range(repeats + 1):  # the first call warms up
+                t0 = time.perf_counter()
+                with torch.set_grad_enabled(grad):
+                    out = gen(z)
+                    if grad:
+                        out.sum().backward()
+                best = min(best, time.perf_counter() - t0)
+            total += best * calls
+        gen.zero_grad(set_to_none=True)
+        return total
+
+
+def bench_online(teacher: Path, sidecar: Path, student_arch: str, shape: tuple[int, ...], folder: Path, rate: float,
+                 quick: bool) -> list[dict]:
+    """Online synthesis, each method with the sidecar, LeNet pair: the teacher's and the student's
+    passes counted in FLOPs against the loop's time less the generators' replayed time."""
+    from dfkd_meta.config import OnlineConfig
+    from dfkd_meta.distill import distill_online
+    from dfkd_meta.synthesis import METHODS
+
+    proto = load_model_proto(teacher)
+    teacher_flops = forward_flops(model_facts(teacher, proto), proto)
+    torch.manual_seed(0)
+    probe = build_model(student_arch, shape, 10).eval()
+    student_path = export_onnx(probe, shape, folder / f"{student_arch}.onnx")
+    student_proto = load_model_proto(student_path)
+    student_flops = forward_flops(model_facts(student_path, student_proto), student_proto)
+    rows = []
+    for name, cls in sorted(METHODS.items()):
+        every = int(cls.defaults.get("every", 1))
+        iterations = max(10 if quick else 60, 2 * every)  # at least two synthesis rounds of the batch methods
+        torch.manual_seed(0)
+        student = build_model(student_arch, shape, 10)
+        with PassCounter(student) as count:
+            report = distill_online(teacher, student, OnlineConfig(method=name, iterations=iterations, seed=0),
+                                    sidecar=sidecar, device="cpu", progress=False).report
+        loop_s = report["distill_seconds"]
+        gen_s = count.generator_seconds()
+        flops = (teacher_flops * (count.teacher_examples + count.teacher_grad_examples)
+                 + student_flops * (count.student_examples + 2 * count.student_grad_examples))
+        rows.append({"method": name, "iterations": iterations, "loop_s": round(loop_s, 3),
+                     "generator_s": round(gen_s, 3), "teacher_examples": count.teacher_examples,
+                     "teacher_input_gradient_examples": count.teacher_grad_examples,
+                     "student_examples": count.student_examples,
+                     "student_gradient_examples": count.student_grad_examples,
+                     "teacher_student_gflop": round(flops / 1e9, 3),
+                     "gflops_per_s": round(flops / max(loop_s - gen_s, 1e-9) / 1e9, 2),
+                     "fraction_of_matmul_rate": round(flops / max(loop_s - gen_s, 1e-9) / rate, 4)})
+    return rows
 
 
 def bench_validation(folder: Path, sizes_mb: list[int]) -> list[dict]:
@@ -152,26 +306,41 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     rate = matmul_rate(1024 if args.quick else 2048)
-    print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    bandwidth = memory_bandwidth(64 if args.quick else 256)
+    print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads); "
+          f"streaming copy {bandwidth / 1e9:.1f} GB/s")
     steps = 5 if args.quick else 20
     batches = [64, 256] if args.quick else [64, 256, 1024]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         n, repeats = (2000, 1) if args.quick else (20000, 3)
-        teachers = [bench_teacher("hinton1200", (1, 28, 28), batches, steps, n, folder, rate, repeats),
-                    bench_teacher("lenet5", (1, 32, 32), batches, steps, n, folder, rate, repeats)]
+        teachers = [bench_teacher("hinton1200", (1, 28, 28), batches, steps, n, folder, rate, bandwidth, repeats),
+                    bench_teacher("lenet5", (1, 32, 32), batches, steps, n, folder, rate, bandwidth, repeats)]
+        lenet = folder / "lenet5-release"
+        online = bench_online(next(lenet.glob("*.onnx")), next(lenet.glob("*.dfkd.h5")), "lenet5-half", (1, 32, 32),
+                              folder, rate, args.quick)
         validation = bench_validation(folder, [20] if args.quick else [100, 200])
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": torch.get_num_threads()},
-              "matmul_gflops_per_s": round(rate / 1e9, 2), "teachers": teachers, "validation": validation,
+              "matmul_gflops_per_s": round(rate / 1e9, 2), "copy_gb_per_s": round(bandwidth / 1e9, 2),
+              "teachers": teachers, "online_lenet5_to_half": online, "validation": validation,
               "targets": {"mlp_reconstruction_fraction": 0.80, "lenet_reconstruction_fraction": 0.25,
-                          "export_over_ort": 0.8, "validation_seconds": 2.0}}
-    print("\n| teacher | batch | sample-steps/s | GFLOP/s | fraction of matmul rate |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+                          "export_over_ort": 0.65, "online_teacher_student_fraction": 0.25,
+                          "validation_seconds": 2.0}}
+    print("\n| teacher | batch | sample-steps/s | GFLOP/s | fraction of matmul rate | MB read per step "
+          "| read time share |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for t in teachers:
         for r in t["reconstruction"]:
             print(f"| {t['teacher']} | {r['batch_size']} | {r['sample_steps_per_s']:.0f} | {r['gflops_per_s']:.1f} | "
-                  f"{r['fraction_of_matmul_rate']:.1%} |")
+                  f"{r['fraction_of_matmul_rate']:.1%} | {r['bytes_read_per_step_mb']:.1f} | "
+                  f"{r['read_time_share']:.0%} |")
+    print("\n| online method (LeNet-5 -> half, sidecar) | iterations | loop s | generator s | teacher+student GFLOP "
+          "| GFLOP/s | fraction of matmul rate |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in online:
+        print(f"| {r['method']} | {r['iterations']} | {r['loop_s']:.1f} | {r['generator_s']:.1f} | "
+              f"{r['teacher_student_gflop']:.1f} | {r['gflops_per_s']:.1f} | {r['fraction_of_matmul_rate']:.1%} |")
     print("\n| teacher | export ex/s | ORT inference ex/s | export / ORT | ORT with taps only / ORT |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for t in teachers:

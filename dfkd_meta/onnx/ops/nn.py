@@ -97,15 +97,15 @@ class _InputGradConv2d(torch.autograd.Function):
     image, the optimised variable in reconstruction). Measured on LeNet-5's first conv (1 -> 6
     channels, 5x5, batch 256, 2-core AMD EPYC, torch 2.13): oneDNN backward-data 6.6 ms, the same
     sums as a oneDNN convolution of the output gradient with the flipped, transposed kernel 15.8 ms,
-    and that convolution through ATen's own im2col + GEMM 4.5 ms (19.6 against 53 ms at batch 1024),
-    so the last one runs (ATen picks NNPACK where it is built in). The choice is fixed, not timed per machine, so a seed gives the same
-    result on every run. Only stride 1, groups 1 and padding <= dilation * (kernel - 1) qualify.
+    and that convolution through ATen's own kernels (NNPACK) 3.9-4.5 ms (19 against 53 ms at batch
+    1024), so the last one runs. The choice is fixed, not timed per machine, so a seed gives the
+    same result on every run. Only stride 1, groups 1 and padding <= dilation * (kernel - 1) qualify.
     """
 
     @staticmethod
     def applies(x, w, b, strides, padding, dilations, groups) -> bool:
-        return (w.dim() == 4 and x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled() and not w.requires_grad
-                and (b is None or not b.requires_grad) and w.shape[1] <= 2 and groups == 1
+        return (w.dim() == 4 and x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
+                and not w.requires_grad and (b is None or not b.requires_grad) and w.shape[1] <= 2 and groups == 1
                 and all(s == 1 for s in strides)
                 and all(0 <= p <= d * (k - 1) for p, d, k in zip(padding, dilations, w.shape[2:])))
 

@@ -7,6 +7,7 @@ divided by the class's mean variance in that layer, so no layer dominates by its
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,12 +142,10 @@ class _LayerMatching(Objective):
     def taps(self) -> list[str]:
         return [layer.tensor_name for layer in self.chosen()]
 
-    def scale(self, layer: LayerStats) -> torch.Tensor:
-        """The layer's per-class scale, converted once (it is read every step)."""
-        cache = self.__dict__.setdefault("_scales", {})
-        if layer.key not in cache:
-            cache[layer.key] = _layer_scale(layer, self.ctx)
-        return cache[layer.key]
+    @functools.cached_property
+    def _scale(self) -> dict[str, torch.Tensor]:
+        """Each chosen layer's per-class scale [C], converted once: the loss reads it every step."""
+        return {layer.key: _layer_scale(layer, self.ctx) for layer in self.chosen()}
 
     def start(self, classes: np.ndarray, rng: np.random.Generator) -> Batch:
         batch = super().start(classes, rng)
@@ -157,7 +156,7 @@ class _LayerMatching(Objective):
     def loss(self, acts, batch):
         terms = {}
         for layer in self.chosen():
-            scale = self.scale(layer)[batch.classes]
+            scale = self._scale[layer.key][batch.classes]
             mask = batch.masks.get(layer.tensor_name)
             value = layer_value(layer, acts)
             if mask is not None:  # the tapped value is masked and rescaled: undo the scale, score kept units

@@ -224,7 +224,7 @@ class _TiledMaxPool2d(torch.autograd.Function):
     views (measured on LeNet-5's 6x28x28 map, batch 256: 4.5 ms against 0.4 ms), and pooling the
     first conv map is a large share of a reconstruction step. Values are exact; the gradient goes to
     the first maximum of each window in row-major order, as max_pool2d's indices do, so both paths
-    give bit-identical results.
+    give bit-identical results on finite inputs (a window holding NaN gets no gradient here).
     """
 
     @staticmethod

@@ -14,11 +14,17 @@ pairs. Each objective gets at most ``--minutes`` for its reconstruction: a probe
 seconds per step, then the inputs are cut first (down to 10 batches per class) and the steps
 second (down to 100); the row records both factors. Reconstruction resumes from its .partial file, and rows are
 merged into the results file by key, so an interrupted run continues in the next session.
+
+``--ablations independent_pairs,normalised_loss`` reruns objectives with one change to the preset
+each, at the objective's own plan, as rows "OBJECTIVE [ABLATION]": what the joint draw of the pair
+targets and the paper's loss term are each worth.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import itertools
 import json
 import sys
 import time
@@ -31,6 +37,7 @@ from dfkd_meta.data import load_data
 from dfkd_meta.distill import distill
 from dfkd_meta.models import build_model, hidden_dropout_keep_probs
 from dfkd_meta.onnx.torch_export import export_onnx
+from dfkd_meta.reconstruct.objectives import SpectralLayerPairs
 from dfkd_meta.reconstruct.synthesize import reconstruct
 from dfkd_meta.stats.export import export_release
 from dfkd_meta.train import train_teacher
@@ -52,6 +59,11 @@ DISTILL = DistillConfig(epochs=30, batch_size=64, temperature=8.0, lr=1e-3)
 COV_RANK = 64  # the paper stores full covariances; the sidecar stores rank-64 factors and the diagonal rest
 MIN_BATCHES_PER_CLASS = 10
 MIN_STEPS = 100
+# Ablations (--ablations): one change to the preset each, at the objective's own plan (same inputs x steps)
+ABLATIONS = {
+    "independent_pairs": "each pair block's targets drawn on its own, as before the joint draw",
+    "normalised_loss": "the project's layer term (squared error over the class variance) instead of the paper's",
+}
 
 
 def release_for(data_spec: str, pair: str, work: Path, log):
@@ -96,20 +108,33 @@ def plan(teacher, sidecar, objective: str, minutes: float, work: Path) -> dict:
             "over_budget": n_batches * steps > budget_steps}
 
 
-def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, log) -> dict:
+@contextlib.contextmanager
+def ablation(name: str | None):
+    """The preset's reconstruct settings for ablation ``name``, with any code switch it needs held."""
+    if name == "independent_pairs":
+        SpectralLayerPairs.joint_draw = False
+    try:
+        yield {"loss_form": "normalised"} if name == "normalised_loss" else {}
+    finally:
+        SpectralLayerPairs.joint_draw = True
+
+
+def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, log, variant: str | None = None) -> dict:
     plan_path = work / f"{objective}.plan.json"
     if plan_path.is_file():
         p = json.loads(plan_path.read_text())
     else:
         p = plan(teacher, sidecar, objective, minutes, work)
         plan_path.write_text(json.dumps(p))
-    log(f"{pair} {objective}: {p['samples']:,} inputs x {p['steps']} steps (x{p['sample_factor']} inputs, "
-        f"x{p['step_factor']} steps of the paper's; {p['seconds_per_step'] * 1000:.1f} ms per step)")
-    cfg = reconstruct_preset("lopes2017", objective=objective, samples=p["samples"], steps=p["steps"])
-    out = work / f"transfer_{objective}.h5"
+    log(f"{pair} {objective}{f' [{variant}]' if variant else ''}: {p['samples']:,} inputs x {p['steps']} steps "
+        f"(x{p['sample_factor']} inputs, x{p['step_factor']} steps of the paper's; "
+        f"{p['seconds_per_step'] * 1000:.1f} ms per step)")
+    out = work / f"transfer_{objective}{f'-{variant}' if variant else ''}.h5"
     t0 = time.perf_counter()
-    if not out.is_file():
-        reconstruct(teacher, sidecar, out, cfg, device="cpu", progress=False, resume=True)
+    with ablation(variant) as changes:
+        cfg = reconstruct_preset("lopes2017", objective=objective, samples=p["samples"], steps=p["steps"], **changes)
+        if not out.is_file():
+            reconstruct(teacher, sidecar, out, cfg, device="cpu", progress=False, resume=True)
     recon_s = time.perf_counter() - t0
     torch.manual_seed(0)
     r = distill(teacher, build_model(PAIRS[pair][1], data.input_shape, data.num_classes), read_transfer(out), DISTILL,
@@ -117,7 +142,7 @@ def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, 
     return {"accuracy": r["student_accuracy"], "agreement": r["agreement"], "plan": p,
             "reconstruct_minutes": round(recon_s / 60, 1), "distill_minutes": round(r["distill_seconds"] / 60, 1),
             "settings": {"reconstruct": {k: v for k, v in vars(cfg).items() if k != "priors"},
-                         "distill": vars(DISTILL)}}
+                         "distill": vars(DISTILL)}, **({"ablation": ABLATIONS[variant]} if variant else {})}
 
 
 def table(results: dict) -> str:
@@ -125,7 +150,7 @@ def table(results: dict) -> str:
              "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for key, r in sorted(results["rows"].items()):
         pair, row = key.split("|")
-        paper = PAPER[pair].get(row)
+        paper = PAPER[pair].get(row)  # None for ablation rows
         p = r.get("plan")
         scale = f"{p['samples']:,} x {p['steps']} (x{p['sample_factor']}, x{p['step_factor']})" if p else ""
         minutes = r.get("reconstruct_minutes", 0) + r.get("distill_minutes", 0)
@@ -141,6 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", default="mlp,lenet")
     ap.add_argument("--objectives", default=",".join(OBJECTIVES))
     ap.add_argument("--minutes", type=float, default=30.0, help="reconstruction budget per objective")
+    ap.add_argument("--ablations", default="",
+                    help=f"comma-separated, run instead of the paper rows: {', '.join(ABLATIONS)}")
     ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "bench-lopes")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "lopes2017.json")
     ap.add_argument("--table", action="store_true", help="only print the results file's table")
@@ -170,14 +197,20 @@ def main(argv=None) -> int:
                                                     "distill_minutes": round(r["distill_seconds"] / 60, 1),
                                                     "date": today}
             save()
-        for objective in args.objectives.split(","):
-            key = f"{pair}|{objective}"
+        variants = [v for v in args.ablations.split(",") if v] or [None]
+        unknown = [v for v in variants if v is not None and v not in ABLATIONS]
+        if unknown:
+            ap.error(f"unknown ablations {unknown}; known: {', '.join(ABLATIONS)}")
+        for objective, variant in itertools.product(args.objectives.split(","), variants):
+            key = f"{pair}|{objective}{f' [{variant}]' if variant else ''}"
             if key in results["rows"]:
                 continue
             if objective == "all_layers_dropout" and pair == "lenet":
                 continue  # the paper's LeNet has no dropout; neither has ours
-            results["rows"][key] = {**run_objective(pair, data, teacher, sidecar, objective, args.minutes, work, log),
-                                    "date": today}
+            if variant == "independent_pairs" and objective != "spectral_layer_pairs":
+                continue
+            results["rows"][key] = {**run_objective(pair, data, teacher, sidecar, objective, args.minutes, work, log,
+                                                    variant), "date": today}
             save()
             log(f"{key}: {results['rows'][key]['accuracy']:.4f} (paper {PAPER[pair].get(objective)})")
     print(table(results))

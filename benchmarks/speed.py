@@ -23,6 +23,7 @@ script needs no data set. Ratios, not absolute times, are what the README quotes
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import platform
 import subprocess
@@ -110,18 +111,14 @@ def _ort_pass(model: OrtModel, data: DataSource, batch_size: int = 500) -> float
     return time.perf_counter() - t0
 
 
-def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: int, export_n: int,
-                  folder: Path, rate: float, bandwidth: float, repeats: int) -> dict:
+def bench_export(arch: str, shape: tuple[int, ...], export_n: int, folder: Path, repeats: int):
+    """Export against plain ORT inference over the same batches of the same data source (input
+    preparation included on both sides, fresh sessions, best of ``repeats``). ORT with the export's
+    taps alone is a reference: tapping a pre-activation stops ORT fusing the op with its activation."""
     torch.manual_seed(0)
     model = build_model(arch, shape, 10).eval()
     path = export_onnx(model, shape, folder / f"{arch}.onnx")
-    proto = load_model_proto(path)
-    flops = forward_flops(model_facts(path, proto), proto)
     data = synthetic_source(shape, export_n)
-    # 3. export vs plain ORT inference over the same batches of the same data source (input
-    # preparation included on both sides, fresh sessions, best of `repeats`). ORT with the export's
-    # taps alone is the ceiling for any statistics code: tapping a pre-activation stops ORT fusing
-    # the op with its activation.
     export_s, ort_s, taps_s = float("inf"), float("inf"), float("inf")
     for _ in range(repeats):
         release = export_release(path, data, folder / f"{arch}-release", spectral_k=0, batch_size=500,
@@ -130,6 +127,19 @@ def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: 
         taps = [layer["tensor"] for layer in release.summary["layers"]]
         ort_s = min(ort_s, _ort_pass(OrtModel(path), data))
         taps_s = min(taps_s, _ort_pass(OrtModel(path, taps=taps), data))
+    return model, path, release, {
+        "examples": export_n, "repeats": repeats, "export_pass_s": export_s,
+        "ort_inference_s": round(ort_s, 4), "ort_with_taps_s": round(taps_s, 4),
+        "export_examples_per_s": round(export_n / export_s, 1), "ort_examples_per_s": round(export_n / ort_s, 1),
+        "export_over_ort_throughput": round(ort_s / export_s, 3),
+        "taps_only_over_ort_throughput": round(ort_s / taps_s, 3), "measured": dt.date.today().isoformat()}
+
+
+def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: int, export_n: int,
+                  folder: Path, rate: float, bandwidth: float, repeats: int) -> dict:
+    model, path, release, export = bench_export(arch, shape, export_n, folder, repeats)
+    proto = load_model_proto(path)
+    flops = forward_flops(model_facts(path, proto), proto)
     rows = []
     for b in batches:  # 2. reconstruction throughput
         reconstruct(release.model_path, release.sidecar_path, folder / "warm.h5",
@@ -147,13 +157,7 @@ def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: 
                      "bytes_read_per_step_mb": round(read / 2 ** 20, 2),
                      "read_time_share": round(read / bandwidth / (seconds / steps), 3)})
     return {"teacher": arch, "input_shape": list(shape), "forward_mflops": round(flops / 1e6, 4),
-            "reconstruction": rows,
-            "export": {"examples": export_n, "repeats": repeats, "export_pass_s": export_s,
-                       "ort_inference_s": round(ort_s, 4), "ort_with_taps_s": round(taps_s, 4),
-                       "export_examples_per_s": round(export_n / export_s, 1),
-                       "ort_examples_per_s": round(export_n / ort_s, 1),
-                       "export_over_ort_throughput": round(ort_s / export_s, 3),
-                       "taps_only_over_ort_throughput": round(ort_s / taps_s, 3)}}
+            "reconstruction": rows, "export": export}
 
 
 class PassCounter:
@@ -299,12 +303,42 @@ def bench_validation(folder: Path, sizes_mb: list[int]) -> list[dict]:
     return rows
 
 
+def print_export(teachers: list[dict]) -> None:
+    print("\n| teacher | export ex/s | ORT inference ex/s | export / ORT | ORT with taps only / ORT |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for t in teachers:
+        e = t["export"]
+        print(f"| {t['teacher']} | {e['export_examples_per_s']:.0f} | {e['ort_examples_per_s']:.0f} | "
+              f"{e['export_over_ort_throughput']:.2f} | {e['taps_only_over_ort_throughput']:.2f} |")
+
+
+def export_only(args) -> int:
+    """The export rows alone, written over those of an earlier full run (each row keeps its date)."""
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {"teachers": []}
+    by_arch = {t["teacher"]: t for t in results["teachers"]}
+    n, repeats = (2000, 1) if args.quick else (20000, 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, shape in (("hinton1200", (1, 28, 28)), ("lenet5", (1, 32, 32))):
+            export = bench_export(arch, shape, n, Path(tmp), repeats)[3]
+            by_arch.setdefault(arch, {"teacher": arch, "input_shape": list(shape)})["export"] = export
+    results["teachers"] = list(by_arch.values())
+    print_export(results["teachers"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--only-export", action="store_true",
+                    help="re-measure only the export rows and replace them in the results file")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    if args.only_export:
+        return export_only(args)
     rate = matmul_rate(1024 if args.quick else 2048)
     bandwidth = memory_bandwidth(64 if args.quick else 256)
     print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads); "
@@ -341,12 +375,7 @@ def main(argv=None) -> int:
     for r in online:
         print(f"| {r['method']} | {r['iterations']} | {r['loop_s']:.1f} | {r['generator_s']:.1f} | "
               f"{r['teacher_student_gflop']:.1f} | {r['gflops_per_s']:.1f} | {r['fraction_of_matmul_rate']:.1%} |")
-    print("\n| teacher | export ex/s | ORT inference ex/s | export / ORT | ORT with taps only / ORT |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for t in teachers:
-        e = t["export"]
-        print(f"| {t['teacher']} | {e['export_examples_per_s']:.0f} | {e['ort_examples_per_s']:.0f} | "
-              f"{e['export_over_ort_throughput']:.2f} | {e['taps_only_over_ort_throughput']:.2f} |")
+    print_export(teachers)
     print("\n| sidecar MB | validation s | peak RSS MB | RSS above imports MB |")
     print("| ---: | ---: | ---: | ---: |")
     for v in validation:

@@ -102,3 +102,13 @@ def test_spectral_layer_pairs_draws_jointly_on_an_exported_release(tmp_path):
     assert OBJECTIVES["spectral_all_layers"](ctx).joint is None  # one block: nothing to share
     batch = obj.start(np.arange(10).repeat(50), np.random.default_rng(0))
     assert {b.key for b in pairs} <= set(batch.targets)
+
+    # the ablation switch (benchmarks/lopes2017.py): each block drawn on its own
+    cls = type(obj)
+    cls.joint_draw = False
+    try:
+        independent = cls(ctx)
+    finally:
+        cls.joint_draw = True
+    assert independent.joint is None
+    assert {b.key for b in pairs} <= set(independent.start(np.arange(10).repeat(50), np.random.default_rng(0)).targets)

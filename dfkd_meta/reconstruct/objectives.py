@@ -214,6 +214,8 @@ class AllLayersDropout(AllLayers):
 class _SpectralMatching(Objective):
     """Match sampled coefficients of the activations in the stored graph-Fourier bases."""
 
+    joint_draw = True  # False draws each block's targets on its own (before 1.1; kept for ablations)
+
     def blocks(self) -> list[SpectralStats]:
         raise NotImplementedError
 
@@ -229,7 +231,7 @@ class _SpectralMatching(Objective):
         shared = any(set(a.layers) & set(b.layers) for i, a in enumerate(blocks) for b in blocks[i + 1:])
         # blocks that share a layer (the pairs of a chain) draw their targets jointly, consistent on it
         self.joint = JointSpectral(blocks, {k: math.prod(ctx.sidecar.layer(k).shape)
-                                            for b in blocks for k in b.layers}) if shared else None
+                                            for b in blocks for k in b.layers}) if shared and self.joint_draw else None
 
     def taps(self):
         keys = {k for b in self.blocks() for k in b.layers}

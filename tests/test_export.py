@@ -222,8 +222,6 @@ def test_cli_train_then_export(tmp_path):
     import json
     summary = json.loads(r.output)
     assert summary["samples"] == 1437 and summary["samples_per_second"] > 0
-    # 3 batches of 512: the first has no running means to shift by, the other two are summed in the graph
-    assert (summary["batches_fetched"], summary["batches_in_graph"]) == (1, 2)
     assert validate(summary["sidecar"], summary["model"]).valid
     r = runner.invoke(cli_main, ["train", "--model", "nonesuch", "-o", str(tmp_path / "x.onnx")])
     assert r.exit_code == 2 and "not one of" in r.output

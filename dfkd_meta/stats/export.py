@@ -333,8 +333,6 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
         "settings": recorded,
         "seconds": round(time.perf_counter() - t0, 3), "graph_seconds": round(t_graph, 3),
         "pass_seconds": round(t_pass, 3), "samples_per_second": round(seen / max(t_pass, 1e-9), 1),
-        # batches whose sums were reduced inside the ONNX Runtime graph, and those fetched to numpy
-        "batches_in_graph": data_pass.batches_in_graph, "batches_fetched": data_pass.batches_fetched,
     }
     return ExportResult(onnx_path, sidecar_path, summary)
 

@@ -46,7 +46,6 @@ from ..sidecar import (
 from ..sidecar.binding import model_binding
 from ..sidecar.card import CARD_NAME, render_card
 from ..sidecar.types import ConventionRecord, InputDomain
-from .in_graph import Block, StatisticsPass, make_layers
 from .moments import ClassMoments, pool_positions, sketch_width
 from .spectral import LayerRef, plan_spectral
 from .teacher_check import PRECHECK_EXAMPLES, AccuracyMeter, default_min_accuracy, require_fit
@@ -263,11 +262,8 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     moments = {key: ClassMoments(c, math.prod(shape), cov_rank=cfg.cov_rank if _sketch_fits(c, shape, cfg.cov_rank)
                                  else 0) for key, _, _, shape in chosen}
     coef = {p.key: ClassMoments(c, p.k) for p in plans}
-    layers = make_layers(chosen, cfg.temperature)
-    by_key = {la.key: la for la in layers}
-    data_pass = StatisticsPass(proto, plan.logits, layers,
-                               [Block(p.key, [by_key[r.key] for r in p.layers], p.basis.astype(np.float32))
-                                for p in plans], moments, coef, num_classes=c, source=str(plan.source))
+    bases = {p.key: p.basis.astype(np.float32) for p in plans}
+    runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen])
     meter = AccuracyMeter()
     n_total = min(data.size(cfg.split), cfg.limit) if cfg.limit else data.size(cfg.split)
     seen, t1 = 0, time.perf_counter()
@@ -275,7 +271,19 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     for x, y in data.batches(cfg.split, cfg.batch_size, feed=plan.feed, limit=cfg.limit):
         order = np.argsort(y, kind="stable")  # each class becomes one contiguous slice of every tensor
         x, y = x[order], y[order]
-        meter.update(data_pass.accumulate(x, y), y)
+        out = runner.run(x)
+        meter.update(out[plan.logits], y)
+        values = {}
+        for key, tensor, kind, _ in chosen:
+            v = out[tensor].reshape(len(y), -1)
+            values[key] = v / np.float32(cfg.temperature) if kind == "logits" else v
+            moments[key].update(values[key], y)
+            if not (np.isfinite(moments[key].mean).all() and np.isfinite(moments[key].m2).all()):
+                raise DfkdError(f"{plan.source}: tensor {tensor!r} is not finite (or beyond float32 range) on the "
+                                "data; check the model and its input convention ({input_norm})")
+        for p in plans:
+            signal = np.concatenate([values[r.key] for r in p.layers], axis=1)
+            coef[p.key].update(signal @ bases[p.key], y)
         seen += len(y)
         bar.update(len(y))
     bar.close()

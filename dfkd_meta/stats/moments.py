@@ -67,33 +67,6 @@ class ClassMoments:
                 sk_b = d64.T @ (d64 @ self.omega) - np.outer(s1, s1 @ self.omega) / n_b
             self._merge(int(c), n_b, mean_b, m2_b, sk_b)
 
-    def shifts(self, classes: np.ndarray) -> np.ndarray:
-        """float32 [P, units]: the running means of ``classes`` (all seen before), the shift ``add_sums`` expects."""
-        if (self.count[classes] == 0).any():
-            raise ValueError("a class without examples has no running mean to shift by")
-        return self.mean[classes].astype(np.float32)
-
-    def add_sums(self, classes: np.ndarray, counts: np.ndarray, shift: np.ndarray, s1: np.ndarray,
-                 s2: np.ndarray) -> None:
-        """Add a batch given as per-class sums of shifted values (computed elsewhere, e.g. inside a graph).
-
-        ``classes`` [P] distinct, ``counts`` [P] their examples, ``shift`` [P, units] what was subtracted
-        from every value of the class, ``s1``/``s2`` [P, units] the sums of the shifted values and of
-        their squares. Equivalent to ``update`` on the values themselves (no covariance sketch).
-        """
-        if self.sketch is not None:
-            raise ValueError("the covariance sketch needs the values, not their sums")
-        n_b = counts.astype(np.float64)[:, None]
-        s1, s2 = s1.astype(np.float64), s2.astype(np.float64)
-        mean_b = shift.astype(np.float64) + s1 / n_b
-        m2_b = np.maximum(s2 - s1 * s1 / n_b, 0.0)
-        n_a = self.count[classes].astype(np.float64)[:, None]
-        n = n_a + n_b
-        delta = mean_b - self.mean[classes]
-        self.mean[classes] += delta * (n_b / n)
-        self.m2[classes] += m2_b + delta ** 2 * (n_a * n_b / n)
-        self.count[classes] += counts
-
     def _merge(self, c: int, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray, sk_b: np.ndarray | None) -> None:
         n_a = self.count[c]
         n = n_a + n_b

@@ -61,12 +61,6 @@ DISTILL = DistillConfig(epochs=30, batch_size=64, temperature=8.0, lr=1e-3)
 # Every student curve in the authors' logs runs 28,100 steps at batch 64 (30 epochs of MNIST's 60,000):
 # a transfer set cut to 6,400 inputs gets as many steps as the paper's students, not as many epochs.
 STUDENT_STEPS = 28_100
-
-
-def distill_config(inputs: int) -> DistillConfig:
-    """The paper's distillation for a transfer set of ``inputs``: its settings, its number of student steps."""
-    per_epoch = -(-inputs // DISTILL.batch_size)
-    return replace(DISTILL, epochs=max(1, round(STUDENT_STEPS / per_epoch)))
 COV_RANK = 64  # the paper stores full covariances; the sidecar stores rank-64 factors and the diagonal rest
 MIN_BATCHES_PER_CLASS = 10
 MIN_STEPS = 100
@@ -75,6 +69,16 @@ ABLATIONS = {
     "independent_pairs": "each pair block's targets drawn on its own, as before the joint draw",
     "normalised_loss": "the project's layer term (squared error over the class variance) instead of the paper's",
 }
+
+
+def student_steps(cfg: DistillConfig, inputs: int) -> int:
+    """Optimiser steps of ``cfg`` over ``inputs`` examples (the last batch of an epoch may be short)."""
+    return cfg.epochs * -(-inputs // cfg.batch_size)
+
+
+def distill_config(inputs: int) -> DistillConfig:
+    """The paper's distillation for a transfer set of ``inputs``: its settings, its number of student steps."""
+    return replace(DISTILL, epochs=max(1, round(STUDENT_STEPS / student_steps(replace(DISTILL, epochs=1), inputs))))
 
 
 def release_for(data_spec: str, pair: str, work: Path, log):
@@ -122,12 +126,14 @@ def plan(teacher, sidecar, objective: str, minutes: float, work: Path) -> dict:
 @contextlib.contextmanager
 def ablation(name: str | None):
     """The preset's reconstruct settings for ablation ``name``, with any code switch it needs held."""
-    if name == "independent_pairs":
-        SpectralLayerPairs.joint_draw = False
-    try:
+    if name != "independent_pairs":
         yield {"loss_form": "normalised"} if name == "normalised_loss" else {}
+        return
+    SpectralLayerPairs.joint_draw = False
+    try:
+        yield {}
     finally:
-        SpectralLayerPairs.joint_draw = True
+        del SpectralLayerPairs.joint_draw  # back to the inherited default
 
 
 def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, log, variant: str | None = None) -> dict:
@@ -148,13 +154,13 @@ def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, 
             reconstruct(teacher, sidecar, out, cfg, device="cpu", progress=False, resume=True)
     recon_s = time.perf_counter() - t0
     transfer = read_transfer(out)
-    dcfg = distill_config(len(transfer.model_inputs()))
+    dcfg = distill_config(len(transfer))
     torch.manual_seed(0)
     r = distill(teacher, build_model(PAIRS[pair][1], data.input_shape, data.num_classes), transfer, dcfg,
                 device="cpu", eval_data=data, progress=False).report
     return {"accuracy": r["student_accuracy"], "agreement": r["agreement"], "plan": p,
             "reconstruct_minutes": round(recon_s / 60, 1), "distill_minutes": round(r["distill_seconds"] / 60, 1),
-            "student_steps": dcfg.epochs * -(-len(transfer.model_inputs()) // dcfg.batch_size),
+            "student_steps": student_steps(dcfg, len(transfer)),
             "settings": {"reconstruct": {k: v for k, v in vars(cfg).items() if k != "priors"},
                          "distill": vars(dcfg)}, **({"ablation": ABLATIONS[variant]} if variant else {})}
 
@@ -206,7 +212,7 @@ def main(argv=None) -> int:
         data, teacher, sidecar, info = release_for(args.data, pair, args.work, log)
         work = args.work / pair
         results["rows"].setdefault(f"{pair}|teacher", {"accuracy": info["teacher_accuracy"], "date": today})
-        kd_steps = DISTILL.epochs * -(-data.size("train") // DISTILL.batch_size)  # 30 epochs: the paper's steps
+        kd_steps = student_steps(DISTILL, data.size("train"))  # 30 epochs of the data: the paper's steps
         if f"{pair}|KD on data" not in results["rows"]:
             torch.manual_seed(0)
             r = distill(teacher, build_model(PAIRS[pair][1], data.input_shape, data.num_classes), data, DISTILL,
@@ -236,8 +242,9 @@ def main(argv=None) -> int:
                 row["reconstruct_minutes"] = old["reconstruct_minutes"]
                 row["short_distillation"] = {"accuracy": old["accuracy"], "agreement": old.get("agreement"),
                                              "epochs": old["settings"]["distill"]["epochs"],
-                                             "student_steps": old["settings"]["distill"]["epochs"]
-                                             * -(-old["plan"]["samples"] // DISTILL.batch_size),
+                                             "student_steps": student_steps(
+                                                 replace(DISTILL, epochs=old["settings"]["distill"]["epochs"]),
+                                                 old["plan"]["samples"]),
                                              "date": old.get("date")}
             results["rows"][key] = {**row, "date": today}
             save()

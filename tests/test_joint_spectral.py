@@ -109,6 +109,6 @@ def test_spectral_layer_pairs_draws_jointly_on_an_exported_release(tmp_path):
     try:
         independent = cls(ctx)
     finally:
-        cls.joint_draw = True
-    assert independent.joint is None
+        del cls.joint_draw  # back to the inherited default
+    assert independent.joint is None and cls.joint_draw
     assert {b.key for b in pairs} <= set(independent.start(np.arange(10).repeat(50), np.random.default_rng(0)).targets)

@@ -12,6 +12,8 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from cli.main import main as cli_main
@@ -30,6 +32,13 @@ from dfkd_meta.sidecar.schema import parse_schema
 from dfkd_meta.sidecar.validator import check_file
 from dfkd_meta.stats.export import export_release
 from dfkd_meta.stats.recheck import recheck_release
+from dfkd_meta.stats.teacher_check import (
+    RIVAL_ERROR_RATIO,
+    RIVAL_MARGIN,
+    AccuracyMeter,
+    ConventionComparison,
+    compare_conventions,
+)
 from dfkd_meta.transfer import read_transfer
 
 from .conftest import ROOT
@@ -106,7 +115,7 @@ def test_foreign_teacher_gets_statistics_of_its_raw_inputs(raw_cnn, tmp_path, ex
     check = sc.dataset.teacher_check
     assert check.accuracy > 0.9 and check.samples == len(y) and not check.forced
     assert check.accuracy == pytest.approx(float((logits.argmax(1) == y).mean()), abs=1e-9)
-    # a wrong convention is refused: the teacher is near chance on standardised inputs
+    # a wrong convention is refused: raw values make the teacher clearly more accurate than standardised ones
     with pytest.raises(DfkdError, match=r"the teacher is right on \d+\.\d% .* input_norm") as err:
         export_release(onnx_path, data, tmp_path / "wrong", input_norm="data", spectral_k=0, progress=False)
     assert "--input-norm" in err.value.render({"input_norm": "--input-norm"})
@@ -141,19 +150,36 @@ def test_foreign_teacher_takes_the_sidecar_paths_alike_from_both_exporters(raw_c
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
 
 
-def test_wrong_convention_is_near_chance_and_force_records_it(raw_cnn, tmp_path):
-    paths, npz, _, _ = raw_cnn
+def test_wrong_convention_is_refused_and_force_records_it(raw_cnn, tmp_path):
+    """Standardised inputs for a raw-trained BN CNN: how wrong the teacher gets varies with the machine
+    that trained it (31% to 70% measured), so the refusal must not rest on the threshold alone."""
+    paths, npz, x, y = raw_cnn
     data = load_data(f"npz:{npz}")
+    raw_accuracy = float((ort.InferenceSession(str(paths["legacy"])).run(None, {"input": x})[0].argmax(1) == y).mean())
     r = export_release(paths["legacy"], data, tmp_path / "forced", input_norm="data", force=True, spectral_k=0,
                        progress=False)
     sc = read_sidecar(r.sidecar_path)
     check = sc.dataset.teacher_check
-    assert check.forced and check.accuracy < 0.5 and sc.model.input_domain.convention.name == "data"
+    assert check.forced and sc.model.input_domain.convention.name == "data"
+    assert raw_accuracy - check.accuracy >= RIVAL_MARGIN and 1 - raw_accuracy <= RIVAL_ERROR_RATIO * (1 - check.accuracy)
+    assert r.summary["teacher_check"]["rival_conventions"]["none"] == pytest.approx(raw_accuracy, abs=1e-6)
     report = validate(r.sidecar_path, r.model_path)
     assert report.valid and report.rules == {"DM520"}  # a warning every consumer sees
-    # the re-check against the data finds what the statistics are of
+    # the re-check against the data finds what the statistics are of, whatever the threshold says
     findings, numbers = recheck_release(sc, str(r.model_path), data)
-    assert numbers["accuracy"] == pytest.approx(check.accuracy) and {f.rule for f in findings} == {"DM901"}
+    assert numbers["accuracy"] == pytest.approx(check.accuracy)
+    assert numbers["rival_conventions"]["none"] == pytest.approx(raw_accuracy, abs=1e-6)
+    expected = {"DM904"} | ({"DM901"} if check.accuracy < check.min_accuracy else set())
+    assert {f.rule for f in findings} == expected
+
+
+def test_a_teacher_fed_its_own_convention_beats_every_rival(raw_cnn, tmp_path):
+    """The right convention is never refused by the comparison, and records what the rivals scored."""
+    paths, npz, _, _ = raw_cnn
+    r = export_release(paths["dynamo"], load_data(f"npz:{npz}"), tmp_path / "rel", spectral_k=0, progress=False)
+    tc = r.summary["teacher_check"]
+    assert not tc["forced"] and set(tc["rival_conventions"]) == {"data"}  # "none" is the chosen one
+    assert tc["rival_conventions"]["data"] < tc["sample_accuracy"]
 
 
 def test_cli_export_refuses_in_one_line_and_leaves_nothing(raw_cnn, tmp_path):
@@ -398,7 +424,7 @@ def test_recheck_catches_a_release_made_with_the_old_normalisation(raw_cnn, tmp_
     runner = CliRunner()
     res = runner.invoke(cli_main, ["validate", str(r.sidecar_path), "--model", str(r.model_path), "--data",
                                    f"npz:{npz}"])
-    assert res.exit_code == 1 and "DM901" in res.output and "DM903" in res.output
+    assert res.exit_code == 1 and "DM904" in res.output and "DM903" in res.output
 
 
 def test_a_1_0_reader_accepts_1_1_files(tabular_release):
@@ -430,3 +456,35 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
     assert r.exit_code == 2 and r.output.startswith("error: --student 'nosuchnet': not one of"), r.output
     r = CliRunner().invoke(cli_main, ["train", "--model", "nosuchnet", "-o", str(tmp_path / "x.onnx")])
     assert r.exit_code == 2 and r.output.startswith("error: --model 'nosuchnet'"), r.output
+
+
+def _meter(correct: int, total: int) -> AccuracyMeter:
+    m = AccuracyMeter()
+    m.correct, m.total = correct, total
+    return m
+
+
+@given(chosen=st.integers(0, 2048), rival=st.integers(0, 2048))
+def test_a_rival_is_clearly_better_only_past_both_margins(chosen, rival):
+    comparison = ConventionComparison(_meter(chosen, 2048), {"none": _meter(rival, 2048), "data": _meter(0, 2048)})
+    a, b = chosen / 2048, rival / 2048
+    expected = b - a >= RIVAL_MARGIN and 1 - b <= RIVAL_ERROR_RATIO * (1 - a)
+    found = comparison.clearly_better()
+    assert (found is not None) == expected
+    if expected:
+        assert found[0] == "none" and found[1].accuracy == b
+
+
+def test_a_rival_with_the_chosen_numbers_is_not_compared(digits):
+    """MNIST-style `MEAN/STD` equal to the data's own statistics: the `data` rival is the same feed."""
+    mean, std = digits.channel_stats("train")
+    chosen = InputConvention("custom", tuple(mean), tuple(std), source="option")
+    seen = []
+
+    def logits(x):
+        seen.append(x.shape)
+        return np.zeros((len(x), 10), np.float32)
+
+    comparison = compare_conventions(logits, digits, "train", chosen, (64,), limit=300, batch_size=128)
+    assert set(comparison.rivals) == {"none"} and comparison.chosen.total == 300
+    assert seen == [(128, 64), (128, 64), (44, 64)] * 2  # flat features: the model's shape, chosen then rival

@@ -66,6 +66,7 @@ NOT_IN_CORPUS = {
     "DM901": "needs labelled data (validate --data): test_convention.py re-checks releases against digits",
     "DM902": "needs labelled data (validate --data): test_convention.py re-checks releases against digits",
     "DM903": "needs labelled data (validate --data): test_convention.py re-checks the frozen 1.0.0 release",
+    "DM904": "needs labelled data (validate --data): test_convention.py re-checks a release made with the wrong convention",
     "DM951": "about a release folder, not a file: test_release_card.py (a folder without a card)",
     "DM952": "about a release folder's card: test_release_card.py (hostile cards, links, fifos, oversize)",
     "DM953": "about a release folder's card: test_release_card.py (a card contradicting its release)",

@@ -48,7 +48,15 @@ from ..sidecar.card import CARD_NAME, render_card
 from ..sidecar.types import ConventionRecord, InputDomain
 from .moments import ClassMoments, pool_positions, sketch_width
 from .spectral import LayerRef, plan_spectral
-from .teacher_check import PRECHECK_EXAMPLES, AccuracyMeter, default_min_accuracy, require_fit
+from .teacher_check import (
+    PRECHECK_EXAMPLES,
+    AccuracyMeter,
+    ConventionComparison,
+    compare_conventions,
+    default_min_accuracy,
+    require_fit,
+    require_no_better_rival,
+)
 
 MAX_SKETCH_ENTRIES = 2 ** 25  # float64 covariance-sketch entries per layer (256 MiB); larger layers get none
 
@@ -132,18 +140,22 @@ def _plan(path: Path, data: DataSource, cfg: ExportConfig) -> _Plan:
     return _Plan(path, proto, facts, logits, chosen, convention, feed, domain, classes, names, min_acc)
 
 
-def _precheck(plan: _Plan, data: DataSource, cfg: ExportConfig) -> None:
-    """The teacher on a seeded sample of the split, before anything is written."""
+def _precheck(plan: _Plan, data: DataSource, cfg: ExportConfig) -> ConventionComparison:
+    """The teacher on a seeded sample of the split, fed its convention and each rival, before anything is written."""
     n = min(data.size(cfg.split), cfg.limit or data.size(cfg.split))
-    if n <= PRECHECK_EXAMPLES:
-        return  # the full pass is as cheap: it checks
     runner = OrtModel(plan.proto)
-    meter = AccuracyMeter()
-    for x, y in data.batches(cfg.split, cfg.batch_size, feed=plan.feed, shuffle=True, seed=0,
-                             limit=PRECHECK_EXAMPLES):
-        meter.update(runner.run(x)[plan.logits], y)
-    require_fit(meter, plan.min_accuracy, model=str(plan.source), data=data.spec or data.name,
-                convention=plan.convention.describe(), force=cfg.force, partial=True)
+    comparison = compare_conventions(lambda x: runner.run(x)[plan.logits], data, cfg.split, plan.convention,
+                                     tuple(plan.facts.inputs[0].per_example_shape),
+                                     limit=min(n, PRECHECK_EXAMPLES), batch_size=cfg.batch_size)
+    if comparison.chosen.out_of_range:  # before any accuracy: the cause is the numbers, not the labels
+        bad = comparison.chosen
+        raise DfkdError(f"{plan.source}: tensor {plan.logits!r} is not finite (or beyond float32 range) on the data; "
+                        f"check the model and its input convention ({{input_norm}}); {bad.out_of_range} of {bad.total} "
+                        "sampled examples")
+    where = {"model": str(plan.source), "data": data.spec or data.name, "convention": plan.convention.describe()}
+    require_no_better_rival(comparison, **where, force=cfg.force)
+    require_fit(comparison.chosen, plan.min_accuracy, **where, force=cfg.force, partial=n > PRECHECK_EXAMPLES)
+    return comparison
 
 
 def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_dir: str | Path,
@@ -183,10 +195,10 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
                 raise UsageError(f"{out_dir}: already holds {what} ({existing}); pass {{overwrite}} to replace it, "
                                  "or choose another folder")
         plan = _plan(source, data, cfg)
-        _precheck(plan, data, cfg)
+        comparison = _precheck(plan, data, cfg)
         stage = _stage_folder(out_dir)
         try:
-            result = _export(plan, data, stage, t0, cfg, name=name, dropout_keep=dropout_keep, progress=progress)
+            result = _export(plan, data, stage, t0, cfg, comparison, name=name, dropout_keep=dropout_keep, progress=progress)
             _publish(stage, out_dir, last=result.sidecar_path.name)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -249,7 +261,8 @@ def _place_model(src: Path, out_dir: Path, name: str | None) -> Path:
     return target
 
 
-def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: ExportConfig, *,
+def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: ExportConfig,
+            comparison: ConventionComparison, *,
             name, dropout_keep, progress) -> ExportResult:
     proto, facts, chosen, c = plan.proto, plan.facts, plan.chosen, plan.classes
     keep = {**dropout_keep_from_metadata(proto), **(dropout_keep or {})}
@@ -292,7 +305,9 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
         raise DfkdError(f"{data.spec or data.name}: the {cfg.split!r} split is empty")
     require_fit(meter, plan.min_accuracy, model=str(plan.source), data=data.spec or data.name,
                 convention=plan.convention.describe(), force=cfg.force)
-    check = meter.result(cfg.split, plan.min_accuracy, cfg.force)
+    # forced: exported past either check (the threshold, or a rival convention that fits clearly better)
+    check = meter.result(cfg.split, plan.min_accuracy, cfg.force and (
+        meter.accuracy < plan.min_accuracy or comparison.clearly_better() is not None))
 
     onnx_path = _place_model(plan.source, out_dir, name)
     stats = []
@@ -336,7 +351,8 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
                              "value_range": [plan.domain.value_min, plan.domain.value_max]},
         "teacher_check": {"split": check.split, "samples": check.samples, "accuracy": round(check.accuracy, 6),
                           "mean_confidence": round(check.mean_confidence, 6), "min_accuracy": check.min_accuracy,
-                          "forced": check.forced},
+                          "forced": check.forced, "sample_accuracy": round(comparison.chosen.accuracy, 6),
+                          "rival_conventions": comparison.accuracies()},
         "cov_rank": cfg.cov_rank, "cov_skipped_layers": skipped_cov, "temperature": cfg.temperature,
         "settings": recorded,
         "seconds": round(time.perf_counter() - t0, 3), "graph_seconds": round(t_graph, 3),

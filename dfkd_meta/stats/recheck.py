@@ -15,7 +15,7 @@ from ..onnx.runtime import OrtModel
 from ..sidecar.report import Finding, finding
 from ..sidecar.types import Sidecar
 from .moments import ClassMoments
-from .teacher_check import AccuracyMeter, default_min_accuracy
+from .teacher_check import PRECHECK_EXAMPLES, RIVAL_WORDS, AccuracyMeter, compare_conventions, default_min_accuracy
 
 LOGITS_TOLERANCE = 0.5  # |recorded - fresh| class mean of a logit, in units of its recorded std
 
@@ -29,7 +29,8 @@ def recheck_release(sidecar: Sidecar, model: str, data: DataSource, *, split: st
     domain = {"layout": dom.layout, "norm_mean": dom.norm_mean, "norm_std": dom.norm_std,
               "value_min": dom.value_min, "value_max": dom.value_max,
               "convention": dom.convention.name if dom.convention else None}
-    feed = Feed(from_domain(domain), tuple(binding.input_shape[1:]))
+    recorded = from_domain(domain)
+    feed = Feed(recorded, tuple(binding.input_shape[1:]))
     logits_layer = next((x for x in sidecar.layers if x.kind == "logits"), None)
     runner = OrtModel(model)
     meter = AccuracyMeter()
@@ -46,8 +47,19 @@ def recheck_release(sidecar: Sidecar, model: str, data: DataSource, *, split: st
         findings.append(finding("DM901", "/model/input_domain",
                                 f"fed by the recorded input domain the teacher is right on {meter.accuracy:.1%} of "
                                 f"{where}, below {floor:.1%}"))
+    comparison = compare_conventions(lambda x: runner.run(x)[binding.logits_name], data, split, recorded,
+                                     tuple(binding.input_shape[1:]), limit=min(meter.total, PRECHECK_EXAMPLES),
+                                     batch_size=batch_size)
+    better = comparison.clearly_better()
+    if better is not None:
+        name, rival = better
+        findings.append(finding("DM904", "/model/input_domain",
+                                f"on a sample of {rival.total} examples of {data.spec or data.name} ({split}) the "
+                                f"teacher is right on {comparison.chosen.accuracy:.1%} fed by the recorded input "
+                                f"domain, but on {rival.accuracy:.1%} fed {RIVAL_WORDS[name]}"))
     numbers = {"split": split, "samples": meter.total, "accuracy": meter.accuracy,
-               "mean_confidence": meter.mean_confidence, "min_accuracy": floor}
+               "mean_confidence": meter.mean_confidence, "min_accuracy": floor,
+               "sample_accuracy": comparison.chosen.accuracy, "rival_conventions": comparison.accuracies()}
     if logits_layer is not None:
         present = (moments.count > 0) & (logits_layer.count > 0)
         diff = np.abs(moments.mean - logits_layer.mean.astype(np.float64))

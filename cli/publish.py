@@ -124,7 +124,11 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
     click.echo(f"  input convention {conv['description']}, raw range {conv['value_range']}")
     click.echo(f"  teacher on the {t['samples']} {t['split']} examples: accuracy {t['accuracy']:.4f} "
                f"(threshold {t['min_accuracy']:.2f}), mean confidence {t['mean_confidence']:.3f}"
-               + (" -- BELOW THE THRESHOLD, exported with --force" if t["forced"] else ""))
+               + ("" if not t["forced"] else " -- BELOW THE THRESHOLD, exported with --force"
+                  if t["accuracy"] < t["min_accuracy"] else " -- A RIVAL CONVENTION FITS BETTER, exported with --force"))
+    rivals = ", ".join(f"{name} {acc:.4f}" for name, acc in t.get("rival_conventions", {}).items())
+    if rivals:
+        click.echo(f"  on a sample of the same examples: {conv['name']} {t['sample_accuracy']:.4f}; rivals {rivals}")
     click.echo(f"  {s['samples']} examples, {s['classes']} classes, {len(s['layers'])} layers "
                f"({', '.join(x['key'] for x in s['layers'])}), {len(s['spectral_blocks'])} spectral blocks")
     click.echo(f"  {s['seconds']:.1f} s ({s['samples_per_second']:.0f} examples/s in the statistics pass)")

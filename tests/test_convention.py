@@ -171,6 +171,9 @@ def test_wrong_convention_is_refused_and_force_records_it(raw_cnn, tmp_path):
     assert numbers["rival_conventions"]["none"] == pytest.approx(raw_accuracy, abs=1e-6)
     expected = {"DM904"} | ({"DM901"} if check.accuracy < check.min_accuracy else set())
     assert {f.rule for f in findings} == expected
+    shown = CliRunner().invoke(cli_main, ["show", str(r.sidecar_path)]).output
+    below = check.accuracy < check.min_accuracy
+    assert ("BELOW THE THRESHOLD" in shown) == below and ("FORCED: another standard input convention" in shown) != below
 
 
 def test_a_teacher_fed_its_own_convention_beats_every_rival(raw_cnn, tmp_path):
@@ -196,6 +199,7 @@ def test_cli_export_refuses_in_one_line_and_leaves_nothing(raw_cnn, tmp_path):
                                       "-q", "--spectral-k", "0"])
     assert r.exit_code == 0, r.output
     assert "teacher on the 1437 train examples: accuracy" in r.output and "none: raw values" in r.output
+    assert "on a sample of the same examples: none 0.9" in r.output and "; rivals data 0." in r.output
     r = CliRunner().invoke(cli_main, ["show", str(out / "teacher.dfkd.h5")])
     assert "input convention: none (default)" in r.output and "teacher  right on" in r.output
 

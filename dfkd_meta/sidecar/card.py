@@ -42,7 +42,9 @@ def card_facts(sc: Sidecar, sidecar_file: str, sidecar_sha256: str) -> dict:
     if check is not None:
         facts["teacher_accuracy"] = round(float(check.accuracy), 6)
         facts["teacher_check"] = f"{check.samples} {check.split} examples, threshold {check.min_accuracy:.2f}" + \
-            (", exported below it with --force" if check.forced else "")
+            ((", exported below it with --force" if check.accuracy < check.min_accuracy else
+              ", exported with --force although another input convention fitted the teacher clearly better")
+             if check.forced else "")
     return facts
 
 

@@ -159,7 +159,10 @@ def format_summary(info: dict, schema: Schema | None = None) -> str:
 def _check_line(t: dict) -> str:
     line = (f"right on {t['accuracy']:.2%} of the {t['samples']} {t['split']} examples (mean confidence "
             f"{t['mean_confidence']:.3f}, threshold {t['min_accuracy']:.2f})")
-    return line + (" -- BELOW THE THRESHOLD: the publisher forced the export" if t["forced"] else "")
+    if not t["forced"]:
+        return line
+    return line + (" -- BELOW THE THRESHOLD: the publisher forced the export" if t["accuracy"] < t["min_accuracy"]
+                   else " -- FORCED: another standard input convention fed the teacher clearly better")
 
 
 def plot_top_layer(sidecar: Sidecar, path: str | os.PathLike) -> Path:

@@ -66,6 +66,10 @@ def validate(path: str, model: str | None, data: str | None, resize: int | None,
                        f"{numbers['mean_confidence']:.3f}"
                        + (f", logits means within {numbers['logits_max_mean_difference_in_stds']:.3f} recorded stds"
                           if "logits_max_mean_difference_in_stds" in numbers else ""))
+            rivals = ", ".join(f"{k} {v:.4f}" for k, v in numbers["rival_conventions"].items())
+            if rivals:
+                click.echo(f"  on a sample of the same examples: recorded domain {numbers['sample_accuracy']:.4f}; "
+                           f"rivals {rivals}")
         click.echo(report.summary())
     sys.exit(0 if report.valid else 1)
 

@@ -429,6 +429,7 @@ def test_recheck_catches_a_release_made_with_the_old_normalisation(raw_cnn, tmp_
     res = runner.invoke(cli_main, ["validate", str(r.sidecar_path), "--model", str(r.model_path), "--data",
                                    f"npz:{npz}"])
     assert res.exit_code == 1 and "DM904" in res.output and "DM903" in res.output
+    assert "rivals none 0.9" in res.output
 
 
 def test_a_1_0_reader_accepts_1_1_files(tabular_release):

@@ -122,10 +122,12 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
     t, conv = s["teacher_check"], s["input_convention"]
     click.echo(f"wrote {s['model']} and {s['sidecar']} ({s['sidecar_bytes'] / 1e6:.2f} MB)")
     click.echo(f"  input convention {conv['description']}, raw range {conv['value_range']}")
+    forced = ""
+    if t["forced"]:
+        forced = (" -- BELOW THE THRESHOLD" if t["accuracy"] < t["min_accuracy"]
+                  else " -- A RIVAL CONVENTION FITS BETTER") + ", exported with --force"
     click.echo(f"  teacher on the {t['samples']} {t['split']} examples: accuracy {t['accuracy']:.4f} "
-               f"(threshold {t['min_accuracy']:.2f}), mean confidence {t['mean_confidence']:.3f}"
-               + ("" if not t["forced"] else " -- BELOW THE THRESHOLD, exported with --force"
-                  if t["accuracy"] < t["min_accuracy"] else " -- A RIVAL CONVENTION FITS BETTER, exported with --force"))
+               f"(threshold {t['min_accuracy']:.2f}), mean confidence {t['mean_confidence']:.3f}{forced}")
     rivals = ", ".join(f"{name} {acc:.4f}" for name, acc in t.get("rival_conventions", {}).items())
     if rivals:
         click.echo(f"  on a sample of the same examples: {conv['name']} {t['sample_accuracy']:.4f}; rivals {rivals}")

@@ -21,7 +21,7 @@ import io
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,8 @@ class DataSource:
     raw: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (x uint8 or float [N, C, H, W] or [N, D], y int64 [N])
     resize: int | None = None
     spec: str = ""
+    # per-split channel moments: a convention's numbers and the export's rival check both ask for them
+    _channel_stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -102,7 +104,14 @@ class DataSource:
         return (lo, hi) if lo < hi else (lo, lo + 1.0)
 
     def channel_stats(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (axis 1) mean and std of the raw values, float64, streamed; a constant channel gets std 1."""
+        """Per-channel (axis 1) mean and std of the raw values, float64, streamed once per split; a constant
+        channel gets std 1."""
+        if split not in self._channel_stats:
+            self._channel_stats[split] = self._compute_channel_stats(split)
+        mean, std = self._channel_stats[split]
+        return mean.copy(), std.copy()
+
+    def _compute_channel_stats(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         x = self._split(split)[0]
         scale = 255.0 if x.dtype == np.uint8 else 1.0
         channels = x.shape[1]

@@ -149,13 +149,16 @@ def _precheck(plan: _Plan, data: DataSource, cfg: ExportConfig) -> ConventionCom
                                      limit=min(n, PRECHECK_EXAMPLES), batch_size=cfg.batch_size)
     if comparison.chosen.out_of_range:  # before any accuracy: the cause is the numbers, not the labels
         bad = comparison.chosen
-        raise DfkdError(f"{plan.source}: tensor {plan.logits!r} is not finite (or beyond float32 range) on the data; "
-                        f"check the model and its input convention ({{input_norm}}); {bad.out_of_range} of {bad.total} "
-                        "sampled examples")
+        raise _not_finite(plan, plan.logits, f"; {bad.out_of_range} of {bad.total} sampled examples")
     where = {"model": str(plan.source), "data": data.spec or data.name, "convention": plan.convention.describe()}
     require_no_better_rival(comparison, **where, force=cfg.force)
     require_fit(comparison.chosen, plan.min_accuracy, **where, force=cfg.force, partial=n > PRECHECK_EXAMPLES)
     return comparison
+
+
+def _not_finite(plan: _Plan, tensor: str, detail: str = "") -> DfkdError:
+    return DfkdError(f"{plan.source}: tensor {tensor!r} is not finite (or beyond float32 range) on the data; check the "
+                     f"model and its input convention ({{input_norm}}){detail}")
 
 
 def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_dir: str | Path,
@@ -292,8 +295,7 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
             values[key] = v / np.float32(cfg.temperature) if kind == "logits" else v
             moments[key].update(values[key], y)
             if not (np.isfinite(moments[key].mean).all() and np.isfinite(moments[key].m2).all()):
-                raise DfkdError(f"{plan.source}: tensor {tensor!r} is not finite (or beyond float32 range) on the "
-                                "data; check the model and its input convention ({input_norm})")
+                raise _not_finite(plan, tensor)
         for p in plans:
             signal = np.concatenate([values[r.key] for r in p.layers], axis=1)
             coef[p.key].update(signal @ bases[p.key], y)

@@ -27,8 +27,8 @@ PRECHECK_EXAMPLES = 2048  # a seeded sample checked before the full pass, so a w
 # RIVAL_ERROR_RATIO of the errors: on 2,048 paired examples the standard error of a difference is
 # under 1.5 points, and a teacher fed its own convention is never beaten by that much.
 RIVAL_MARGIN = 0.05
-FLOAT32_SQUARE_LIMIT = float(np.sqrt(np.finfo(np.float32).max))
 RIVAL_ERROR_RATIO = 0.5
+FLOAT32_SQUARE_LIMIT = float(np.sqrt(np.finfo(np.float32).max))  # a larger logit's square overflows float32
 
 
 def default_min_accuracy(num_classes: int) -> float:
@@ -69,8 +69,8 @@ class AccuracyMeter:
                             mean_confidence=self.mean_confidence, min_accuracy=min_accuracy, forced=forced)
 
 
-def rival_conventions(chosen: InputConvention, data: DataSource, split: str) -> list[InputConvention]:
-    """The standard conventions other than ``chosen``: raw values, the data's standardisation, ImageNet's."""
+def rival_conventions(data: DataSource, split: str) -> list[InputConvention]:
+    """The standard conventions: raw values, the data's standardisation, ImageNet's (RGB in [0, 1])."""
     mean, std = data.channel_stats(split)
     rivals = [InputConvention("none", source="default"),
               InputConvention("data", tuple(mean), tuple(std), source="option")]
@@ -109,18 +109,17 @@ def compare_conventions(logits: Callable[[np.ndarray], np.ndarray], data: DataSo
     A rival that transforms the sample as ``chosen`` does (the same numbers under another name) is
     left out, so naming ``data`` and ``0.1307/0.3081`` on MNIST never compete.
     """
-    xs, ys = zip(*data.batches(split, 4096, feed=RAW, shuffle=True, seed=0, limit=limit))
-    raw, labels = np.concatenate(xs), np.concatenate(ys)
-    probe = raw[:64]
+    probe = next(data.batches(split, 64, feed=RAW, shuffle=True, seed=0, limit=min(limit, 64)))[0]
     mine = chosen.apply(probe)
 
     def measure(conv: InputConvention) -> AccuracyMeter:
-        feed, meter = Feed(conv, tuple(model_shape)), AccuracyMeter()
-        for start in range(0, len(labels), batch_size):
-            meter.update(logits(feed(raw[start:start + batch_size])), labels[start:start + batch_size])
+        meter = AccuracyMeter()
+        for x, y in data.batches(split, batch_size, feed=Feed(conv, tuple(model_shape)), shuffle=True, seed=0,
+                                 limit=limit):
+            meter.update(logits(x), y)
         return meter
 
-    rivals = {c.name: c for c in rival_conventions(chosen, data, split)
+    rivals = {c.name: c for c in rival_conventions(data, split)
               if not np.allclose(c.apply(probe), mine, rtol=1e-3, atol=1e-4)}
     return ConventionComparison(measure(chosen), {name: measure(c) for name, c in rivals.items()})
 

@@ -16,9 +16,9 @@ seconds per step, then the inputs are cut first (down to 10 batches per class) a
 second (down to 100); the row records both factors. Reconstruction resumes from its .partial file, and rows are
 merged into the results file by key, so an interrupted run continues in the next session.
 
-``--ablations independent_pairs,normalised_loss`` reruns objectives with one change to the preset
+``--ablations independent_pairs,normalised_loss,spectral_k512`` reruns objectives with one change
 each, at the objective's own plan, as rows "OBJECTIVE [ABLATION]": what the joint draw of the pair
-targets and the paper's loss term are each worth.
+targets, the paper's loss term and the size of the stored spectral bases are each worth.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -64,10 +64,27 @@ STUDENT_STEPS = 28_100
 COV_RANK = 64  # the paper stores full covariances; the sidecar stores rank-64 factors and the diagonal rest
 MIN_BATCHES_PER_CLASS = 10
 MIN_STEPS = 100
-# Ablations (--ablations): one change to the preset each, at the objective's own plan (same inputs x steps)
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One change to the paper's run, at the objective's own plan (same inputs x steps)."""
+
+    what: str
+    objectives: tuple[str, ...] = OBJECTIVES  # the objectives it changes; the others are not rerun
+    reconstruct: dict = field(default_factory=dict)  # reconstruct settings replaced
+    export: dict = field(default_factory=dict)  # export settings replaced: a release of its own
+    independent_pairs: bool = False  # the code switch of SpectralLayerPairs.joint_draw, held off
+
+
 ABLATIONS = {
-    "independent_pairs": "each pair block's targets drawn on its own, as before the joint draw",
-    "normalised_loss": "the project's layer term (squared error over the class variance) instead of the paper's",
+    "independent_pairs": Ablation("each pair block's targets drawn on its own, as before the joint draw",
+                                  ("spectral_layer_pairs",), independent_pairs=True),
+    "normalised_loss": Ablation("the project's layer term (squared error over the class variance) instead of "
+                                "the paper's", reconstruct={"loss_form": "normalised"}),
+    "spectral_k512": Ablation("spectral bases of 512 eigenvectors per block (of at most the block's units) "
+                              "instead of 64 (all layers) and 32 (pairs)",
+                              ("spectral_all_layers", "spectral_layer_pairs"), export={"spectral_k": 512}),
 }
 
 
@@ -99,6 +116,16 @@ def release_for(data_spec: str, pair: str, work: Path, log):
     return data, folder / "release" / "teacher.onnx", sidecar, json.loads(info_path.read_text())
 
 
+def ablation_release(data, teacher: Path, work: Path, name: str, log) -> tuple[Path, Path]:
+    """The same teacher exported again with the ablation's export settings (once; kept beside the paper's)."""
+    out = work / f"release-{name}"
+    if not (out / "teacher.dfkd.h5").is_file():
+        log(f"exporting the release of ablation {name} ({ABLATIONS[name].export})")
+        export_release(teacher, data, out, cov_rank=COV_RANK, progress=False, overwrite=True,
+                       **ABLATIONS[name].export)
+    return out / "teacher.onnx", out / "teacher.dfkd.h5"
+
+
 def plan(teacher, sidecar, objective: str, minutes: float, work: Path) -> dict:
     """The preset scaled to ``minutes``: inputs first (to 10 batches per class), then steps (to 100).
 
@@ -125,19 +152,21 @@ def plan(teacher, sidecar, objective: str, minutes: float, work: Path) -> dict:
 
 @contextlib.contextmanager
 def ablation(name: str | None):
-    """The preset's reconstruct settings for ablation ``name``, with any code switch it needs held."""
-    if name != "independent_pairs":
-        yield {"loss_form": "normalised"} if name == "normalised_loss" else {}
+    """The reconstruct settings ablation ``name`` replaces, with any code switch it needs held."""
+    if name is None or not ABLATIONS[name].independent_pairs:
+        yield {} if name is None else dict(ABLATIONS[name].reconstruct)
         return
     SpectralLayerPairs.joint_draw = False
     try:
-        yield {}
+        yield dict(ABLATIONS[name].reconstruct)
     finally:
         del SpectralLayerPairs.joint_draw  # back to the inherited default
 
 
 def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, log, variant: str | None = None) -> dict:
     plan_path = work / f"{objective}.plan.json"
+    if variant is not None and ABLATIONS[variant].export:
+        teacher, sidecar = ablation_release(data, teacher, work, variant, log)
     if plan_path.is_file():
         p = json.loads(plan_path.read_text())
     else:
@@ -162,7 +191,7 @@ def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, 
             "reconstruct_minutes": round(recon_s / 60, 1), "distill_minutes": round(r["distill_seconds"] / 60, 1),
             "student_steps": student_steps(dcfg, len(transfer)),
             "settings": {"reconstruct": {k: v for k, v in vars(cfg).items() if k != "priors"},
-                         "distill": vars(dcfg)}, **({"ablation": ABLATIONS[variant]} if variant else {})}
+                         "distill": vars(dcfg)}, **({"ablation": ABLATIONS[variant].what} if variant else {})}
 
 
 def table(results: dict) -> str:
@@ -235,7 +264,7 @@ def main(argv=None) -> int:
             # from its kept transfer set; its reconstruction and its short-distillation result stay on record
             if objective == "all_layers_dropout" and pair == "lenet":
                 continue  # the paper's LeNet has no dropout; neither has ours
-            if variant == "independent_pairs" and objective != "spectral_layer_pairs":
+            if variant is not None and objective not in ABLATIONS[variant].objectives:
                 continue
             row = run_objective(pair, data, teacher, sidecar, objective, args.minutes, work, log, variant)
             if old is not None:

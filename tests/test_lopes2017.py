@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli.main import main as cli_main
 from dfkd_meta.config import RECONSTRUCT_PRESETS, Priors, ReconstructConfig, reconstruct_preset
 from dfkd_meta.errors import UsageError
-from dfkd_meta.reconstruct.objectives import lopes2017_sq_error
+from dfkd_meta.reconstruct.objectives import SpectralLayerPairs, lopes2017_sq_error
 from dfkd_meta.reconstruct.synthesize import reconstruct
 from dfkd_meta.transfer import read_transfer
 
@@ -82,3 +82,35 @@ def test_the_cli_preset_yields_to_explicit_options(release, tmp_path):
     bad = CliRunner().invoke(cli_main, ["reconstruct", "--model", str(model), "--sidecar", str(sidecar), "--preset",
                                         "lopes", "-o", str(tmp_path / "u.h5")])
     assert bad.exit_code == 2 and "lopes2017" in bad.output and not (tmp_path / "u.h5").exists()
+
+
+def test_the_benchmark_ablations_name_real_settings():
+    """Each ablation of benchmarks/lopes2017.py changes settings that exist, on objectives that exist."""
+    import dataclasses
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from dfkd_meta.config import ExportConfig
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "lopes2017.py"
+    spec = importlib.util.spec_from_file_location("lopes2017_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules[spec.name]
+    recon_fields = {f.name for f in dataclasses.fields(ReconstructConfig)}
+    export_fields = {f.name for f in dataclasses.fields(ExportConfig)}
+    for name, ab in bench.ABLATIONS.items():
+        assert ab.what and set(ab.objectives) <= set(bench.OBJECTIVES), name
+        assert set(ab.reconstruct) <= recon_fields and set(ab.export) <= export_fields, name
+        assert ab.reconstruct or ab.export or ab.independent_pairs, f"{name} changes nothing"
+        with bench.ablation(name) as changes:
+            assert changes == ab.reconstruct
+            cfg = reconstruct_preset("lopes2017", **changes)
+            assert all(getattr(cfg, k) == v for k, v in ab.reconstruct.items())
+            assert SpectralLayerPairs.joint_draw is not ab.independent_pairs
+        assert SpectralLayerPairs.joint_draw is True  # the switch is put back
+        ExportConfig(**ab.export).check()

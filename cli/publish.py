@@ -6,6 +6,7 @@ import json
 import click
 
 from dfkd_meta.config import ExportConfig, TrainConfig
+from dfkd_meta.sidecar.types import forced_reason
 
 from .common import CONVENTION_HELP, DATA_HELP, DEVICE, QUIET, Command, pair
 
@@ -122,10 +123,7 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
     t, conv = s["teacher_check"], s["input_convention"]
     click.echo(f"wrote {s['model']} and {s['sidecar']} ({s['sidecar_bytes'] / 1e6:.2f} MB)")
     click.echo(f"  input convention {conv['description']}, raw range {conv['value_range']}")
-    forced = ""
-    if t["forced"]:
-        forced = (" -- BELOW THE THRESHOLD" if t["accuracy"] < t["min_accuracy"]
-                  else " -- A RIVAL CONVENTION FITS BETTER") + ", exported with --force"
+    forced = f" -- exported with --force: {forced_reason(t['accuracy'], t['min_accuracy'])}" if t["forced"] else ""
     click.echo(f"  teacher on the {t['samples']} {t['split']} examples: accuracy {t['accuracy']:.4f} "
                f"(threshold {t['min_accuracy']:.2f}), mean confidence {t['mean_confidence']:.3f}{forced}")
     rivals = ", ".join(f"{name} {acc:.4f}" for name, acc in t.get("rival_conventions", {}).items())

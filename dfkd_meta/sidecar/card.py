@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..fileio import sha256_file
 from .report import Finding, finding
-from .types import Sidecar
+from .types import Sidecar, forced_reason
 
 CARD_NAME = "README.md"
 MAX_CARD_BYTES = 256 << 10
@@ -42,9 +42,7 @@ def card_facts(sc: Sidecar, sidecar_file: str, sidecar_sha256: str) -> dict:
     if check is not None:
         facts["teacher_accuracy"] = round(float(check.accuracy), 6)
         facts["teacher_check"] = f"{check.samples} {check.split} examples, threshold {check.min_accuracy:.2f}" + \
-            ((", exported below it with --force" if check.accuracy < check.min_accuracy else
-              ", exported with --force although another input convention fitted the teacher clearly better")
-             if check.forced else "")
+            (f", exported with --force: {forced_reason(check.accuracy, check.min_accuracy)}" if check.forced else "")
     return facts
 
 

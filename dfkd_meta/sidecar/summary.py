@@ -16,7 +16,7 @@ import numpy as np
 
 from ..plotting import pyplot, save_png
 from .schema import Schema, schema_or_default
-from .types import ELEMENTS, Element, Sidecar
+from .types import ELEMENTS, Element, Sidecar, forced_reason
 
 SMALL_ARRAY = 64  # arrays up to this many values are shown in full
 
@@ -161,8 +161,7 @@ def _check_line(t: dict) -> str:
             f"{t['mean_confidence']:.3f}, threshold {t['min_accuracy']:.2f})")
     if not t["forced"]:
         return line
-    return line + (" -- BELOW THE THRESHOLD: the publisher forced the export" if t["accuracy"] < t["min_accuracy"]
-                   else " -- FORCED: another standard input convention fed the teacher clearly better")
+    return line + f" -- FORCED by the publisher: {forced_reason(t['accuracy'], t['min_accuracy'])}"
 
 
 def plot_top_layer(sidecar: Sidecar, path: str | os.PathLike) -> Path:

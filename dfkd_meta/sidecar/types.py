@@ -162,7 +162,14 @@ class TeacherCheck:
     accuracy: float
     mean_confidence: float  # mean over examples of the largest softmax probability (temperature 1)
     min_accuracy: float  # the threshold export applied
-    forced: bool = False  # exported below the threshold on the publisher's request
+    forced: bool = False  # exported past a failed check on the publisher's request (forced_reason says which)
+
+
+def forced_reason(accuracy: float, min_accuracy: float) -> str:
+    """Which check a forced export went past (SPEC §7.1): the threshold, or else the rival conventions."""
+    if accuracy < min_accuracy:
+        return f"the teacher was below the threshold {min_accuracy:.1%}"
+    return "another standard input convention fed the teacher clearly better"
 
 
 @element("dataset_provenance")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..state import GroupContext
+from ..types import forced_reason
 from . import rule
 
 
@@ -40,7 +41,5 @@ def teacher_check_was_forced(ctx: GroupContext) -> None:
     acc, floor, forced = tc.get("accuracy"), tc.get("min_accuracy"), tc.get("forced")
     if None in (acc, floor, forced) or not forced:
         return
-    why = (f"below the threshold {floor:.1%}" if acc < floor
-           else "another standard input convention fed the teacher clearly better")
-    ctx.report(f"{ctx.path}/teacher_check@accuracy", f"the teacher was right on {acc:.1%} of the export data, "
-                                                      f"{why}; the publisher forced it")
+    ctx.report(f"{ctx.path}/teacher_check@accuracy", f"the teacher was right on {acc:.1%} of the export data "
+                                                      f"and the publisher forced the export: {forced_reason(acc, floor)}")

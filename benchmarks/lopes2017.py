@@ -153,14 +153,14 @@ def plan(teacher, sidecar, objective: str, minutes: float, work: Path) -> dict:
 @contextlib.contextmanager
 def ablation(name: str | None):
     """The reconstruct settings ablation ``name`` replaces, with any code switch it needs held."""
-    if name is None or not ABLATIONS[name].independent_pairs:
-        yield {} if name is None else dict(ABLATIONS[name].reconstruct)
-        return
-    SpectralLayerPairs.joint_draw = False
+    ab = ABLATIONS[name] if name is not None else Ablation("the paper's run")
+    if ab.independent_pairs:
+        SpectralLayerPairs.joint_draw = False
     try:
-        yield dict(ABLATIONS[name].reconstruct)
+        yield dict(ab.reconstruct)
     finally:
-        del SpectralLayerPairs.joint_draw  # back to the inherited default
+        if ab.independent_pairs:
+            del SpectralLayerPairs.joint_draw  # back to the inherited default
 
 
 def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, log, variant: str | None = None) -> dict:

@@ -1,7 +1,11 @@
 """The lopes2017 preset: the paper's settings resolve as documented, its loss term by hand, its init and clipping."""
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import main as cli_main
-from dfkd_meta.config import RECONSTRUCT_PRESETS, Priors, ReconstructConfig, reconstruct_preset
+from dfkd_meta.config import RECONSTRUCT_PRESETS, ExportConfig, Priors, ReconstructConfig, reconstruct_preset
 from dfkd_meta.errors import UsageError
 from dfkd_meta.reconstruct.objectives import SpectralLayerPairs, lopes2017_sq_error
 from dfkd_meta.reconstruct.synthesize import reconstruct
@@ -86,13 +90,6 @@ def test_the_cli_preset_yields_to_explicit_options(release, tmp_path):
 
 def test_the_benchmark_ablations_name_real_settings():
     """Each ablation of benchmarks/lopes2017.py changes settings that exist, on objectives that exist."""
-    import dataclasses
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    from dfkd_meta.config import ExportConfig
-
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "lopes2017.py"
     spec = importlib.util.spec_from_file_location("lopes2017_benchmark", path)
     bench = importlib.util.module_from_spec(spec)

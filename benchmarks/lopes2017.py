@@ -16,9 +16,10 @@ seconds per step, then the inputs are cut first (down to 10 batches per class) a
 second (down to 100); the row records both factors. Reconstruction resumes from its .partial file, and rows are
 merged into the results file by key, so an interrupted run continues in the next session.
 
-``--ablations independent_pairs,normalised_loss,spectral_k512`` reruns objectives with one change
-each, at the objective's own plan, as rows "OBJECTIVE [ABLATION]": what the joint draw of the pair
-targets, the paper's loss term and the size of the stored spectral bases are each worth.
+``--ablations independent_pairs,normalised_loss,spectral_k512,layer_targets`` reruns objectives with one
+change each, at the objective's own plan, as rows "OBJECTIVE [ABLATION]": what the joint draw of the pair
+targets, the paper's loss term, the size of the stored spectral bases and the per-coefficient targets are
+each worth.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from dfkd_meta.data import load_data
 from dfkd_meta.distill import distill
 from dfkd_meta.models import build_model, hidden_dropout_keep_probs
 from dfkd_meta.onnx.torch_export import export_onnx
-from dfkd_meta.reconstruct.objectives import SpectralLayerPairs
+from dfkd_meta.reconstruct.objectives import SpectralAllLayers, SpectralLayerPairs
 from dfkd_meta.reconstruct.synthesize import reconstruct
 from dfkd_meta.stats.export import export_release
 from dfkd_meta.train import train_teacher
@@ -74,17 +75,22 @@ class Ablation:
     objectives: tuple[str, ...] = OBJECTIVES  # the objectives it changes; the others are not rerun
     reconstruct: dict = field(default_factory=dict)  # reconstruct settings replaced
     export: dict = field(default_factory=dict)  # export settings replaced: a release of its own
-    independent_pairs: bool = False  # the code switch of SpectralLayerPairs.joint_draw, held off
+    switches: tuple[tuple[type, str, object], ...] = ()  # class attributes (code switches) held for the run
 
 
 ABLATIONS = {
     "independent_pairs": Ablation("each pair block's targets drawn on its own, as before the joint draw",
-                                  ("spectral_layer_pairs",), independent_pairs=True),
+                                  ("spectral_layer_pairs",), switches=((SpectralLayerPairs, "joint_draw", False),)),
     "normalised_loss": Ablation("the project's layer term (squared error over the class variance) instead of "
                                 "the paper's", reconstruct={"loss_form": "normalised"}),
     "spectral_k512": Ablation("spectral bases of 512 eigenvectors per block (of at most the block's units) "
                               "instead of 64 (all layers) and 32 (pairs)",
                               ("spectral_all_layers", "spectral_layer_pairs"), export={"spectral_k": 512}),
+    "layer_targets": Ablation("coefficient targets projected from per-layer draws (the all_layers targets, with "
+                              "covariance factors) instead of drawn per coefficient",
+                              ("spectral_all_layers", "spectral_layer_pairs"),
+                              switches=tuple((cls, "layer_targets", True) for cls in (SpectralAllLayers,
+                                                                                       SpectralLayerPairs))),
 }
 
 
@@ -150,17 +156,24 @@ def plan(teacher, sidecar, objective: str, minutes: float, work: Path) -> dict:
             "over_budget": n_batches * steps > budget_steps}
 
 
+_INHERITED = object()
+
+
 @contextlib.contextmanager
 def ablation(name: str | None):
     """The reconstruct settings ablation ``name`` replaces, with any code switch it needs held."""
     ab = ABLATIONS[name] if name is not None else Ablation("the paper's run")
-    if ab.independent_pairs:
-        SpectralLayerPairs.joint_draw = False
+    held = [(cls, attr, cls.__dict__.get(attr, _INHERITED)) for cls, attr, _ in ab.switches]
+    for cls, attr, value in ab.switches:
+        setattr(cls, attr, value)
     try:
         yield dict(ab.reconstruct)
     finally:
-        if ab.independent_pairs:
-            del SpectralLayerPairs.joint_draw  # back to the inherited default
+        for cls, attr, before in reversed(held):
+            if before is _INHERITED:
+                delattr(cls, attr)  # back to the inherited default
+            else:
+                setattr(cls, attr, before)
 
 
 def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, log, variant: str | None = None) -> dict:

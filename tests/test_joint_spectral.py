@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from dfkd_meta.onnx.graph import load_onnx
 from dfkd_meta.reconstruct.objectives import OBJECTIVES, Context
-from dfkd_meta.reconstruct.sampling import JointSpectral
+from dfkd_meta.reconstruct.sampling import JointSpectral, sample_layer
 from dfkd_meta.sidecar import read_sidecar
 from dfkd_meta.sidecar.types import SpectralStats
 
@@ -112,3 +112,29 @@ def test_spectral_layer_pairs_draws_jointly_on_an_exported_release(tmp_path):
         del cls.joint_draw  # back to the inherited default
     assert independent.joint is None and cls.joint_draw
     assert {b.key for b in pairs} <= set(independent.start(np.arange(10).repeat(50), np.random.default_rng(0)).targets)
+
+
+def test_layer_targets_are_the_coefficients_of_one_per_layer_draw(tmp_path):
+    """The layer_targets ablation switch: every block's targets project the same per-layer draws."""
+    release = digits_release(tmp_path / "r")
+    sc = read_sidecar(release.sidecar_path, release.model_path)
+    ctx = Context(sc, load_onnx(release.model_path), torch.device("cpu"))
+    classes = np.arange(10).repeat(3)
+    for name in ("spectral_layer_pairs", "spectral_all_layers"):
+        cls = OBJECTIVES[name]
+        cls.layer_targets = True
+        try:
+            obj = cls(ctx)
+            targets = obj.start(classes, np.random.default_rng(7)).targets
+        finally:
+            del cls.layer_targets
+        assert not cls.layer_targets
+        rng = np.random.default_rng(7)
+        keys = sorted({k for b in obj.blocks() for k in b.layers})
+        draws = {k: sample_layer(sc.layer(k), classes, rng) for k in keys}
+        for b in obj.blocks():
+            x = np.concatenate([draws[k] for k in b.layers], axis=1)
+            np.testing.assert_allclose(targets[b.key].numpy(), x @ b.basis.astype(np.float64), rtol=1e-5, atol=1e-4)
+        # the default draw is per coefficient: different numbers from the same seed
+        default = cls(ctx).start(classes, np.random.default_rng(7)).targets
+        assert not np.allclose(default[obj.blocks()[0].key].numpy(), targets[obj.blocks()[0].key].numpy())

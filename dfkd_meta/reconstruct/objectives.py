@@ -215,6 +215,9 @@ class _SpectralMatching(Objective):
     """Match sampled coefficients of the activations in the stored graph-Fourier bases."""
 
     joint_draw = True  # False draws each block's targets on its own (before 1.1; kept for ablations)
+    # True: targets are the basis projections of per-layer draws (the all_layers targets, with covariance
+    # factors) instead of per-coefficient draws; kept for ablations (which statistics limit the objective)
+    layer_targets = False
 
     def blocks(self) -> list[SpectralStats]:
         raise NotImplementedError
@@ -239,11 +242,22 @@ class _SpectralMatching(Objective):
 
     def start(self, classes, rng):
         batch = super().start(classes, rng)
-        drawn = self.joint.sample(classes, rng) if self.joint is not None else \
-            {b.key: sample_spectral(b, classes, rng) for b in self.blocks()}
+        if self.layer_targets:
+            drawn = self.projected_layer_draws(classes, rng)
+        elif self.joint is not None:
+            drawn = self.joint.sample(classes, rng)
+        else:
+            drawn = {b.key: sample_spectral(b, classes, rng) for b in self.blocks()}
         for key, target in drawn.items():
             batch.targets[key] = _t(target, self.ctx)
         return batch
+
+    def projected_layer_draws(self, classes: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Each block's coefficients of one per-layer draw per sample (shared layers drawn once)."""
+        keys = sorted({k for b in self.blocks() for k in b.layers})
+        layer = {k: sample_layer(self.ctx.sidecar.layer(k), classes, rng) for k in keys}
+        return {b.key: np.concatenate([layer[k] for k in b.layers], axis=1) @ b.basis.astype(np.float64)
+                for b in self.blocks()}
 
     def coefficients(self, block: SpectralStats, acts: dict[str, torch.Tensor]) -> torch.Tensor:
         signal = torch.cat([layer_value(self.ctx.sidecar.layer(k), acts) for k in block.layers], dim=1)

@@ -16,10 +16,10 @@ seconds per step, then the inputs are cut first (down to 10 batches per class) a
 second (down to 100); the row records both factors. Reconstruction resumes from its .partial file, and rows are
 merged into the results file by key, so an interrupted run continues in the next session.
 
-``--ablations independent_pairs,normalised_loss,spectral_k512,layer_targets`` reruns objectives with one
-change each, at the objective's own plan, as rows "OBJECTIVE [ABLATION]": what the joint draw of the pair
-targets, the paper's loss term, the size of the stored spectral bases and the per-coefficient targets are
-each worth.
+``--ablations independent_pairs,normalised_loss,spectral_k512,layer_targets,paper_steps,paper_inputs``
+reruns objectives with one change each, at the objective's own plan, as rows "OBJECTIVE [ABLATION]": what
+the joint draw of the pair targets, the paper's loss term, the size of the stored spectral bases, the
+per-coefficient targets and each half of the cut budget are each worth.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from dfkd_meta.config import DistillConfig, reconstruct_preset
+from dfkd_meta.config import RECONSTRUCT_PRESETS, DistillConfig, reconstruct_preset
 from dfkd_meta.data import load_data
 from dfkd_meta.distill import distill
 from dfkd_meta.models import build_model, hidden_dropout_keep_probs
@@ -65,6 +65,7 @@ STUDENT_STEPS = 28_100
 COV_RANK = 64  # the paper stores full covariances; the sidecar stores rank-64 factors and the diagonal rest
 MIN_BATCHES_PER_CLASS = 10
 MIN_STEPS = 100
+BUDGET = ("samples", "steps")  # reconstruct settings that are the plan's: an ablation of them replaces the plan
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ ABLATIONS = {
                               ("spectral_all_layers", "spectral_layer_pairs"),
                               switches=tuple((cls, "layer_targets", True) for cls in (SpectralAllLayers,
                                                                                        SpectralLayerPairs))),
+    "paper_steps": Ablation("the paper's 1,000 steps per batch at the cut inputs",
+                            reconstruct={"steps": RECONSTRUCT_PRESETS["lopes2017"]["steps"]}),
+    "paper_inputs": Ablation("the paper's 25,600 inputs at the cut steps",
+                             reconstruct={"samples": RECONSTRUCT_PRESETS["lopes2017"]["samples"]}),
 }
 
 
@@ -185,13 +190,19 @@ def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, 
     else:
         p = plan(teacher, sidecar, objective, minutes, work)
         plan_path.write_text(json.dumps(p))
+    budget = {k: v for k, v in (ABLATIONS[variant].reconstruct if variant else {}).items() if k in BUDGET}
+    if budget:  # an ablation of the budget itself: the objective's plan with its inputs or steps replaced
+        full = reconstruct_preset("lopes2017", objective=objective)
+        p = {**p, **budget, "sample_factor": round(budget.get("samples", p["samples"]) / full.samples, 3),
+             "step_factor": round(budget.get("steps", p["steps"]) / full.steps, 3), "over_budget": True}
     log(f"{pair} {objective}{f' [{variant}]' if variant else ''}: {p['samples']:,} inputs x {p['steps']} steps "
         f"(x{p['sample_factor']} inputs, x{p['step_factor']} steps of the paper's; "
         f"{p['seconds_per_step'] * 1000:.1f} ms per step)")
     out = work / f"transfer_{objective}{f'-{variant}' if variant else ''}.h5"
     t0 = time.perf_counter()
     with ablation(variant) as changes:
-        cfg = reconstruct_preset("lopes2017", objective=objective, samples=p["samples"], steps=p["steps"], **changes)
+        cfg = reconstruct_preset("lopes2017", objective=objective, **{"samples": p["samples"], "steps": p["steps"],
+                                                                      **changes})
         if not out.is_file():
             reconstruct(teacher, sidecar, out, cfg, device="cpu", progress=False, resume=True)
     recon_s = time.perf_counter() - t0

@@ -40,7 +40,7 @@ from dfkd_meta.data import load_data
 from dfkd_meta.distill import distill
 from dfkd_meta.models import build_model, hidden_dropout_keep_probs
 from dfkd_meta.onnx.torch_export import export_onnx
-from dfkd_meta.reconstruct.objectives import SpectralAllLayers, SpectralLayerPairs
+from dfkd_meta.reconstruct.objectives import SpectralLayerPairs
 from dfkd_meta.reconstruct.synthesize import reconstruct
 from dfkd_meta.stats.export import export_release
 from dfkd_meta.train import train_teacher
@@ -90,8 +90,7 @@ ABLATIONS = {
     "layer_targets": Ablation("coefficient targets projected from per-layer draws (the all_layers targets, with "
                               "covariance factors) instead of drawn per coefficient",
                               ("spectral_all_layers", "spectral_layer_pairs"),
-                              switches=tuple((cls, "layer_targets", True) for cls in (SpectralAllLayers,
-                                                                                       SpectralLayerPairs))),
+                              reconstruct={"spectral_targets": "layers"}),
     "paper_steps": Ablation("the paper's 1,000 steps per batch at the cut inputs",
                             reconstruct={"steps": RECONSTRUCT_PRESETS["lopes2017"]["steps"]}),
     "paper_inputs": Ablation("the paper's 25,600 inputs at the cut steps",

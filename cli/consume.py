@@ -13,6 +13,7 @@ from dfkd_meta.config import (
     LOSS_FORMS,
     RECONSTRUCT_PRESETS,
     SCHEDULES,
+    SPECTRAL_TARGETS,
     DistillConfig,
     ExportConfig,
     OnlineConfig,
@@ -77,6 +78,11 @@ from .common import (
               show_default=True,
               help="Each layer's term: squared error over the class's variance in that layer (normalised), or "
                    "the paper's squared error of rectified values over the layer's size (lopes2017).")
+@click.option("--spectral-targets", type=click.Choice(list(SPECTRAL_TARGETS)),
+              default=ReconstructConfig.spectral_targets, show_default=True,
+              help="Spectral objectives' targets: each coefficient drawn from its recorded mean and std "
+                   "(coefficients), or per-layer draws with their covariance factors projected onto the bases "
+                   "(layers; export with --cov-rank for the covariance).")
 @click.option("--schedule", type=click.Choice(list(SCHEDULES)), default=ReconstructConfig.schedule,
               show_default=True, help="The input step size over the steps: cosine to zero, or constant.")
 @click.option("--clip/--no-clip", default=ReconstructConfig.clip, show_default=True,
@@ -93,8 +99,8 @@ from .common import (
 @QUIET
 @read_limit_options
 def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, lr, seed, tv, l2, jitter, flip,
-                feature, feature_layers, init, init_normal, loss_form, schedule, clip, preset, store, resume, preview,
-                as_json, device, quiet):
+                feature, feature_layers, init, init_normal, loss_form, spectral_targets, schedule, clip, preset, store,
+                resume, preview, as_json, device, quiet):
     """Reconstruct a transfer set from a teacher and its sidecar (no data needed).
 
     \b
@@ -112,7 +118,7 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
     given = click.get_current_context().get_parameter_source
     values = {"objective": objective, "samples": samples, "steps": steps, "batch_size": batch_size, "lr": lr,
               "seed": seed, "init": init, "init_normal": tuple(init_normal), "loss_form": loss_form,
-              "schedule": schedule, "clip": clip, "store": store}
+              "schedule": schedule, "clip": clip, "store": store, "spectral_targets": spectral_targets}
     prior_values = {"tv": tv, "l2": l2, "jitter": jitter, "flip": flip, "feature": feature,
                     "feature_layers": feature_layers}
     if preset is None:

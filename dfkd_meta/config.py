@@ -52,6 +52,9 @@ def changed(recorded: dict, cfg_or_settings) -> list[str]:
 DEFAULT_TEMPERATURE = 8.0  # logits temperature of export, and distillation's when no transfer set says
 INITS = ("uniform", "first-layer", "normal")
 LOSS_FORMS = ("normalised", "lopes2017")
+# where a spectral objective's coefficient targets come from: the stored coefficient statistics, or the
+# basis projections of per-layer draws (with covariance factors: coefficients correlated as in the data)
+SPECTRAL_TARGETS = ("coefficients", "layers")
 SCHEDULES = ("cosine", "constant")
 FEATURE_LAYERS = ("all", "channels")
 STORE_SPACES = ("model", "raw")
@@ -137,12 +140,14 @@ class ReconstructConfig:
     loss_form: str = "normalised"  # layer terms: over the class variance, or "lopes2017": rectified, over the size
     schedule: str = "cosine"  # the input step size over the steps: cosine to 0, or "constant"
     clip: bool = True  # keep inputs inside the recorded input domain after every step
+    spectral_targets: str = "coefficients"  # SPECTRAL_TARGETS; only spectral objectives read it
 
     def check(self) -> None:
         if self.samples < 1 or self.batch_size < 1 or self.steps < 0 or not self.lr > 0:
             raise UsageError("{samples} and {batch_size} must be >= 1, {steps} >= 0 and {lr} > 0")
         for name, value, allowed in (("init", self.init, INITS), ("loss_form", self.loss_form, LOSS_FORMS),
-                                     ("schedule", self.schedule, SCHEDULES), ("store", self.store, STORE_SPACES)):
+                                     ("schedule", self.schedule, SCHEDULES), ("store", self.store, STORE_SPACES),
+                                     ("spectral_targets", self.spectral_targets, SPECTRAL_TARGETS)):
             if value not in allowed:
                 raise UsageError(f"{{{name}}} {value!r}: expected one of {', '.join(allowed)}")
         if not (len(self.init_normal) == 2 and all(math.isfinite(v) for v in self.init_normal)

@@ -115,26 +115,41 @@ def test_spectral_layer_pairs_draws_jointly_on_an_exported_release(tmp_path):
 
 
 def test_layer_targets_are_the_coefficients_of_one_per_layer_draw(tmp_path):
-    """The layer_targets ablation switch: every block's targets project the same per-layer draws."""
+    """spectral_targets "layers": every block's targets project the same per-layer draws."""
     release = digits_release(tmp_path / "r")
     sc = read_sidecar(release.sidecar_path, release.model_path)
-    ctx = Context(sc, load_onnx(release.model_path), torch.device("cpu"))
     classes = np.arange(10).repeat(3)
     for name in ("spectral_layer_pairs", "spectral_all_layers"):
-        cls = OBJECTIVES[name]
-        cls.layer_targets = True
-        try:
-            obj = cls(ctx)
-            targets = obj.start(classes, np.random.default_rng(7)).targets
-        finally:
-            del cls.layer_targets
-        assert not cls.layer_targets
+        obj = OBJECTIVES[name](Context(sc, load_onnx(release.model_path), torch.device("cpu"),
+                                       spectral_targets="layers"))
+        targets = obj.start(classes, np.random.default_rng(7)).targets
         rng = np.random.default_rng(7)
         keys = sorted({k for b in obj.blocks() for k in b.layers})
         draws = {k: sample_layer(sc.layer(k), classes, rng) for k in keys}
         for b in obj.blocks():
             x = np.concatenate([draws[k] for k in b.layers], axis=1)
             np.testing.assert_allclose(targets[b.key].numpy(), x @ b.basis.astype(np.float64), rtol=1e-5, atol=1e-4)
-        # the default draw is per coefficient: different numbers from the same seed
-        default = cls(ctx).start(classes, np.random.default_rng(7)).targets
-        assert not np.allclose(default[obj.blocks()[0].key].numpy(), targets[obj.blocks()[0].key].numpy())
+        # the default draws per coefficient: other numbers from the same seed
+        default = OBJECTIVES[name](Context(sc, load_onnx(release.model_path), torch.device("cpu")))
+        key = obj.blocks()[0].key
+        assert not np.allclose(default.start(classes, np.random.default_rng(7)).targets[key].numpy(),
+                               targets[key].numpy())
+
+
+def test_layer_targets_have_the_covariance_the_layers_imply():
+    """Statistically: projected targets have mean V^T mu and covariance V^T (F F^T + diag psi) V per class."""
+    rng = np.random.default_rng(11)
+    units, k, r = 12, 4, 3
+    from dfkd_meta.sidecar.types import LayerStats
+    f = rng.standard_normal((2, units, r)) * 0.5
+    std = np.sqrt((f * f).sum(-1) + rng.random((2, units)) + 0.1)
+    layer = LayerStats(key="a", tensor_name="a", order=0, kind="pre_activation", shape=(units,),
+                       mean=rng.standard_normal((2, units)).astype(np.float32), std=std.astype(np.float32),
+                       count=np.array([5, 5]), cov_factors=f.astype(np.float32))
+    basis = _orthonormal(rng, units, k)
+    classes = np.ones(40_000, dtype=int)
+    x = sample_layer(layer, classes, np.random.default_rng(12)) @ basis
+    sigma = f[1] @ f[1].T + np.diag(std[1] ** 2 - (f[1] ** 2).sum(-1))
+    np.testing.assert_allclose(x.mean(0), layer.mean[1] @ basis, atol=5 * np.sqrt(np.diag(basis.T @ sigma @ basis)
+                                                                                  / len(x)).max())
+    np.testing.assert_allclose(np.cov(x.T), basis.T @ sigma @ basis, atol=0.05 * np.abs(basis.T @ sigma @ basis).max())

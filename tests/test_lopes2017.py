@@ -35,6 +35,7 @@ def test_the_preset_is_the_papers_code_on_mnist():
     assert (cfg.init, cfg.init_normal, cfg.loss_form, cfg.schedule, cfg.clip) == \
         ("normal", (0.15, 0.1), "lopes2017", "constant", False)
     assert cfg.priors == Priors()  # none of this project's priors: like compares with like
+    assert cfg.spectral_targets == "coefficients"  # the paper's spectral statistics, not the layers'
     assert reconstruct_preset("lopes2017", samples=10, objective="top_layer").samples == 10
     with pytest.raises(UsageError, match="expected one of lopes2017"):
         reconstruct_preset("lopes2016")
@@ -77,12 +78,14 @@ def test_the_cli_preset_yields_to_explicit_options(release, tmp_path):
     model, sidecar = release
     r = CliRunner().invoke(cli_main, ["reconstruct", "--model", str(model), "--sidecar", str(sidecar), "--preset",
                                       "lopes2017", "--samples", "20", "--steps", "3", "--tv", "0.5", "-o",
-                                      str(tmp_path / "t.h5"), "--json", "-q", "--device", "cpu"])
+                                      str(tmp_path / "t.h5"), "--json", "-q", "--device", "cpu",
+                                      "--objective", "spectral_layer_pairs", "--spectral-targets", "layers"])
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)["settings"]
     assert (s["samples"], s["steps"], s["lr"], s["batch_size"], s["init"], s["loss_form"], s["clip"]) == \
         (20, 3, 0.07, 64, "normal", "lopes2017", False)
     assert s["priors"]["tv"] == 0.5 and s["priors"]["feature"] == 0.0
+    assert (s["objective"], s["spectral_targets"]) == ("spectral_layer_pairs", "layers")
     bad = CliRunner().invoke(cli_main, ["reconstruct", "--model", str(model), "--sidecar", str(sidecar), "--preset",
                                         "lopes", "-o", str(tmp_path / "u.h5")])
     assert bad.exit_code == 2 and "lopes2017" in bad.output and not (tmp_path / "u.h5").exists()
@@ -114,3 +117,9 @@ def test_the_benchmark_ablations_name_real_settings():
         for (cls, attr), before in defaults.items():
             assert getattr(cls, attr) == before and attr not in cls.__dict__, (name, attr)  # put back
         ExportConfig(**ab.export).check()
+
+
+def test_spectral_targets_are_checked():
+    ReconstructConfig(spectral_targets="layers").check()
+    with pytest.raises(UsageError, match="spectral_targets.*coefficients, layers"):
+        ReconstructConfig(spectral_targets="layer").check()

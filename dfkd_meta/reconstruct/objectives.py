@@ -33,6 +33,7 @@ class Context:
     model: onnx.ModelProto
     device: torch.device
     loss_form: str = "normalised"  # config.LOSS_FORMS
+    spectral_targets: str = "coefficients"  # config.SPECTRAL_TARGETS
 
     @property
     def layers(self) -> list[LayerStats]:
@@ -212,12 +213,15 @@ class AllLayersDropout(AllLayers):
 
 
 class _SpectralMatching(Objective):
-    """Match sampled coefficients of the activations in the stored graph-Fourier bases."""
+    """Match sampled coefficients of the activations in the stored graph-Fourier bases.
+
+    The targets (``Context.spectral_targets``): "coefficients" draws each coefficient from its recorded
+    class mean and std (jointly across blocks that share a layer); "layers" projects one draw per layer
+    from the layer statistics (with their covariance factors) onto each block's basis, so the targets
+    are correlated as the recorded layers are, and blocks agree on shared layers by construction.
+    """
 
     joint_draw = True  # False draws each block's targets on its own (before 1.1; kept for ablations)
-    # True: targets are the basis projections of per-layer draws (the all_layers targets, with covariance
-    # factors) instead of per-coefficient draws; kept for ablations (which statistics limit the objective)
-    layer_targets = False
 
     def blocks(self) -> list[SpectralStats]:
         raise NotImplementedError
@@ -242,7 +246,7 @@ class _SpectralMatching(Objective):
 
     def start(self, classes, rng):
         batch = super().start(classes, rng)
-        if self.layer_targets:
+        if self.ctx.spectral_targets == "layers":
             drawn = self.projected_layer_draws(classes, rng)
         elif self.joint is not None:
             drawn = self.joint.sample(classes, rng)

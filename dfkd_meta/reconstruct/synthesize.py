@@ -78,7 +78,7 @@ def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume,
     dev = resolve_device(device)
     proto = load_onnx(model)
     teacher = OnnxModule(proto, source=str(model)).to(dev).eval()
-    ctx = Context(sc, proto, dev, cfg.loss_form)
+    ctx = Context(sc, proto, dev, cfg.loss_form, cfg.spectral_targets)
     obj = build_objective(cfg.objective, ctx)
     matcher = MomentMatcher(sc.layers, dev, cfg.priors.feature_layers) if cfg.priors.feature else None
     if matcher is not None and not matcher.layers:

@@ -91,6 +91,12 @@ ABLATIONS = {
                               "covariance factors) instead of drawn per coefficient",
                               ("spectral_all_layers", "spectral_layer_pairs"),
                               reconstruct={"spectral_targets": "layers"}),
+    "k512_layer_targets": Ablation("spectral_k512 and layer_targets together",
+                                   ("spectral_all_layers", "spectral_layer_pairs"), export={"spectral_k": 512},
+                                   reconstruct={"spectral_targets": "layers"}),
+    "layer_targets_no_cov": Ablation("layer_targets from a release without covariance factors (per-unit draws)",
+                                     ("spectral_all_layers", "spectral_layer_pairs"), export={"cov_rank": 0},
+                                     reconstruct={"spectral_targets": "layers"}),
     "paper_steps": Ablation("the paper's 1,000 steps per batch at the cut inputs",
                             reconstruct={"steps": RECONSTRUCT_PRESETS["lopes2017"]["steps"]}),
     "paper_inputs": Ablation("the paper's 25,600 inputs at the cut steps",
@@ -127,12 +133,12 @@ def release_for(data_spec: str, pair: str, work: Path, log):
 
 
 def ablation_release(data, teacher: Path, work: Path, name: str, log) -> tuple[Path, Path]:
-    """The same teacher exported again with the ablation's export settings (once; kept beside the paper's)."""
-    out = work / f"release-{name}"
+    """The same teacher exported again with the ablation's export settings (once per settings, beside the paper's)."""
+    out = work / ("release-" + "_".join(f"{k}{v}" for k, v in sorted(ABLATIONS[name].export.items())))
     if not (out / "teacher.dfkd.h5").is_file():
         log(f"exporting the release of ablation {name} ({ABLATIONS[name].export})")
-        export_release(teacher, data, out, cov_rank=COV_RANK, progress=False, overwrite=True,
-                       **ABLATIONS[name].export)
+        export_release(teacher, data, out, progress=False, overwrite=True,
+                       **{"cov_rank": COV_RANK, **ABLATIONS[name].export})
     return out / "teacher.onnx", out / "teacher.dfkd.h5"
 
 

@@ -162,10 +162,10 @@ RECONSTRUCT_PRESETS: dict[str, dict[str, Any]] = {
     # procedures/optimize_dataset.py and _optimization_objectives.py): 40 batches of 64 per class,
     # 1,000 Adam steps at 0.07 (constant), inputs from N(0.15, 0.1) in raw pixel values, loss
     # sum over layers of mean((relu(target) - relu(activation))^2) / layer size, no clipping on MNIST,
-    # no image priors.
+    # no image priors; spectral targets from the spectral statistics (the code has no spectral loss).
     "lopes2017": {"samples": 25_600, "batch_size": 64, "steps": 1000, "lr": 0.07, "schedule": "constant",
                   "init": "normal", "init_normal": (0.15, 0.1), "loss_form": "lopes2017", "clip": False,
-                  "priors": Priors()},
+                  "spectral_targets": "coefficients", "priors": Priors()},
 }
 
 

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dfkd_meta.errors import DfkdError
 from dfkd_meta.onnx.graph import load_onnx
 from dfkd_meta.reconstruct.objectives import OBJECTIVES, Context
 from dfkd_meta.reconstruct.sampling import JointSpectral, sample_layer
@@ -116,7 +117,7 @@ def test_spectral_layer_pairs_draws_jointly_on_an_exported_release(tmp_path):
 
 def test_layer_targets_are_the_coefficients_of_one_per_layer_draw(tmp_path):
     """spectral_targets "layers": every block's targets project the same per-layer draws."""
-    release = digits_release(tmp_path / "r")
+    release = digits_release(tmp_path / "r", cov_rank=4)
     sc = read_sidecar(release.sidecar_path, release.model_path)
     classes = np.arange(10).repeat(3)
     for name in ("spectral_layer_pairs", "spectral_all_layers"):
@@ -153,3 +154,11 @@ def test_layer_targets_have_the_covariance_the_layers_imply():
     np.testing.assert_allclose(x.mean(0), layer.mean[1] @ basis, atol=5 * np.sqrt(np.diag(basis.T @ sigma @ basis)
                                                                                   / len(x)).max())
     np.testing.assert_allclose(np.cov(x.T), basis.T @ sigma @ basis, atol=0.05 * np.abs(basis.T @ sigma @ basis).max())
+
+
+def test_layer_targets_without_covariance_factors_are_refused(tmp_path):
+    release = digits_release(tmp_path / "r")  # no --cov-rank: per-unit draws only
+    sc = read_sidecar(release.sidecar_path, release.model_path)
+    ctx = Context(sc, load_onnx(release.model_path), torch.device("cpu"), spectral_targets="layers")
+    with pytest.raises(DfkdError, match="'layers' needs covariance factors.*cov_rank"):
+        OBJECTIVES["spectral_all_layers"](ctx)

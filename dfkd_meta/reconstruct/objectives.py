@@ -231,6 +231,12 @@ class _SpectralMatching(Objective):
         if not self.blocks():
             raise DfkdError(f"{self.name}: the sidecar has no such spectral blocks; re-export it with "
                             "the export's {spectral_k} K (K > 0)")
+        keys = {k for b in self.blocks() for k in b.layers}
+        if ctx.spectral_targets == "layers" and all(ctx.sidecar.layer(k).cov_factors is None for k in keys):
+            # measured: independent per-unit draws projected are worse than the coefficient targets
+            raise DfkdError(f"{self.name}: {{spectral_targets}} 'layers' needs covariance factors on the blocks' "
+                            "layers and this sidecar has none; use 'coefficients', or re-export with the "
+                            "export's {cov_rank} R (R > 0)")
         self._basis = {b.key: _t(b.basis, ctx) for b in self.blocks()}
         self._scale = {b.key: _t(np.mean(b.coef_std.astype(np.float64) ** 2, axis=1) + EPS, ctx)
                        for b in self.blocks()}

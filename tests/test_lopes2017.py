@@ -24,7 +24,7 @@ from .conftest import digits_release
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    r = digits_release(tmp_path_factory.mktemp("lopes"), "hinton-small", 20, spectral_k=8)
+    r = digits_release(tmp_path_factory.mktemp("lopes"), "hinton-small", 20, spectral_k=8, cov_rank=4)
     return r.model_path, r.sidecar_path
 
 

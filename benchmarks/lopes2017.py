@@ -76,12 +76,12 @@ class Ablation:
     objectives: tuple[str, ...] = OBJECTIVES  # the objectives it changes; the others are not rerun
     reconstruct: dict = field(default_factory=dict)  # reconstruct settings replaced
     export: dict = field(default_factory=dict)  # export settings replaced: a release of its own
-    switches: tuple[tuple[type, str, object], ...] = ()  # class attributes (code switches) held for the run
+    independent_pairs: bool = False  # the code switch of SpectralLayerPairs.joint_draw, held off
 
 
 ABLATIONS = {
     "independent_pairs": Ablation("each pair block's targets drawn on its own, as before the joint draw",
-                                  ("spectral_layer_pairs",), switches=((SpectralLayerPairs, "joint_draw", False),)),
+                                  ("spectral_layer_pairs",), independent_pairs=True),
     "normalised_loss": Ablation("the project's layer term (squared error over the class variance) instead of "
                                 "the paper's", reconstruct={"loss_form": "normalised"}),
     "spectral_k512": Ablation("spectral bases of 512 eigenvectors per block (of at most the block's units) "
@@ -166,24 +166,17 @@ def plan(teacher, sidecar, objective: str, minutes: float, work: Path) -> dict:
             "over_budget": n_batches * steps > budget_steps}
 
 
-_INHERITED = object()
-
-
 @contextlib.contextmanager
 def ablation(name: str | None):
     """The reconstruct settings ablation ``name`` replaces, with any code switch it needs held."""
     ab = ABLATIONS[name] if name is not None else Ablation("the paper's run")
-    held = [(cls, attr, cls.__dict__.get(attr, _INHERITED)) for cls, attr, _ in ab.switches]
-    for cls, attr, value in ab.switches:
-        setattr(cls, attr, value)
+    if ab.independent_pairs:
+        SpectralLayerPairs.joint_draw = False
     try:
         yield dict(ab.reconstruct)
     finally:
-        for cls, attr, before in reversed(held):
-            if before is _INHERITED:
-                delattr(cls, attr)  # back to the inherited default
-            else:
-                setattr(cls, attr, before)
+        if ab.independent_pairs:
+            del SpectralLayerPairs.joint_draw  # back to the inherited default
 
 
 def run_objective(pair, data, teacher, sidecar, objective, minutes, work: Path, log, variant: str | None = None) -> dict:

@@ -12,7 +12,7 @@ from dfkd_meta.onnx.graph import load_onnx
 from dfkd_meta.reconstruct.objectives import OBJECTIVES, Context
 from dfkd_meta.reconstruct.sampling import JointSpectral, sample_layer
 from dfkd_meta.sidecar import read_sidecar
-from dfkd_meta.sidecar.types import SpectralStats
+from dfkd_meta.sidecar.types import LayerStats, SpectralStats
 
 from .conftest import digits_release
 
@@ -141,7 +141,6 @@ def test_layer_targets_have_the_covariance_the_layers_imply():
     """Statistically: projected targets have mean V^T mu and covariance V^T (F F^T + diag psi) V per class."""
     rng = np.random.default_rng(11)
     units, k, r = 12, 4, 3
-    from dfkd_meta.sidecar.types import LayerStats
     f = rng.standard_normal((2, units, r)) * 0.5
     std = np.sqrt((f * f).sum(-1) + rng.random((2, units)) + 0.1)
     layer = LayerStats(key="a", tensor_name="a", order=0, kind="pre_activation", shape=(units,),

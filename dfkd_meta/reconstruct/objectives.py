@@ -231,8 +231,8 @@ class _SpectralMatching(Objective):
         if not self.blocks():
             raise DfkdError(f"{self.name}: the sidecar has no such spectral blocks; re-export it with "
                             "the export's {spectral_k} K (K > 0)")
-        keys = {k for b in self.blocks() for k in b.layers}
-        if ctx.spectral_targets == "layers" and all(ctx.sidecar.layer(k).cov_factors is None for k in keys):
+        self.layer_keys = sorted({k for b in self.blocks() for k in b.layers})  # the blocks' layers, once each
+        if ctx.spectral_targets == "layers" and all(ctx.sidecar.layer(k).cov_factors is None for k in self.layer_keys):
             # measured: independent per-unit draws projected are worse than the coefficient targets
             raise DfkdError(f"{self.name}: {{spectral_targets}} 'layers' needs covariance factors on the blocks' "
                             "layers and this sidecar has none; use 'coefficients', or re-export with the "
@@ -242,13 +242,14 @@ class _SpectralMatching(Objective):
                        for b in self.blocks()}
         blocks = self.blocks()
         shared = any(set(a.layers) & set(b.layers) for i, a in enumerate(blocks) for b in blocks[i + 1:])
-        # blocks that share a layer (the pairs of a chain) draw their targets jointly, consistent on it
+        # blocks that share a layer (the pairs of a chain) draw their coefficient targets jointly, consistent on
+        # it; layer targets agree on shared layers by construction and need no joint draw
+        joint = shared and self.joint_draw and ctx.spectral_targets == "coefficients"
         self.joint = JointSpectral(blocks, {k: math.prod(ctx.sidecar.layer(k).shape)
-                                            for b in blocks for k in b.layers}) if shared and self.joint_draw else None
+                                            for k in self.layer_keys}) if joint else None
 
     def taps(self):
-        keys = {k for b in self.blocks() for k in b.layers}
-        return [self.ctx.sidecar.layer(k).tensor_name for k in sorted(keys)]
+        return [self.ctx.sidecar.layer(k).tensor_name for k in self.layer_keys]
 
     def start(self, classes, rng):
         batch = super().start(classes, rng)
@@ -264,8 +265,7 @@ class _SpectralMatching(Objective):
 
     def projected_layer_draws(self, classes: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Each block's coefficients of one per-layer draw per sample (shared layers drawn once)."""
-        keys = sorted({k for b in self.blocks() for k in b.layers})
-        layer = {k: sample_layer(self.ctx.sidecar.layer(k), classes, rng) for k in keys}
+        layer = {k: sample_layer(self.ctx.sidecar.layer(k), classes, rng) for k in self.layer_keys}
         return {b.key: np.concatenate([layer[k] for k in b.layers], axis=1) @ b.basis.astype(np.float64)
                 for b in self.blocks()}
 

@@ -167,8 +167,8 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
               help="student.onnx to write (+ .json report).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
               help=f"Default: the transfer set's (else {ExportConfig.temperature:g}); with --method the method's.")
-@click.option("--loss", cls=RegistryOption, type=RegistryChoice(losses), default=DistillConfig.loss, show_default=True,
-              help="The distillation loss (--transfer/--data; a --method trains as its paper does).")
+@click.option("--loss", cls=RegistryOption, type=RegistryChoice(losses),
+              help=f"The distillation loss (default {DistillConfig.loss}; with --method the method's paper's).")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=DistillConfig.alpha, show_default=True,
               help="Weight of cross-entropy on the teacher's argmax labels (the loss gets 1 - alpha).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DistillConfig.epochs, show_default=True,
@@ -227,7 +227,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
             model = build_model(student, input_shape, int(facts.outputs[0].shape[-1]))
             cfg = OnlineConfig(method=method, iterations=iterations, minutes=minutes,
                                batch_size=batch_size or OnlineConfig.batch_size,
-                               lr=lr, temperature=temperature, seed=seed, gaussian_mix=gaussian_mix,
+                               lr=lr, temperature=temperature, loss=loss, seed=seed, gaussian_mix=gaussian_mix,
                                options=_options(options))
             result = distill_online(teacher, model, cfg, sidecar=sidecar, device=device, checkpoint=output + ".ckpt",
                                     resume=resume, eval_data=eval_source, save_transfer=save_transfer,
@@ -238,7 +238,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
             input_shape = tuple(source.x.shape[1:]) if transfer else source.input_shape
             num_classes = source.teacher_logits.shape[1] if transfer else source.num_classes
             model = build_model(student, input_shape, num_classes)
-            cfg = DistillConfig(temperature=temperature, loss=loss, alpha=alpha, epochs=epochs,
+            cfg = DistillConfig(temperature=temperature, loss=loss or DistillConfig.loss, alpha=alpha, epochs=epochs,
                                 batch_size=batch_size or DistillConfig.batch_size, lr=lr or DistillConfig.lr, seed=seed,
                                 force=force)
             result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",

@@ -200,6 +200,7 @@ class OnlineConfig:
     batch_size: int = 256
     lr: float | None = None  # the student's; None: the method's published setting
     temperature: float | None = None  # KD temperature; None: the method's published setting
+    loss: str | None = None  # the student's loss, a name in distill.losses.LOSSES; None: the method's published one
     seed: int = 0
     gaussian_mix: float = 0.25  # with a sidecar that implies a first-layer Gaussian: share of each batch drawn from it
     options: dict[str, float] = field(default_factory=dict)  # the method's own settings, by name

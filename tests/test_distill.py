@@ -55,6 +55,21 @@ def _student(seed=0):
     return build_model("hinton-tiny", (1, 8, 8), 10)
 
 
+def test_hinton800_plain_is_the_dropout_student_without_dropout():
+    """The unregularised 800-800 student (Hinton et al. 2015) has hinton800's layers and no dropout, so in
+    training mode it is deterministic; hinton800 keeps its dropout (the Lopes rows were measured with it)."""
+    from dfkd_meta.models import hidden_dropout_keep_probs
+
+    plain, dropout = build_model("hinton800-plain", (1, 28, 28), 10), build_model("hinton800", (1, 28, 28), 10)
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in dropout.parameters()]
+    assert [tuple(p.shape) for p in plain.parameters()][0] == (800, 784)
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in plain.modules())
+    assert hidden_dropout_keep_probs(dropout) == [0.5, 0.5] and hidden_dropout_keep_probs(plain) == [None, None]
+    x = torch.rand(4, 1, 28, 28)
+    plain.train()
+    assert torch.equal(plain(x), plain(x))
+
+
 def test_real_data_beats_noise_on_digits(setup):
     data, release, noise, _ = setup
     cfg = DistillConfig(epochs=30)

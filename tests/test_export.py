@@ -270,3 +270,43 @@ def test_teacher_taking_flattened_input(digits, tmp_path):
                      DistillConfig(epochs=1, force=True),
                      device="cpu", eval_data=digits, progress=False).report
     assert 0 <= report["student_accuracy"] <= 1
+
+
+class _CountingRunner:
+    """Stands in for OrtModel: records the order of the batches it runs, fails on request."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.seen, self.fail_at = [], fail_at
+
+    def run(self, x):
+        if self.fail_at is not None and len(self.seen) == self.fail_at:
+            raise RuntimeError("inference failed")
+        self.seen.append(int(x[0, 0]))
+        return {"x": x.copy()}
+
+
+def test_inference_ahead_yields_every_batch_once_in_order_sorted_by_class():
+    from dfkd_meta.stats.export import _inference_ahead
+
+    rng = np.random.default_rng(0)
+    batches = [(np.full((6, 2), i, np.float32) + rng.random((6, 2), dtype=np.float32), rng.integers(0, 3, 6))
+               for i in range(5)]
+    runner = _CountingRunner()
+    got = list(_inference_ahead(runner, iter(batches)))
+    assert runner.seen == [0, 1, 2, 3, 4] and len(got) == 5
+    for (x, y), (out, ys) in zip(batches, got):
+        order = np.argsort(y, kind="stable")
+        np.testing.assert_array_equal(out["x"], x[order])
+        np.testing.assert_array_equal(ys, y[order])
+        assert (np.diff(ys) >= 0).all()
+    assert list(_inference_ahead(_CountingRunner(), iter([]))) == []
+
+
+def test_inference_ahead_raises_the_runners_error_at_its_batch():
+    from dfkd_meta.stats.export import _inference_ahead
+
+    batches = [(np.full((2, 1), i, np.float32), np.zeros(2, np.int64)) for i in range(4)]
+    it = _inference_ahead(_CountingRunner(fail_at=2), iter(batches))
+    assert [int(out["x"][0, 0]) for out, _ in (next(it), next(it))] == [0, 1]
+    with pytest.raises(RuntimeError, match="inference failed"):
+        next(it)

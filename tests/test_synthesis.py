@@ -84,11 +84,11 @@ def release(tmp_path_factory):
     return digits_release(tmp_path_factory.mktemp("online"), "hinton-small", 40, cov_rank=4, spectral_k=0)
 
 
-def _run(release, method, sidecar=True, seed=0, iterations=6, **kw):
+def _run(release, method, sidecar=True, seed=0, iterations=6, config=None, **kw):
     torch.manual_seed(seed)
     student = build_model("hinton-tiny", (1, 8, 8), 10)
     cfg = OnlineConfig(method=method, iterations=iterations, batch_size=16, seed=seed, options=SMALL[method],
-                       checkpoint_every=2)
+                       checkpoint_every=2, **(config or {}))
     return distill_online(release.model_path, student, cfg, sidecar=release.sidecar_path if sidecar else None,
                           device="cpu", progress=False, **kw)
 
@@ -189,6 +189,27 @@ def test_cli_method_contract(release, tmp_path):
                                  "4", "--batch-size", "16", "--set", "nz=16", "--eval", "digits", "--json"])
     assert r.exit_code == 0, r.output
     assert '"method": "dafl"' in r.output and (tmp_path / "s.onnx").is_file()
+
+
+def test_the_student_loss_can_replace_the_papers(release, tmp_path):
+    """``loss`` overrides the method's published student loss (DFAD's L1) and is recorded; naming the
+    published loss gives the default run bit for bit; an unknown name is a usage error before any work."""
+    default = _run(release, "dfad")
+    named = _run(release, "dfad", config={"loss": "l1"})
+    kd = _run(release, "dfad", config={"loss": "kd", "temperature": 4.0})
+    assert default.report["student_recipe"]["loss"] == "l1" and kd.report["student_recipe"]["loss"] == "kd"
+    assert kd.report["student_recipe"]["temperature"] == 4.0 and kd.report["settings"]["loss"] == "kd"
+    for a, b in zip(_weights(default), _weights(named)):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(default), _weights(kd)))
+    with pytest.raises(UsageError, match="loss 'nope': expected one of"):
+        _run(release, "dfad", config={"loss": "nope"}, checkpoint=tmp_path / "x.ckpt")
+    assert not (tmp_path / "x.ckpt").exists()
+    r = CliRunner().invoke(cli_main, ["distill", "--teacher", str(release.model_path), "--student", "hinton-tiny",
+                                      "-o", str(tmp_path / "s.onnx"), "-q", "--device", "cpu", "--method", "dfad",
+                                      "--iterations", "2", "--batch-size", "16", "--loss", "ce", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["student_recipe"]["loss"] == "ce"
 
 
 def test_a_time_budget_stops_the_run_and_anneals_the_rate_to_zero(release, monkeypatch):

@@ -69,7 +69,8 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
     torch.manual_seed(cfg.seed)
     method = cls(ctx, dict(cfg.options), gen)
     recipe = {**cls.student, **({"lr": cfg.lr} if cfg.lr is not None else {}),
-              **({"temperature": cfg.temperature} if cfg.temperature is not None else {})}
+              **({"temperature": cfg.temperature} if cfg.temperature is not None else {}),
+              **({"loss": cfg.loss} if cfg.loss is not None else {})}
     loss_fn = get_loss(recipe["loss"])
     student.to(dev)
     params = [p for p in student.parameters() if p.requires_grad]

@@ -4,6 +4,7 @@
     python benchmarks/online.py --data mnist:../shared/data/mnist --pair lenet --methods dfad --minutes 30 \\
         --seeds 0 1 2 --sidecar both
     python benchmarks/online.py --pair lenet --methods dfad --sidecar yes --minutes 40 --resumable  # the 4x row
+    python benchmarks/online.py --pair mlp-plain --methods dfad --minutes 10 --sidecar both --kd  # the MLP rows
     python benchmarks/online.py --table            # print every row of the results file
 
 Every row trains one student and records its final test accuracy (no checkpoint selection),

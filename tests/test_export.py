@@ -285,15 +285,18 @@ class _CountingRunner:
         return {"x": x.copy()}
 
 
-def test_inference_ahead_yields_every_batch_once_in_order_sorted_by_class():
+@pytest.mark.parametrize("share", [0.0, float("inf")])  # statistics always / never worth overlapping
+def test_inference_ahead_yields_every_batch_once_in_order_sorted_by_class(monkeypatch, share):
+    import dfkd_meta.stats.export as export
     from dfkd_meta.stats.export import _inference_ahead
 
+    monkeypatch.setattr(export, "OVERLAP_SHARE", share)
     rng = np.random.default_rng(0)
     batches = [(np.full((6, 2), i, np.float32) + rng.random((6, 2), dtype=np.float32), rng.integers(0, 3, 6))
-               for i in range(5)]
+               for i in range(9)]
     runner = _CountingRunner()
     got = list(_inference_ahead(runner, iter(batches)))
-    assert runner.seen == [0, 1, 2, 3, 4] and len(got) == 5
+    assert runner.seen == list(range(9)) and len(got) == 9
     for (x, y), (out, ys) in zip(batches, got):
         order = np.argsort(y, kind="stable")
         np.testing.assert_array_equal(out["x"], x[order])
@@ -302,11 +305,31 @@ def test_inference_ahead_yields_every_batch_once_in_order_sorted_by_class():
     assert list(_inference_ahead(_CountingRunner(), iter([]))) == []
 
 
-def test_inference_ahead_raises_the_runners_error_at_its_batch():
+@pytest.mark.parametrize("share", [0.0, float("inf")])
+@pytest.mark.parametrize("fail_at", [2, 6])  # in the probe, and after it
+def test_inference_ahead_raises_the_runners_error_at_its_batch(monkeypatch, share, fail_at):
+    import dfkd_meta.stats.export as export
     from dfkd_meta.stats.export import _inference_ahead
 
-    batches = [(np.full((2, 1), i, np.float32), np.zeros(2, np.int64)) for i in range(4)]
-    it = _inference_ahead(_CountingRunner(fail_at=2), iter(batches))
-    assert [int(out["x"][0, 0]) for out, _ in (next(it), next(it))] == [0, 1]
+    monkeypatch.setattr(export, "OVERLAP_SHARE", share)
+    batches = [(np.full((2, 1), i, np.float32), np.zeros(2, np.int64)) for i in range(9)]
+    it = _inference_ahead(_CountingRunner(fail_at=fail_at), iter(batches))
+    assert [int(next(it)[0]["x"][0, 0]) for _ in range(fail_at)] == list(range(fail_at))
     with pytest.raises(RuntimeError, match="inference failed"):
         next(it)
+
+
+def test_export_overlaps_inference_when_the_statistics_are_worth_it(mlp_release, digits, tmp_path, monkeypatch):
+    """Forced into the overlapped path, export writes the statistics of the sequential one."""
+    import dfkd_meta.stats.export as export
+
+    path, result = mlp_release
+    monkeypatch.setattr(export, "OVERLAP_SHARE", 0.0)
+    monkeypatch.setattr(export, "PROBE_BATCHES", 1)
+    other = export_release(path, digits, tmp_path, cov_rank=3, batch_size=64, progress=False)
+    monkeypatch.setattr(export, "OVERLAP_SHARE", float("inf"))
+    plain = export_release(path, digits, tmp_path / "plain", cov_rank=3, batch_size=64, progress=False)
+    a, b = read_sidecar(plain.sidecar_path), read_sidecar(other.sidecar_path)
+    for la, lb in zip(a.layers, b.layers):
+        assert np.array_equal(la.mean, lb.mean) and np.array_equal(la.std, lb.std)
+        assert np.array_equal(la.count, lb.count) and np.array_equal(la.cov_factors, lb.cov_factors)

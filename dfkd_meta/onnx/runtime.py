@@ -47,13 +47,15 @@ class OrtModel:
     """An ONNX Runtime session over a checked model, returning outputs and tapped tensors by name."""
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, taps: Iterable[str] = (), device: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, spin: bool = True):
         proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
         self.taps = list(dict.fromkeys(taps))
         proto = with_outputs(proto, self.taps)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin:  # idle intra-op threads sleep instead of spinning: other work shares the cores
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=ort_providers(device))

@@ -212,6 +212,21 @@ def test_the_student_loss_can_replace_the_papers(release, tmp_path):
     assert json.loads(r.output)["student_recipe"]["loss"] == "ce"
 
 
+def test_a_student_with_dropout_is_reported_and_noted(release):
+    """Dropout caps a student trained online (it chases a noisy copy of itself): the run says so."""
+    lines = []
+    student = build_model("hinton-small", (1, 8, 8), 10)  # input dropout 0.2, hidden 0.5
+    r = distill_online(release.model_path, student, OnlineConfig(method="dfad", iterations=2, batch_size=16),
+                       device="cpu", progress=False, log=lines.append).report
+    assert r["student_dropout"] == [0.2, 0.5, 0.5]
+    assert any(line.startswith("note: the student has dropout (p = 0.2, 0.5, 0.5)") for line in lines)
+    lines.clear()
+    plain = distill_online(release.model_path, build_model("hinton-tiny", (1, 8, 8), 10),
+                           OnlineConfig(method="dfad", iterations=2, batch_size=16), device="cpu", progress=False,
+                           log=lines.append).report
+    assert plain["student_dropout"] == [] and not any("dropout" in line for line in lines)
+
+
 def test_a_time_budget_stops_the_run_and_anneals_the_rate_to_zero(release, monkeypatch):
     import dfkd_meta.distill.online as online
 

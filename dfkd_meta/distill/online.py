@@ -87,6 +87,11 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
     if resume and ckpt is not None and ckpt.exists():
         start, history, seconds_before = _load(ckpt, run, student, opt, sched, method, gen, ctx)
     log = log or (tqdm.write if progress else None)
+    dropout = [float(m.p) for m in student.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    if dropout and log is not None:
+        log(f"note: the student has dropout (p = {', '.join(f'{p:g}' for p in dropout)}). It is trained to match the "
+            "teacher on fresh inputs, where dropout caps it (MNIST, DFAD with a sidecar: hinton800 97.4%, the same "
+            "student without dropout, hinton800-plain, 98.4%); a student without dropout is usually better here")
     convention = from_domain(ctx.input_domain)
     curve_feed = Feed(convention, ctx.input_shape)
     curve_x = curve_y = None
@@ -137,6 +142,7 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
     report = {"settings": run["config"], "method": cfg.method, "student_recipe": recipe,
               "method_settings": method.opt, "sidecar": str(sidecar) if sidecar is not None else None,
               "context": ctx.describe(), "gaussian_per_batch": n_gauss, "teacher": str(teacher),
+              "student_dropout": dropout,
               "teacher_sha256": run["teacher_sha256"], "iterations": done, "budget_minutes": cfg.minutes,
               "teacher_forward_examples": ctx.teacher_examples, "distill_seconds": round(seconds, 2),
               "history": history}

@@ -394,19 +394,15 @@ def _inference_ahead(runner: OrtModel, batches) -> Iterator[tuple[dict[str, np.n
     if caller_s < OVERLAP_SHARE * infer_s:
         yield from (infer(x, y) for x, y in batches)
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfkd-export-infer") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfkd-export-infer") as pool:  # waits on exit
         pending = None
-        try:
-            for x, y in batches:
-                ahead = pool.submit(infer, x, y)
-                if pending is not None:
-                    yield pending.result()
-                pending = ahead
+        for x, y in batches:
+            ahead = pool.submit(infer, x, y)
             if pending is not None:
                 yield pending.result()
-        finally:
-            if pending is not None:
-                pending.cancel()
+            pending = ahead
+        if pending is not None:
+            yield pending.result()
 
 
 def _channel_stats(moments: ClassMoments, channels: int) -> ChannelStats:

@@ -23,6 +23,7 @@ script needs no data set. Ratios, not absolute times, are what the README quotes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import platform
@@ -77,9 +78,37 @@ VIEW_OPS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::slice"
 ITEMSIZE = {"float": 4, "double": 8, "long int": 8, "int": 4, "bool": 1, "unsigned char": 1, "c10::Half": 2}
 
 
-def step_bytes_read(model: Path, sidecar: Path, batch: int, folder: Path, steps: int = 5) -> float:
-    """Bytes the leaf ATen ops of one reconstruction step read (their inputs; views excluded), from a
-    profile of ``steps`` steps: a lower bound on the step's memory traffic (outputs are written too)."""
+# The convolution and matrix-product kernels (ATen names; a backward's kernel time is its own self time).
+CONV_GEMM_OPS = {"aten::mkldnn_convolution", "aten::_nnpack_spatial_convolution", "aten::convolution_backward",
+                 "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward", "aten::slow_conv_transpose2d",
+                 "aten::slow_conv_transpose2d_backward", "aten::mkldnn_convolution_backward", "aten::mm",
+                 "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul"}
+
+
+def kernel_breakdown(prof, count: int) -> dict:
+    """Per ``count`` units of work (steps, iterations): the self time of the convolution and matrix
+    kernels, the self time of every other op, and the bytes the other leaf ops read (their inputs;
+    views excluded: a lower bound on their memory traffic, since their outputs are written too)."""
+    kernel_us = other_us = 0.0
+    other_read = 0
+    for e in prof.events():
+        if not e.name.startswith("aten::") or e.name in VIEW_OPS:
+            continue
+        if e.name in CONV_GEMM_OPS:
+            kernel_us += e.self_cpu_time_total
+            continue
+        other_us += e.self_cpu_time_total
+        if not e.cpu_children:
+            for shape, dtype in zip(e.input_shapes, e.input_dtypes):
+                if shape and dtype in ITEMSIZE:
+                    other_read += int(np.prod(shape)) * ITEMSIZE[dtype]
+    return {"conv_gemm_s": kernel_us / 1e6 / count, "other_s": other_us / 1e6 / count,
+            "other_bytes_read": other_read / count}
+
+
+def step_profile(model: Path, sidecar: Path, batch: int, folder: Path, steps: int = 5) -> dict:
+    """One reconstruction step under the profiler: ``kernel_breakdown`` per step, plus the bytes every
+    leaf op reads (the step's memory traffic, lower bound)."""
     from torch.profiler import ProfilerActivity, profile
 
     cfg = ReconstructConfig(objective="all_layers", samples=batch, steps=steps, batch_size=batch)
@@ -92,7 +121,20 @@ def step_bytes_read(model: Path, sidecar: Path, batch: int, folder: Path, steps:
         for shape, dtype in zip(e.input_shapes, e.input_dtypes):
             if shape and dtype in ITEMSIZE:
                 total += int(np.prod(shape)) * ITEMSIZE[dtype]
-    return total / (steps + 1)  # the batch's final labelling forward counted as one more step
+    # the batch's final labelling forward counted as one more step
+    return {"bytes_read": total / (steps + 1), **kernel_breakdown(prof, steps + 1)}
+
+
+def ceilings(flops: float, breakdown: dict, rate: float, bandwidth: float) -> dict:
+    """The fraction of the matmul rate the work would reach if only its convolution and matrix kernels
+    ran (every other op free), and if the other ops only had to read their inputs once at the streaming
+    rate: what the kernels alone allow, measured inside the real work."""
+    kernels = breakdown["conv_gemm_s"]
+    return {"conv_gemm_ms": round(kernels * 1e3, 2), "other_ops_ms": round(breakdown["other_s"] * 1e3, 2),
+            "conv_gemm_kernel_gflops_per_s": round(flops / kernels / 1e9, 2),
+            "ceiling_kernels_only": round(flops / kernels / rate, 4),
+            "ceiling_kernels_plus_reads": round(flops / (kernels + breakdown["other_bytes_read"] / bandwidth) / rate,
+                                                4)}
 
 
 def synthetic_source(shape: tuple[int, ...], n: int, seed: int = 0) -> DataSource:
@@ -149,13 +191,14 @@ def bench_teacher(arch: str, shape: tuple[int, ...], batches: list[int], steps: 
                                   ReconstructConfig(objective="all_layers", samples=b, steps=steps, batch_size=b),
                                   device="cpu", progress=False).summary["seconds"] for _ in range(repeats))
         sps = b * steps / seconds
-        read = step_bytes_read(release.model_path, release.sidecar_path, b, folder)
+        prof = step_profile(release.model_path, release.sidecar_path, b, folder)
         rows.append({"batch_size": b, "steps": steps, "sample_steps_per_s": round(sps, 1),
                      "gflops_per_s": round(sps * 2 * flops / 1e9, 2),
                      "fraction_of_matmul_rate": round(sps * 2 * flops / rate, 4),
                      # the step's reads at the machine's streaming rate, as a share of the step's time
-                     "bytes_read_per_step_mb": round(read / 2 ** 20, 2),
-                     "read_time_share": round(read / bandwidth / (seconds / steps), 3)})
+                     "bytes_read_per_step_mb": round(prof["bytes_read"] / 2 ** 20, 2),
+                     "read_time_share": round(prof["bytes_read"] / bandwidth / (seconds / steps), 3),
+                     **ceilings(2 * flops * b, prof, rate, bandwidth)})
     return {"teacher": arch, "input_shape": list(shape), "forward_mflops": round(flops / 1e6, 4),
             "reconstruction": rows, "export": export}
 
@@ -227,11 +270,40 @@ class PassCounter:
         gen.zero_grad(set_to_none=True)
         return total
 
+    def generator_kernel_seconds(self) -> float:
+        """The convolution and matrix kernels' time of the generators' recorded calls: each call
+        replayed once under the profiler (after a warm-up), times its count."""
+        from torch.profiler import ProfilerActivity, profile
+
+        if self.generator is None:
+            return 0.0
+        gen, total = self.generator, 0.0
+        for (n, grad), calls in self.generator_calls.items():
+            z = torch.randn(n, gen.nz)
+            for profiled in (False, True):
+                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) if profiled \
+                        else contextlib.nullcontext() as prof, torch.set_grad_enabled(grad):
+                    out = gen(z)
+                    if grad:
+                        out.sum().backward()
+            total += kernel_breakdown(prof, 1)["conv_gemm_s"] * calls
+        gen.zero_grad(set_to_none=True)
+        return total
+
+
+def _online_flops(count: PassCounter, teacher_flops: float, student_flops: float) -> float:
+    return (teacher_flops * (count.teacher_examples + count.teacher_grad_examples)
+            + student_flops * (count.student_examples + 2 * count.student_grad_examples))
+
 
 def bench_online(teacher: Path, sidecar: Path, student_arch: str, shape: tuple[int, ...], folder: Path, rate: float,
                  quick: bool) -> list[dict]:
     """Online synthesis, each method with the sidecar, LeNet pair: the teacher's and the student's
-    passes counted in FLOPs against the loop's time less the generators' replayed time."""
+    passes counted in FLOPs against the loop's time less the generators' replayed time. A second,
+    shorter run under the profiler gives the teacher's and the student's convolution and matrix
+    kernel time (the loop's less the generators' replayed kernels): the ceiling those kernels allow."""
+    from torch.profiler import ProfilerActivity, profile
+
     from dfkd_meta.config import OnlineConfig
     from dfkd_meta.distill import distill_online
     from dfkd_meta.synthesis import METHODS
@@ -254,8 +326,15 @@ def bench_online(teacher: Path, sidecar: Path, student_arch: str, shape: tuple[i
                                     sidecar=sidecar, device="cpu", progress=False).report
         loop_s = report["distill_seconds"]
         gen_s = count.generator_seconds()
-        flops = (teacher_flops * (count.teacher_examples + count.teacher_grad_examples)
-                 + student_flops * (count.student_examples + 2 * count.student_grad_examples))
+        flops = _online_flops(count, teacher_flops, student_flops)
+        torch.manual_seed(0)
+        student = build_model(student_arch, shape, 10)
+        short = max(10, 2 * every)
+        with PassCounter(student) as short_count, profile(activities=[ProfilerActivity.CPU]) as prof:
+            distill_online(teacher, student, OnlineConfig(method=name, iterations=short, seed=0), sidecar=sidecar,
+                           device="cpu", progress=False)
+        kernels = kernel_breakdown(prof, 1)["conv_gemm_s"] - short_count.generator_kernel_seconds()
+        ceiling = _online_flops(short_count, teacher_flops, student_flops) / max(kernels, 1e-9) / rate
         rows.append({"method": name, "iterations": iterations, "loop_s": round(loop_s, 3),
                      "generator_s": round(gen_s, 3), "teacher_examples": count.teacher_examples,
                      "teacher_input_gradient_examples": count.teacher_grad_examples,
@@ -263,7 +342,9 @@ def bench_online(teacher: Path, sidecar: Path, student_arch: str, shape: tuple[i
                      "student_gradient_examples": count.student_grad_examples,
                      "teacher_student_gflop": round(flops / 1e9, 3),
                      "gflops_per_s": round(flops / max(loop_s - gen_s, 1e-9) / 1e9, 2),
-                     "fraction_of_matmul_rate": round(flops / max(loop_s - gen_s, 1e-9) / rate, 4)})
+                     "fraction_of_matmul_rate": round(flops / max(loop_s - gen_s, 1e-9) / rate, 4),
+                     "profiled_iterations": short, "teacher_student_conv_gemm_ms_per_iteration":
+                         round(kernels / short * 1e3, 2), "ceiling_kernels_only": round(ceiling, 4)})
     return rows
 
 
@@ -362,19 +443,22 @@ def main(argv=None) -> int:
                           "export_over_ort": 0.65, "online_teacher_student_fraction": 0.25,
                           "validation_seconds": 2.0}}
     print("\n| teacher | batch | sample-steps/s | GFLOP/s | fraction of matmul rate | MB read per step "
-          "| read time share |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| read time share | conv+GEMM kernels / other ops, ms per step | ceiling: kernels only "
+          "| ceiling: kernels + reads |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for t in teachers:
         for r in t["reconstruction"]:
             print(f"| {t['teacher']} | {r['batch_size']} | {r['sample_steps_per_s']:.0f} | {r['gflops_per_s']:.1f} | "
                   f"{r['fraction_of_matmul_rate']:.1%} | {r['bytes_read_per_step_mb']:.1f} | "
-                  f"{r['read_time_share']:.0%} |")
+                  f"{r['read_time_share']:.0%} | {r['conv_gemm_ms']:.1f} / {r['other_ops_ms']:.1f} | "
+                  f"{r['ceiling_kernels_only']:.1%} | {r['ceiling_kernels_plus_reads']:.1%} |")
     print("\n| online method (LeNet-5 -> half, sidecar) | iterations | loop s | generator s | teacher+student GFLOP "
-          "| GFLOP/s | fraction of matmul rate |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| GFLOP/s | fraction of matmul rate | ceiling: teacher + student kernels only |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in online:
         print(f"| {r['method']} | {r['iterations']} | {r['loop_s']:.1f} | {r['generator_s']:.1f} | "
-              f"{r['teacher_student_gflop']:.1f} | {r['gflops_per_s']:.1f} | {r['fraction_of_matmul_rate']:.1%} |")
+              f"{r['teacher_student_gflop']:.1f} | {r['gflops_per_s']:.1f} | {r['fraction_of_matmul_rate']:.1%} | "
+              f"{r['ceiling_kernels_only']:.1%} |")
     print_export(teachers)
     print("\n| sidecar MB | validation s | peak RSS MB | RSS above imports MB |")
     print("| ---: | ---: | ---: | ---: |")

@@ -304,6 +304,10 @@ def bench_online(teacher: Path, sidecar: Path, student_arch: str, shape: tuple[i
     kernel time (the loop's less the generators' replayed kernels): the ceiling those kernels allow."""
     from torch.profiler import ProfilerActivity, profile
 
+    from dfkd_meta.device import retain_freed_memory
+
+    retain_freed_memory()  # what `dfkd-meta distill --method` does
+
     from dfkd_meta.config import OnlineConfig
     from dfkd_meta.distill import distill_online
     from dfkd_meta.synthesis import METHODS

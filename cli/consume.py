@@ -203,6 +203,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
     import torch
 
     from dfkd_meta.data import load_data
+    from dfkd_meta.device import retain_freed_memory
     from dfkd_meta.distill import distill as run
     from dfkd_meta.distill import distill_online, load_transfer_for, write_student
     from dfkd_meta.fileio import output_lock, require_file
@@ -229,6 +230,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
                                batch_size=batch_size or OnlineConfig.batch_size,
                                lr=lr, temperature=temperature, loss=loss, seed=seed, gaussian_mix=gaussian_mix,
                                options=_options(options))
+            retain_freed_memory()  # the generators' large maps, reallocated every step
             result = distill_online(teacher, model, cfg, sidecar=sidecar, device=device, checkpoint=output + ".ckpt",
                                     resume=resume, eval_data=eval_source, save_transfer=save_transfer,
                                     progress=not quiet)

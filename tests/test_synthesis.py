@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli.main import main as cli_main
 from dfkd_meta.config import OnlineConfig
@@ -290,3 +292,48 @@ def test_flat_input_teachers_get_a_vector_generator(tmp_path):
     with pytest.raises(DfkdError):
         distill_online(path, torch.nn.Sequential(torch.nn.ReLU()), OnlineConfig(method="dfad", iterations=1),
                        device="cpu", progress=False)
+
+
+@settings(max_examples=12, deadline=None)
+@given(channels=st.sampled_from([1, 3]), size=st.sampled_from([(8, 8), (28, 28), (32, 32), (10, 14)]),
+       ngf=st.sampled_from([4, 16]), batch=st.integers(2, 9))
+def test_image_generator_channels_last_on_cpu_agrees_with_the_usual_layout(channels, size, ngf, batch):
+    """The CPU fast path (channels-last maps) against the usual layout: the images, and the gradients of
+    a loss on them w.r.t. z and every parameter, to float32 rounding; the images come out contiguous."""
+    from dfkd_meta.synthesis.generators import ImageGenerator
+
+    torch.manual_seed(batch)
+    gen = ImageGenerator((channels, *size), nz=8, ngf=ngf).train()
+    z, weights = torch.randn(batch, 8), torch.randn(batch, channels, *size)
+    results = []
+    for fast in (True, False):
+        gen.channels_last_on_cpu = fast
+        gen.zero_grad(set_to_none=True)
+        zz = z.clone().requires_grad_()
+        out = gen(zz)
+        (out * weights).sum().backward()
+        results.append((out.detach(), zz.grad, [p.grad for p in gen.parameters()]))
+        assert out.is_contiguous() and out.shape == (batch, channels, *size)
+    (fast_out, fast_dz, fast_dp), (plain_out, plain_dz, plain_dp) = results
+    torch.testing.assert_close(fast_out, plain_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_dz, plain_dz, rtol=1e-3, atol=1e-4)
+    # Some parameter gradients are sums that nearly cancel (the last BatchNorm removes the batch mean and
+    # scale), so their rounding is set against the largest gradient, not against their own size.
+    scale = max(g.abs().max().item() for g in plain_dp)
+    for a, b in zip(fast_dp, plain_dp):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_retain_freed_memory_takes_effect_on_glibc_and_leaves_values_alone():
+    """The allocator setting is process-wide, so it runs in a child process: it reports success on
+    glibc (this project's CI) and a tensor computed after it equals the one computed before."""
+    import platform
+    import subprocess
+    import sys
+
+    code = ("import torch; from dfkd_meta.device import retain_freed_memory; torch.manual_seed(0); "
+            "a = torch.randn(4096, 2048); before = (a @ a.T).sum().item(); ok = retain_freed_memory(); "
+            "after = (a @ a.T).sum().item(); print(ok, before == after)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "True"
+    assert out[0] == str(platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

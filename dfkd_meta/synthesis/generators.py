@@ -15,7 +15,14 @@ class ImageGenerator(nn.Module):
     3x3 convolutions, BatchNorm and LeakyReLU(0.2), then tanh and a BatchNorm without affine
     parameters: the batch's images come out standardised per channel, as normalised data is. Sizes
     that are not multiples of 4 are resized at the end.
+
+    On the CPU the maps run channels-last (the images come out in the usual layout): oneDNN's
+    convolutions and the upsampling are faster on it. Measured on 2 cores, forward and backward, ngf 16,
+    batch 256: 1 x 32 x 32 images 262 -> 158 ms, 3 x 32 x 32 at ngf 64 1.1x. The sums run in another
+    order, so values agree with the usual layout to float32 rounding (a test compares).
     """
+
+    channels_last_on_cpu = True
 
     def __init__(self, image_shape: tuple[int, int, int], nz: int = 100, ngf: int = 64):
         super().__init__()
@@ -31,11 +38,13 @@ class ImageGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.bn0(self.l1(z).view(len(z), -1, *self.init))
+        if self.channels_last_on_cpu and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.block1(nn.functional.interpolate(x, scale_factor=2))
         x = self.block2(nn.functional.interpolate(x, scale_factor=2))
         if tuple(x.shape[-2:]) != self.image_shape[1:]:
             x = nn.functional.interpolate(x, size=self.image_shape[1:], mode="bilinear", align_corners=False)
-        return x
+        return x.contiguous()
 
 
 class VectorGenerator(nn.Module):

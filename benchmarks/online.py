@@ -31,6 +31,7 @@ import torch
 
 from dfkd_meta.config import DistillConfig, OnlineConfig
 from dfkd_meta.data import load_data
+from dfkd_meta.device import retain_freed_memory
 from dfkd_meta.distill import distill, distill_online
 from dfkd_meta.models import build_model, hidden_dropout_keep_probs
 from dfkd_meta.onnx.torch_export import export_onnx
@@ -218,6 +219,7 @@ def main(argv=None) -> int:
         print(table(results))
         plot(results, args.out.with_suffix(".png"))
         return 0
+    retain_freed_memory()  # as `dfkd-meta distill --method` does
     data, teacher, sidecar = release_for(args.data, args.pair, args.work, log)
     methods = sorted(METHODS) if args.grid else args.methods
     sides = {"both": ["no", "yes"], "yes": ["yes"], "no": ["no"]}[args.sidecar]

@@ -22,8 +22,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
 # glibc's malloc serves blocks from 32 MiB up (its largest automatic threshold) with fresh mmap pages,
 # and returns them on free: each such tensor costs a page fault per 4 KiB, every step. Generators at
 # batch 256 allocate maps of 33.5 MiB (ngf 16, 32 x 32 images); keeping blocks up to 256 MiB in the heap,
-# and up to 512 MiB of freed memory unreturned, took their forward and backward from 179 to 130 ms
-# (channels-last, 2 cores) and online synthesis loops 5-10 % faster.
+# and up to 512 MiB of freed memory unreturned, took their forward and backward from 158 to 130 ms
+# (channels-last, 2 cores; 262 to 179 ms in the usual layout) and online synthesis loops 5-10 % faster.
 _MMAP_THRESHOLD, _TRIM_THRESHOLD = 256 << 20, 512 << 20
 
 

@@ -23,7 +23,6 @@ script needs no data set. Ratios, not absolute times, are what the README quotes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import platform
@@ -85,44 +84,43 @@ CONV_GEMM_OPS = {"aten::mkldnn_convolution", "aten::_nnpack_spatial_convolution"
                  "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul"}
 
 
+def _input_bytes(event) -> int:
+    return sum(int(np.prod(shape)) * ITEMSIZE[dtype] for shape, dtype in zip(event.input_shapes, event.input_dtypes)
+               if shape and dtype in ITEMSIZE)
+
+
 def kernel_breakdown(prof, count: int) -> dict:
     """Per ``count`` units of work (steps, iterations): the self time of the convolution and matrix
-    kernels, the self time of every other op, and the bytes the other leaf ops read (their inputs;
-    views excluded: a lower bound on their memory traffic, since their outputs are written too)."""
+    kernels, the self time of every other op, and the bytes the leaf ops read, all of them and the
+    other ops' alone (their inputs; views excluded: a lower bound on their memory traffic, since their
+    outputs are written too)."""
     kernel_us = other_us = 0.0
-    other_read = 0
+    read = other_read = 0
     for e in prof.events():
         if not e.name.startswith("aten::") or e.name in VIEW_OPS:
             continue
-        if e.name in CONV_GEMM_OPS:
+        kernel = e.name in CONV_GEMM_OPS
+        if kernel:
             kernel_us += e.self_cpu_time_total
-            continue
-        other_us += e.self_cpu_time_total
+        else:
+            other_us += e.self_cpu_time_total
         if not e.cpu_children:
-            for shape, dtype in zip(e.input_shapes, e.input_dtypes):
-                if shape and dtype in ITEMSIZE:
-                    other_read += int(np.prod(shape)) * ITEMSIZE[dtype]
+            n = _input_bytes(e)
+            read += n
+            other_read += 0 if kernel else n
     return {"conv_gemm_s": kernel_us / 1e6 / count, "other_s": other_us / 1e6 / count,
-            "other_bytes_read": other_read / count}
+            "bytes_read": read / count, "other_bytes_read": other_read / count}
 
 
 def step_profile(model: Path, sidecar: Path, batch: int, folder: Path, steps: int = 5) -> dict:
-    """One reconstruction step under the profiler: ``kernel_breakdown`` per step, plus the bytes every
-    leaf op reads (the step's memory traffic, lower bound)."""
+    """``kernel_breakdown`` per reconstruction step, from a profile of ``steps`` steps (``bytes_read``:
+    the step's memory traffic, lower bound)."""
     from torch.profiler import ProfilerActivity, profile
 
     cfg = ReconstructConfig(objective="all_layers", samples=batch, steps=steps, batch_size=batch)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         reconstruct(model, sidecar, folder / "traffic.h5", cfg, device="cpu", progress=False)
-    total = 0
-    for e in prof.events():
-        if e.cpu_children or not e.name.startswith("aten::") or e.name in VIEW_OPS:
-            continue
-        for shape, dtype in zip(e.input_shapes, e.input_dtypes):
-            if shape and dtype in ITEMSIZE:
-                total += int(np.prod(shape)) * ITEMSIZE[dtype]
-    # the batch's final labelling forward counted as one more step
-    return {"bytes_read": total / (steps + 1), **kernel_breakdown(prof, steps + 1)}
+    return kernel_breakdown(prof, steps + 1)  # the batch's final labelling forward counted as one more step
 
 
 def ceilings(flops: float, breakdown: dict, rate: float, bandwidth: float) -> dict:
@@ -250,6 +248,14 @@ class PassCounter:
             setattr(owner, name, value)
         self._hook.remove()
 
+    @staticmethod
+    def _replay(gen: torch.nn.Module, z: torch.Tensor, grad: bool) -> None:
+        """One recorded generator call: forward, and backward where it ran with gradients."""
+        with torch.set_grad_enabled(grad):
+            out = gen(z)
+            if grad:
+                out.sum().backward()
+
     def generator_seconds(self, repeats: int = 3) -> float:
         """The generators' share of the run: each recorded call replayed alone (best of ``repeats``),
         with its backward where it ran with gradients, times its count."""
@@ -261,10 +267,7 @@ class PassCounter:
             best = float("inf")
             for _ in range(repeats + 1):  # the first call warms up
                 t0 = time.perf_counter()
-                with torch.set_grad_enabled(grad):
-                    out = gen(z)
-                    if grad:
-                        out.sum().backward()
+                self._replay(gen, z, grad)
                 best = min(best, time.perf_counter() - t0)
             total += best * calls
         gen.zero_grad(set_to_none=True)
@@ -280,12 +283,9 @@ class PassCounter:
         gen, total = self.generator, 0.0
         for (n, grad), calls in self.generator_calls.items():
             z = torch.randn(n, gen.nz)
-            for profiled in (False, True):
-                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) if profiled \
-                        else contextlib.nullcontext() as prof, torch.set_grad_enabled(grad):
-                    out = gen(z)
-                    if grad:
-                        out.sum().backward()
+            self._replay(gen, z, grad)  # warm-up
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                self._replay(gen, z, grad)
             total += kernel_breakdown(prof, 1)["conv_gemm_s"] * calls
         gen.zero_grad(set_to_none=True)
         return total
@@ -304,13 +304,12 @@ def bench_online(teacher: Path, sidecar: Path, student_arch: str, shape: tuple[i
     kernel time (the loop's less the generators' replayed kernels): the ceiling those kernels allow."""
     from torch.profiler import ProfilerActivity, profile
 
-    from dfkd_meta.device import retain_freed_memory
-
-    retain_freed_memory()  # what `dfkd-meta distill --method` does
-
     from dfkd_meta.config import OnlineConfig
+    from dfkd_meta.device import retain_freed_memory
     from dfkd_meta.distill import distill_online
     from dfkd_meta.synthesis import METHODS
+
+    retain_freed_memory()  # what `dfkd-meta distill --method` does
 
     proto = load_model_proto(teacher)
     teacher_flops = forward_flops(model_facts(teacher, proto), proto)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from dfkd_meta.errors import UsageError
+from dfkd_meta.errors import UsageError, shown_deep
 
 from .common import DATA_HELP, Command, read_limit_options
 
@@ -91,9 +91,10 @@ def inspect(model: str, as_json: bool) -> None:
     from dfkd_meta.onnx.inspect import inspect_model
 
     info = inspect_model(require_file(model, "model"))
-    if as_json:
+    if as_json:  # JSON escapes control characters itself
         click.echo(json.dumps(info, indent=2))
         return
+    info = shown_deep(info)  # names come from the model file: no raw control characters to the terminal
     dims = lambda s: "[" + ", ".join(str(d) for d in s) + "]" if s is not None else "[?]"  # noqa: E731
     click.echo(f"{info['model']}: ir_version {info['ir_version']}, opsets {info['opset_imports']}, "
                f"{info['nodes']} nodes" + (f", external data {info['external_data']}" if info["external_data"] else ""))
@@ -132,7 +133,7 @@ def show(sidecar: str, model: str | None, plot: str | None, as_json: bool) -> No
 
     sc = read_sidecar(sidecar, model, for_use=False)  # a summary shows what is there, warnings and all
     info = describe(sc, sidecar)
-    click.echo(json.dumps(info, indent=2) if as_json else format_summary(info))
+    click.echo(json.dumps(info, indent=2) if as_json else format_summary(shown_deep(info)))
     if plot:
         plot_top_layer(sc, plot)
         if not as_json:

@@ -6,7 +6,7 @@ import sys
 import click
 
 from dfkd_meta.convention import CHOICES_HELP as CONVENTION_CHOICES
-from dfkd_meta.errors import DfkdError, UsageError
+from dfkd_meta.errors import DfkdError, UsageError, shown
 
 
 class RegistryChoice(click.Choice):
@@ -70,7 +70,7 @@ def methods():
 
 
 def fail(exc: DfkdError, names: dict[str, str] | None = None) -> None:
-    click.echo(f"error: {exc.render(names)}", err=True)
+    click.echo(f"error: {shown(exc.render(names))}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -148,8 +148,9 @@ def read_limit_options(command):
 
     options = [
         click.option("--read-cpu-limit", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_CPU_SECONDS,
-                     show_default=True, metavar="SECONDS",
-                     help="CPU time reading the sidecar may take before it is refused as DM114."),
+                     metavar="SECONDS",
+                     help="CPU time reading the sidecar may take before it is refused as DM114 "
+                          "[default: 10 s plus 30 s per GB the file holds or declares]."),
         click.option("--read-memory-limit", type=click.IntRange(min=1), metavar="MIB",
                      help="Memory reading the sidecar may add before it is refused as DM115 "
                           "[default: 256 + half the file's size in MiB]."),

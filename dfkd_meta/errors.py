@@ -44,3 +44,34 @@ class UsageError(DfkdError):
     """Bad invocation or an input path that cannot be used at all (exit 2)."""
 
     exit_code = 2
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print: control and format characters (ANSI escapes, CR, bidi overrides, line and
+    paragraph separators) written as ``\\x1b``-style escapes, so text read from a file can neither move the
+    cursor, colour, hide nor forge lines in a terminal or a CI log. Newlines are escaped too: callers print
+    file content on one line."""
+    import unicodedata
+
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or (ch == " ") else
+                   (ch if unicodedata.category(ch) == "Zs" else _escape_char(ch)) for ch in text)
+
+
+def shown_deep(value):
+    """``shown`` applied to every string (keys included) inside dicts, lists and tuples."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {shown_deep(k): shown_deep(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(shown_deep(v) for v in value)
+    return value

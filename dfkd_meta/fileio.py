@@ -5,7 +5,12 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
+import stat
+import tempfile
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import dist
@@ -111,3 +116,72 @@ def output_lock(target: str | os.PathLike, flag: str = "{output}") -> Iterator[P
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------
+# private copies: what is checked is what is read
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A private copy of ``source``: ``path`` holds the bytes read once from it, whose hash is ``sha256``."""
+
+    source: Path
+    path: Path
+    sha256: str
+    size: int
+
+
+def read_once(path: str | os.PathLike, what: str = "file") -> tuple[bytes, str]:
+    """The bytes of a regular file and their SHA-256, from one open file handle (the hash is of these bytes)."""
+    p = require_file(path, what)
+    with _open_regular(p, what) as fh:
+        data = fh.read()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _open_regular(p: Path, what: str):
+    try:
+        fh = open(p, "rb")
+    except OSError as exc:
+        raise UsageError(f"{p}: cannot open the {what} ({exc.strerror}); check the path and its permissions") from None
+    with fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # what was opened, not what the name pointed at before
+            raise UsageError(f"{p}: {what} is not a regular file; pass the file itself")
+        yield fh
+
+
+class PrivateFolder:
+    """A folder only this user can read or write (mode 0700), removed on ``close()`` or when collected.
+
+    Untrusted files are copied here once, hashed while copied; every later check and read uses the copy, so
+    a file replaced or rewritten at its original path after the check is never read. Child processes that
+    read the copies run with this folder as their working directory.
+    """
+
+    def __init__(self, prefix: str = "dfkd-meta-read-"):
+        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+    def copy(self, source: str | os.PathLike, what: str = "file", name: str | None = None) -> Snapshot:
+        """Copy ``source`` into the folder as ``name`` (default: its own name), hashing the bytes copied."""
+        src = require_file(source, what)
+        dst = self.path / (name or src.name)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        h, size = hashlib.sha256(), 0
+        with _open_regular(src, what) as fh, open(dst, "xb") as out:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        os.chmod(dst, 0o400)
+        return Snapshot(src, dst, h.hexdigest(), size)
+
+    def close(self) -> None:
+        self._cleanup()
+
+    def __enter__(self) -> PrivateFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -36,16 +36,37 @@ def test_using_limits_sets_the_bounds_of_every_validation_inside(monkeypatch):
     seen = []
     real = validate_mod.worker_command
 
-    def spy(path, model, cpu, memory):
-        seen.append((cpu, memory))
-        return real(path, model, cpu, memory)
+    def spy(kind, path, cpu, memory, per_byte, extra):
+        seen.append((kind, cpu, memory, per_byte))
+        return real(kind, path, cpu, memory, per_byte, extra)
 
     monkeypatch.setattr(validate_mod, "worker_command", spy)
     with using_limits(ReadLimits(cpu_seconds=7, memory_mib=300)):
         assert current_limits().cpu_seconds == 7
         assert validate(VALID).valid
     assert current_limits() == ReadLimits()
-    assert seen == [(7.0, 300 << 20)]
+    assert seen == [("sidecar", 7.0, 300 << 20, 0.0)]  # a bound the user gives is fixed: it does not grow
+    seen.clear()
+    assert validate(VALID).valid
+    size = VALID.stat().st_size
+    assert seen == [("sidecar", pytest.approx(10 + 30 * size / 1e9), (256 << 20) + size // 2, 30 / 1e9)]
+
+
+def test_the_default_cpu_bound_grows_with_what_the_file_holds_or_declares():
+    lim = ReadLimits()
+    assert lim.cpu_seconds_for(0) == 10
+    assert lim.cpu_seconds_for(10**9) == pytest.approx(40)
+    assert lim.cpu_seconds_for(10**6, declared_bytes=4 * 2**30) == pytest.approx(10 + 30 * 4 * 2**30 / 1e9)
+    assert ReadLimits(cpu_seconds=3).cpu_seconds_for(10**9, 10**10) == 3
+
+
+def test_a_small_file_that_makes_libhdf5_spin_is_refused_within_30_seconds():
+    import time
+
+    t0 = time.monotonic()
+    report = validate(REPRO / "hang_root_attribute_bit_flip.dfkd.h5")
+    assert [f.rule for f in report.findings] == ["DM114"]
+    assert time.monotonic() - t0 < 30
 
 
 def test_reading_past_its_cpu_bound_is_dm114(monkeypatch):

@@ -102,6 +102,24 @@ def resolve_external_path(model_dir: Path, location: str) -> Path | None:
     return target
 
 
+def copy_model(folder, path: str | os.PathLike, under: str = "model"):
+    """Copy an ONNX file and the external-data files it references (those inside its folder) into the
+    private ``folder`` (``fileio.PrivateFolder``) under ``under/``; the model's Snapshot. A reference that
+    leaves the model's folder is not copied: reading the copy reports it."""
+    path = Path(path)
+    snap = folder.copy(path, "model", name=f"{under}/{path.name}")
+    try:
+        proto = load_model_proto(snap.path)
+    except DfkdError:
+        return snap  # not ONNX: whoever reads the copy says so
+    for loc in external_data_locations(proto):
+        src, dst = resolve_external_path(path.parent, loc), resolve_external_path(snap.path.parent, loc)
+        if src is None or dst is None or not src.is_file() or dst.exists():
+            continue
+        folder.copy(src, "external data", name=str(dst.relative_to(folder.path.resolve())))
+    return snap
+
+
 def load_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """Parse an ONNX file without loading external data; raise DfkdError if it is not ONNX."""
     try:

@@ -1,5 +1,5 @@
 """The sidecar file format (spec/SPEC.md): typed objects, writer, reader, validator."""
-from .io import SidecarInvalidError, read_sidecar, write_sidecar
+from .io import CheckedSidecar, SidecarInvalidError, open_sidecar, read_sidecar, write_sidecar
 from .report import Finding, Report
 from .types import (
                     ChannelStats,
@@ -15,6 +15,6 @@ from .types import (
 )
 from .validator import validate
 
-__all__ = ["ChannelStats", "ConventionRecord", "DatasetProvenance", "Finding", "InputDomain", "LayerStats",
+__all__ = ["CheckedSidecar", "ChannelStats", "ConventionRecord", "DatasetProvenance", "Finding", "InputDomain", "LayerStats",
            "ModelBinding", "PrivacyBlock", "Report", "Sidecar", "SidecarInvalidError", "SpectralStats", "TeacherCheck",
-           "read_sidecar", "validate", "write_sidecar"]
+           "open_sidecar", "read_sidecar", "validate", "write_sidecar"]

@@ -174,10 +174,12 @@ def _safe_yaml(text: str) -> dict:
     return value
 
 
-def check_card(folder: Path, sc: Sidecar | None, sidecar_path: Path) -> list[Finding]:
+def check_card(folder: Path, sc: Sidecar | None, sidecar_path: Path, *, sidecar_sha256: str | None = None
+               ) -> list[Finding]:
     """Findings on ``folder``'s card: DM951 none, DM952 unreadable, DM953 contradicts the release.
 
-    ``sc`` is the validated sidecar (None when it did not validate: only the reading is checked).
+    ``sc`` is the validated sidecar (None when it did not validate: only the reading is checked);
+    ``sidecar_sha256`` the hash of the bytes it was read from (default: hash the file again).
     """
     path = folder / CARD_NAME
     if not os.path.lexists(path):
@@ -193,7 +195,7 @@ def check_card(folder: Path, sc: Sidecar | None, sidecar_path: Path) -> list[Fin
         return [finding("DM952", CARD_NAME, f"{CARD_KEY} is a {type(block).__name__}, not a mapping")]
     if sc is None:
         return []
-    truth = card_facts(sc, sidecar_path.name, sha256_file(sidecar_path))
+    truth = card_facts(sc, sidecar_path.name, sidecar_sha256 or sha256_file(sidecar_path))
     out = []
     for key in ("format_version", "model", "model_sha256", "sidecar", "sidecar_sha256", "classes",
                 "teacher_accuracy"):

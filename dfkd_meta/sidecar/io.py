@@ -19,11 +19,11 @@ import h5py
 import numpy as np
 
 from ..errors import DfkdError
-from ..fileio import atomic_path
+from ..fileio import PrivateFolder, atomic_path, require_file
 from .report import Report
 from .schema import AttrSpec, DatasetSpec, Schema, TypeSpec, schema_or_default
 from .types import ELEMENTS, Element, Sidecar
-from .validator import disable_hdf5_plugins, validate, validate_in_process
+from .validator import disable_hdf5_plugins, validate_copy, validate_in_process
 
 STR = h5py.string_dtype("utf-8")
 _NUMPY = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
@@ -235,6 +235,15 @@ def read_element(g: h5py.Group, schema: Schema, registry: Mapping[str, Element])
     return el.build(values, key=g.name.rsplit("/", 1)[1] if el.key else None)
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckedSidecar:
+    """A sidecar read from the very bytes that were validated, and their SHA-256."""
+
+    sidecar: Sidecar
+    sha256: str
+    path: Path
+
+
 def read_sidecar(path: str | os.PathLike, model: str | os.PathLike | None = None, *, isolate: bool = True,
                  schema: Schema | None = None, registry: Mapping[str, Element] | None = None,
                  for_use: bool = True) -> Sidecar:
@@ -243,21 +252,39 @@ def read_sidecar(path: str | os.PathLike, model: str | os.PathLike | None = None
     ``for_use`` (the default) also refuses the warnings consumers cannot work with (REFUSED_BY_CONSUMERS:
     statistics that overflow float32, non-zero statistics of empty classes); ``show`` reads without it.
 
-    Validation runs in a child process (``isolate``) so a hostile file cannot crash the caller;
-    the file is only opened here once it has passed. A ``schema`` other than the package's needs
-    ``isolate=False`` (the child process reads the installed schema).
+    Validation runs in an isolated child process (``isolate``) so a hostile file cannot crash the caller,
+    on a private copy of the file that is then the copy loaded here: a file replaced after the check is
+    never read. A ``schema`` other than the package's needs ``isolate=False`` (the child process reads the
+    installed schema). ``open_sidecar`` also returns the hash of the bytes read.
     """
+    return open_sidecar(path, model, isolate=isolate, schema=schema, registry=registry, for_use=for_use).sidecar
+
+
+def open_sidecar(path: str | os.PathLike, model: str | os.PathLike | None = None, *, isolate: bool = True,
+                 schema: Schema | None = None, registry: Mapping[str, Element] | None = None,
+                 for_use: bool = True) -> CheckedSidecar:
+    """``read_sidecar``, returning the sidecar with the SHA-256 of the bytes validated and read."""
     if schema is not None and isolate:
         raise ValueError("a schema other than the package's is validated in process: pass isolate=False")
-    report = validate(path, model, isolate=isolate, schema=schema)
-    if not report.valid or (for_use and REFUSED_BY_CONSUMERS & set(report.rules)):
-        raise SidecarInvalidError(path, report)
-    return load_validated(path, schema=schema, registry=registry)
+    p = require_file(path, "sidecar")
+    m = require_file(model, "model") if model is not None else None
+    with PrivateFolder() as folder:
+        if isolate:
+            report, snap = validate_copy(folder, p, m)
+        else:
+            snap = folder.copy(p, "sidecar", name=f"sidecar/{p.name}")
+            report = validate_in_process(snap.path, m, schema=schema)
+            report.file = str(path)
+        if not report.valid or (for_use and REFUSED_BY_CONSUMERS & set(report.rules)):
+            raise SidecarInvalidError(path, report)
+        sc = load_validated(snap.path, schema=schema, registry=registry)
+    return CheckedSidecar(sc, snap.sha256, p)
 
 
 def load_validated(path: str | os.PathLike, *, schema: Schema | None = None,
                    registry: Mapping[str, Element] | None = None) -> Sidecar:
-    """Load a sidecar that has just validated (``read_sidecar`` validates first; call this only after)."""
+    """Load a sidecar that has just validated (``read_sidecar`` validates first; call this only on the copy
+    that was validated, ``validator.validate_copy``)."""
     disable_hdf5_plugins()
     with h5py.File(path, "r", locking=False) as f:
         return read_element(f, schema_or_default(schema), registry or ELEMENTS)

@@ -16,7 +16,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-DEFAULT_CPU_SECONDS = 120.0
+# The CPU bound is BASE_CPU_SECONDS plus CPU_SECONDS_PER_GB for each GB the file holds or declares
+# (compressed datasets are decompressed whole). A valid file costs far less: reading and checking a
+# valid 1 GB sidecar takes about 2-5 s of CPU here, plain or gzip-compressed (benchmarks/read_bounds.py,
+# results/read_bounds.json), so the largest file the format allows (4 GiB declared) gets 10 + 129 s;
+# a small hostile file that makes libhdf5 spin is stopped after about 10 s instead of minutes.
+BASE_CPU_SECONDS = 10.0
+CPU_SECONDS_PER_GB = 30.0
+DEFAULT_CPU_SECONDS = None  # the scaled bound above; a number given by the user is a fixed bound
 DEFAULT_WALL_SECONDS = 600.0
 # The memory bound is BASE_MEMORY_MIB plus half the file's size. Values are read in 16 MiB blocks, so
 # a valid file needs little: a valid 1.0 GB sidecar validates within 64 MiB of added memory (measured);
@@ -26,19 +33,33 @@ BASE_MEMORY_MIB = 256
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """How much a validation may spend. ``memory_mib=None``: 256 MiB plus half the file's size."""
+    """How much a validation may spend. ``cpu_seconds=None``: 10 s plus 30 s per GB the file holds or declares;
+    ``memory_mib=None``: 256 MiB plus half the file's size."""
 
-    cpu_seconds: float = DEFAULT_CPU_SECONDS  # CPU time of the reading itself (DM114)
+    cpu_seconds: float | None = DEFAULT_CPU_SECONDS  # CPU time of the reading itself (DM114)
     memory_mib: int | None = None  # memory the reading may add to the child (DM115)
     wall_seconds: float = DEFAULT_WALL_SECONDS  # the whole child process, start-up and model checks included (DM116)
 
     def __post_init__(self) -> None:
         for name in ("cpu_seconds", "wall_seconds"):
             value = getattr(self, name)
+            if value is None and name == "cpu_seconds":
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"ReadLimits.{name} must be a positive number of seconds, not {value!r}")
         if self.memory_mib is not None and not (isinstance(self.memory_mib, int) and self.memory_mib > 0):
             raise ValueError(f"ReadLimits.memory_mib must be a positive integer or None, not {self.memory_mib!r}")
+
+    @property
+    def cpu_seconds_per_gb(self) -> float:
+        """The rate the bound grows by (0 for a fixed bound given by the user)."""
+        return CPU_SECONDS_PER_GB if self.cpu_seconds is None else 0.0
+
+    def cpu_seconds_for(self, file_size: int, declared_bytes: int = 0) -> float:
+        """The CPU bound for a file of ``file_size`` bytes declaring ``declared_bytes`` of data."""
+        if self.cpu_seconds is not None:
+            return float(self.cpu_seconds)
+        return BASE_CPU_SECONDS + CPU_SECONDS_PER_GB * max(file_size, declared_bytes, 0) / 1e9
 
     def memory_bytes(self, file_size: int) -> int:
         if self.memory_mib is not None:
@@ -60,8 +81,11 @@ def _mapped_bytes() -> int | None:
 class ReadBounds:
     """Applied in the child process around the reading; ``lift()`` restores what was there before."""
 
-    def __init__(self, cpu_seconds: float | None, memory_bytes: int | None) -> None:
+    def __init__(self, cpu_seconds: float | None, memory_bytes: int | None, cpu_seconds_per_byte: float = 0.0,
+                 file_size: int = 0) -> None:
         self.cpu_seconds, self.memory_bytes = cpu_seconds, memory_bytes
+        # the bound grows once the scan knows how much the file declares (see ``declared``)
+        self.cpu_seconds_per_byte, self.file_size = cpu_seconds_per_byte, file_size
         self.saved: dict[int, tuple[int, int]] = {}
 
     @property
@@ -82,6 +106,19 @@ class ReadBounds:
         mapped = _mapped_bytes()
         if self.memory_bytes is not None and mapped is not None:
             self._set(resource, resource.RLIMIT_AS, mapped + self.memory_bytes)
+
+    def declared(self, declared_bytes: int) -> None:
+        """The scan found ``declared_bytes`` of data: extend the CPU bound by the rate for what exceeds the file."""
+        extra = self.cpu_seconds_per_byte * max(0, declared_bytes - self.file_size)
+        if extra <= 0 or os.name != "posix":
+            return
+        import resource
+
+        if resource.RLIMIT_CPU not in self.saved:
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        new = int(math.ceil(soft + extra))
+        resource.setrlimit(resource.RLIMIT_CPU, (new if hard == resource.RLIM_INFINITY else min(new, hard), hard))
 
     def _set(self, resource, which: int, soft: int) -> None:
         old_soft, hard = resource.getrlimit(which)

@@ -42,14 +42,17 @@ def validate_release(folder: str | os.PathLike, model: str | os.PathLike | None 
     """Validate a whole release folder (SPEC §11.3, §13): the sidecar against its model (external data
     included), the model card as untrusted text checked against the release, and stray entries."""
     from .card import CARD_NAME, check_card
+    from ..fileio import PrivateFolder, require_file
     from .io import load_validated
-    from .validator import validate
+    from .validator import validate_copy
 
     folder = Path(folder)
     sidecar, model_path = locate_release(folder, model)
-    report = validate(sidecar, model_path)
-    sc = load_validated(sidecar) if report.valid else None
-    report.findings += check_card(folder, sc, sidecar)
+    with PrivateFolder() as private:
+        report, snap = validate_copy(private, require_file(sidecar, "sidecar"),
+                                     require_file(model_path, "model") if model_path is not None else None)
+        sc = load_validated(snap.path) if report.valid else None
+    report.findings += check_card(folder, sc, sidecar, sidecar_sha256=snap.sha256)
     if sc is not None:
         known = {sidecar.name, CARD_NAME, sc.model.file_name} | {p.split("/")[0] for p in sc.model.external_data}
         stray = sorted(p.name for p in folder.iterdir() if p.name not in known)

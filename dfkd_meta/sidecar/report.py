@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..errors import shown
 from .schema import Schema, schema_or_default
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -16,6 +17,11 @@ class Finding:
     path: str
     message: str
     fix: str = ""
+
+    def __post_init__(self) -> None:
+        # paths and messages quote names and values from an untrusted file: never raw control characters
+        object.__setattr__(self, "path", shown(self.path))
+        object.__setattr__(self, "message", shown(self.message))
 
     def format(self) -> str:
         return f"{self.severity.upper():7} {self.rule} (SPEC §{self.section}) {self.path}: {self.message}"
@@ -32,6 +38,7 @@ class Report:
     file: str
     model: str | None = None
     findings: list[Finding] = field(default_factory=list)
+    sha256: str | None = None  # of the bytes checked (isolated validation copies the file once, then reads the copy)
 
     @property
     def errors(self) -> list[Finding]:
@@ -59,9 +66,10 @@ class Report:
                 f"{info} notes)")
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "model": self.model, "valid": self.valid,
+        return {"file": self.file, "model": self.model, "valid": self.valid, "sha256": self.sha256,
                 "findings": [asdict(f) for f in self.findings]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Report:
-        return cls(file=d["file"], model=d.get("model"), findings=[Finding(**f) for f in d["findings"]])
+        return cls(file=d["file"], model=d.get("model"), findings=[Finding(**f) for f in d["findings"]],
+                   sha256=d.get("sha256"))

@@ -99,6 +99,8 @@ def scan(state: ValidationState) -> None:
             else:
                 state.kinds[cpath] = "other"
                 state.add("DM110", cpath, f"{type(obj).__name__} objects (committed datatypes) are not allowed")
+    if state.bounds is not None:
+        state.bounds.declared(total_bytes)  # reading what the file declares may take longer than its size says
 
 
 def _text_name(state: ValidationState, parent: str, name, attribute: bool = False) -> bool:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from ..fileio import require_file
+from ..fileio import PrivateFolder, Snapshot, require_file
 from . import scan as _scan
 from .limits import ReadBounds, ReadLimits, current_limits
 from .report import SEVERITY_ORDER, Finding, Report, finding
@@ -33,7 +33,8 @@ disable_hdf5_plugins = _scan.disable_hdf5_plugins
 scan_container = _scan.scan_container
 
 __all__ = ["Finding", "Report", "SEVERITY_ORDER", "DEFAULT_TIMEOUT_S", "ReadLimits", "disable_hdf5_plugins",
-           "finding", "scan_container", "validate", "validate_in_process", "check_file"]
+           "finding", "scan_container", "validate", "validate_copy", "validate_in_process", "check_file",
+           "run_isolated"]
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -95,46 +96,71 @@ def validate(path: str | os.PathLike, model: str | os.PathLike | None = None, *,
              schema: Schema | None = None) -> Report:
     """Validate a sidecar (and, given the model file, its binding). Returns a Report.
 
-    With ``isolate`` (the default) the file is read in a child process with HDF5 plugins
-    disabled, so a libhdf5 crash is finding DM103 instead of killing the caller, and the reading
-    is bounded by ``limits`` (default: ``limits.current_limits()``): CPU time (DM114), memory (DM115) and the child's
-    wall-clock time (DM116; ``timeout`` overrides ``limits.wall_seconds``). Raises UsageError only when
-    a path does not name a readable regular file. A ``schema`` other than the package's is only used
+    With ``isolate`` (the default) the file is first copied once into a private folder (hashed as it is
+    copied: ``Report.sha256``), then that copy is read in an isolated child process with HDF5 plugins
+    disabled, so a libhdf5 crash is finding DM103 instead of killing the caller, and the reading is
+    bounded by ``limits`` (default: ``limits.current_limits()``): CPU time (DM114), memory (DM115) and the
+    child's wall-clock time (DM116; ``timeout`` overrides ``limits.wall_seconds``). Raises UsageError only
+    when a path does not name a readable regular file. A ``schema`` other than the package's is only used
     in process, unbounded.
     """
     p = require_file(path, "sidecar")
-    if model is not None:
-        require_file(model, "model")
+    m = require_file(model, "model") if model is not None else None
     if not isolate or schema is not None:
         return validate_in_process(path, model, schema=schema)
+    with PrivateFolder() as folder:
+        report, _ = validate_copy(folder, p, m, limits=limits, timeout=timeout)
+    return report
+
+
+def validate_copy(folder: PrivateFolder, path: Path, model: Path | None = None, *, limits: ReadLimits | None = None,
+                  timeout: float | None = None) -> tuple[Report, Snapshot]:
+    """Copy ``path`` (and ``model`` with its external data) into ``folder`` and validate the copies in the
+    isolated child. Returns the report (naming the original paths) and the sidecar's copy: read that copy,
+    never ``path`` again, and what was read is what was validated."""
+    snap = folder.copy(path, "sidecar", name=f"sidecar/{path.name}")
+    model_copy = None
+    if model is not None:
+        from ..onnx.inspect import copy_model  # imports onnx: only when a model is given
+
+        model_copy = copy_model(folder, model, under="model")  # its external data travel with it
+    report = run_isolated("sidecar", snap, folder, limits=limits, timeout=timeout,
+                          extra=["--model", os.fspath(model_copy.path)] if model_copy is not None else [])
+    report.file, report.model, report.sha256 = str(path), str(model) if model is not None else None, snap.sha256
+    return report, snap
+
+
+def run_isolated(kind: str, snap: Snapshot, folder: PrivateFolder, *, limits: ReadLimits | None = None,
+                 timeout: float | None = None, extra: list[str] | None = None) -> Report:
+    """Read the private copy ``snap`` in the isolated child (``_worker``) under the read bounds; its report."""
     limits = limits or current_limits()
     if timeout is not None:
         limits = replace(limits, wall_seconds=timeout)
     timeout = limits.wall_seconds
-    cmd = worker_command(path, model, limits.cpu_seconds, limits.memory_bytes(p.stat().st_size))
+    cpu = limits.cpu_seconds_for(snap.size)
+    cmd = worker_command(kind, snap.path, cpu, limits.memory_bytes(snap.size), limits.cpu_seconds_per_gb / 1e9,
+                         extra or [])
+    # the child imports nothing through the environment (-I ignores PYTHON* variables) and reads no thread count
     env = {**os.environ, "HDF5_PLUGIN_PRELOAD": "::", "HDF5_PLUGIN_PATH": "", "OPENBLAS_NUM_THREADS": "1",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # reading needs no threads; each costs memory
-    # the child must import this very package, also when the caller found it through sys.path alone
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
-    report = Report(file=str(path), model=str(model) if model is not None else None)
+    report = Report(file=str(snap.source))
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
-                              preexec_fn=_child_limits if os.name == "posix" else None)
+                              cwd=folder.path, preexec_fn=_child_limits if os.name == "posix" else None)
     except subprocess.TimeoutExpired:
-        report.findings.append(finding("DM116", "/", f"the validation did not finish within {timeout:g} s of wall-clock "
+        report.findings.append(finding("DM116", "/", f"the check did not finish within {timeout:g} s of wall-clock "
                                                      "time (the CPU time spent reading the file stayed within its "
-                                                     f"bound of {limits.cpu_seconds:g} s)"))
+                                                     f"bound of {cpu:g} s)"))
         return report
     if proc.returncode == 0:
         try:
             return Report.from_dict(json.loads(proc.stdout))
         except (ValueError, KeyError, TypeError) as exc:
-            report.findings.append(_dm103(f"the validator process returned no report ({exc})"))
+            report.findings.append(_dm103(f"the reading process returned no report ({exc})"))
             return report
     xcpu = getattr(signal, "SIGXCPU", None)  # POSIX only
     if xcpu is not None and proc.returncode == -xcpu:
-        report.findings.append(finding("DM114", "/", f"reading the file took more than {limits.cpu_seconds:g} s of CPU "
+        report.findings.append(finding("DM114", "/", f"reading the file took more than {cpu:g} s of CPU "
                                                      "time (libhdf5 did not return)"))
         return report
     if proc.returncode < 0:
@@ -147,12 +173,18 @@ def validate(path: str | os.PathLike, model: str | os.PathLike | None = None, *,
     return report
 
 
-def worker_command(path: str | os.PathLike, model: str | os.PathLike | None, cpu_seconds: float,
-                   memory_bytes: int) -> list[str]:
-    """The child process's command line (``python -m dfkd_meta.sidecar._worker``)."""
-    cmd = [sys.executable, "-m", "dfkd_meta.sidecar._worker", os.fspath(path), "--cpu", repr(float(cpu_seconds)),
-           "--memory", str(int(memory_bytes))]
-    return cmd + ["--model", os.fspath(model)] if model is not None else cmd
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def worker_command(kind: str, path: str | os.PathLike, cpu_seconds: float, memory_bytes: int,
+                   cpu_seconds_per_byte: float = 0.0, extra: list[str] | None = None) -> list[str]:
+    """The child process's command line: isolated mode (``-I``: neither the working directory nor PYTHONPATH
+    nor the user's site folder is on its import path) and this package loaded from its own folder."""
+    from ._worker import BOOT
+
+    return [sys.executable, "-I", "-c", BOOT, os.fspath(PACKAGE_DIR), kind, os.fspath(path),
+            "--cpu", repr(float(cpu_seconds)), "--cpu-per-byte", repr(float(cpu_seconds_per_byte)),
+            "--memory", str(int(memory_bytes)), *(extra or [])]
 
 
 def _child_limits() -> None:

@@ -159,7 +159,8 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
 @click.option("--save-transfer", type=click.Path(dir_okay=False),
               help="With --method: write the final synthetic set as a transfer file `distill --transfer` accepts.")
 @click.option("--resize", type=int, help="Pad/resize --data/--eval images to N x N.")
-@click.option("--input-norm", help="How the teacher expects real --data/--eval inputs: " + CONVENTION_HELP +
+@click.option("--input-norm", help="How the teacher takes raw values (--data, --eval, and the inputs --method "
+              "synthesises; recorded, and written into the student): " + CONVENTION_HELP +
               ". Default: what the transfer set or sidecar records, else the teacher's ONNX metadata, else raw values.")
 @click.option("--student", required=True, help="A reference model name (hinton800, lenet5-half, ...) or "
               "module:factory (imports and runs that module's code).")
@@ -213,8 +214,11 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
     if sum(x is not None for x in (transfer, data, method)) != 1:
         raise UsageError("pass exactly one of --transfer FILE (data-free, offline), --method NAME (data-free, online) "
                          "or --data SPEC (KD with real data)")
-    if method is None and (sidecar or save_transfer or minutes):
-        raise UsageError("--sidecar, --minutes and --save-transfer go with --method")
+    mode = "transfer" if transfer is not None else "data" if data is not None else "method"
+    _refuse_options_of_other_modes(click.get_current_context(), mode)
+    if mode == "method" and sidecar is None and \
+            click.get_current_context().get_parameter_source("gaussian_mix") == ParameterSource.COMMANDLINE:
+        raise UsageError("--gaussian-mix draws from the sidecar's first-layer Gaussian: pass --sidecar too, or drop it")
     with output_lock(output):  # a second run on the same -o fails at once instead of racing
         eval_source = load_data(eval_spec, resize) if eval_spec else None
         torch.manual_seed(seed)
@@ -226,7 +230,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
             facts = model_facts(teacher)
             input_shape = tuple(facts.inputs[0].per_example_shape or ())
             model = build_model(student, input_shape, int(facts.outputs[0].shape[-1]))
-            cfg = OnlineConfig(method=method, iterations=iterations, minutes=minutes,
+            cfg = OnlineConfig(method=method, iterations=iterations, minutes=minutes, input_norm=input_norm,
                                batch_size=batch_size or OnlineConfig.batch_size,
                                lr=lr, temperature=temperature, loss=loss, seed=seed, gaussian_mix=gaussian_mix,
                                options=_options(options))
@@ -262,6 +266,31 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
                    f"{r['student_accuracy']:.4f}, agreement {r['agreement']:.4f}")
     elif "agreement_on_training_inputs" in r:
         click.echo(f"  agreement with the teacher on the training inputs: {r['agreement_on_training_inputs']:.4f}")
+
+
+# Which source each distill option applies to (an option given for another source is refused, never ignored).
+DISTILL_OPTION_MODES = {
+    "epochs": {"transfer", "data"}, "alpha": {"transfer", "data"},
+    "force": {"data"},
+    "iterations": {"method"}, "minutes": {"method"}, "options": {"method"}, "gaussian_mix": {"method"},
+    "sidecar": {"method"}, "save_transfer": {"method"},
+}
+
+
+def _refuse_options_of_other_modes(ctx: click.Context, mode: str) -> None:
+    """Exit 2 naming every option the user typed that does not apply to ``mode`` (click tells typed from default)."""
+    flag = {"transfer": "--transfer", "data": "--data", "method": "--method"}
+    typed = {name for name in ctx.params
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    spelled = {p.name: next((o for o in p.opts if o.startswith("--")), p.opts[0]) for p in ctx.command.params}
+    wrong = sorted(n for n in typed if n in DISTILL_OPTION_MODES and mode not in DISTILL_OPTION_MODES[n])
+    reasons = [f"{spelled[n]} goes with {' or '.join(sorted(flag[m] for m in DISTILL_OPTION_MODES[n]))}" for n in wrong]
+    if "resize" in typed and mode != "data" and "eval_spec" not in typed:
+        wrong.append("resize")
+        reasons.append("--resize goes with --data or --eval")
+    if wrong:
+        raise UsageError(f"{', '.join(spelled[n] for n in wrong)}: not used with {flag[mode]} ({'; '.join(reasons)}); "
+                         "drop them")
 
 
 def _options(pairs: tuple[str, ...]) -> dict[str, float]:

@@ -204,6 +204,7 @@ class OnlineConfig:
     seed: int = 0
     gaussian_mix: float = 0.25  # with a sidecar that implies a first-layer Gaussian: share of each batch drawn from it
     options: dict[str, float] = field(default_factory=dict)  # the method's own settings, by name
+    input_norm: str | None = None  # how the teacher takes raw values (convention spec); None: sidecar, else metadata
     checkpoint_every: int = 100  # student updates between checkpoints
     save_samples: int = 10_000  # inputs written by --save-transfer
 

@@ -107,8 +107,8 @@ class InputConvention:
 
     def flattened(self, image_shape: tuple[int, ...]) -> InputConvention:
         """The same convention for the C-order flattening of images of ``image_shape`` (one entry per feature)."""
-        if self.channels() == 1:
-            return self
+        if self.channels() == 1 or self.channels() == math.prod(image_shape):
+            return self  # one number for all, or already one per feature (flattened before)
         positions = math.prod(image_shape[1:])
         expand = lambda v: tuple(float(a) for a in np.repeat(np.broadcast_to(v, (image_shape[0],)), positions))  # noqa: E731
         return replace(self, norm_mean=expand(self.norm_mean), norm_std=expand(self.norm_std))

@@ -10,6 +10,16 @@ import re
 from collections.abc import Mapping
 
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+# private copy -> the path the user gave (fileio.PrivateFolder): messages name the user's file, not the copy
+_ALIASES: dict[str, str] = {}
+
+
+def name_copy(copy: str, original: str | None) -> None:
+    """Messages that mention ``copy`` name ``original`` instead (None: forget ``copy``)."""
+    if original is None:
+        _ALIASES.pop(copy, None)
+    else:
+        _ALIASES[copy] = original
 
 
 class DfkdError(Exception):
@@ -34,7 +44,11 @@ class DfkdError(Exception):
     def render(self, names: Mapping[str, str] | None = None) -> str:
         """The message with each ``{param}`` spelled as ``names[param]`` (default: the parameter name)."""
         names = names or {}
-        return _PLACEHOLDER.sub(lambda m: names.get(m.group(1), m.group(1)), self.template)
+        text = _PLACEHOLDER.sub(lambda m: names.get(m.group(1), m.group(1)), self.template)
+        for copy in sorted(_ALIASES, key=len, reverse=True):
+            if copy in text:
+                text = text.replace(copy, _ALIASES[copy])
+        return text
 
     def __str__(self) -> str:
         return self.render()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import dist
-from .errors import UsageError
+from .errors import UsageError, name_copy
 
 _CHUNK = 1 << 20
 
@@ -151,6 +151,12 @@ def _open_regular(p: Path, what: str):
         yield fh
 
 
+def _remove_folder(path: str, copies: list[Path]) -> None:
+    for c in copies:
+        name_copy(str(c), None)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 class PrivateFolder:
     """A folder only this user can read or write (mode 0700), removed on ``close()`` or when collected.
 
@@ -161,7 +167,8 @@ class PrivateFolder:
 
     def __init__(self, prefix: str = "dfkd-meta-read-"):
         self.path = Path(tempfile.mkdtemp(prefix=prefix))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+        self.copies: list[Path] = []
+        self._cleanup = weakref.finalize(self, _remove_folder, str(self.path), self.copies)
 
     def copy(self, source: str | os.PathLike, what: str = "file", name: str | None = None) -> Snapshot:
         """Copy ``source`` into the folder as ``name`` (default: its own name), hashing the bytes copied."""
@@ -175,6 +182,8 @@ class PrivateFolder:
                 out.write(chunk)
                 size += len(chunk)
         os.chmod(dst, 0o400)
+        self.copies.append(dst)
+        name_copy(str(dst), str(src))
         return Snapshot(src, dst, h.hexdigest(), size)
 
     def close(self) -> None:

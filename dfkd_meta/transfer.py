@@ -65,6 +65,7 @@ class TransferSet:
     provenance: dict = field(default_factory=dict)
     input_space: str = "model"
     input_domain: dict | None = None  # layout, value_min, value_max, norm_mean, norm_std, convention, image_shape
+    sha256: str | None = None  # of the file's bytes that were checked and read (None: made in memory)
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -182,57 +183,175 @@ class TransferWriter:
             self.f.close()
 
 
-def read_transfer(path: str | os.PathLike, num_classes: int | None = None) -> TransferSet:
-    """Load a transfer set after checking it: container rules, type, dtypes, shapes, finite values."""
-    path = Path(path)
-    errors = [f for f in scan_container(path) if f.severity == "error"]
-    if errors:
-        raise DfkdError(f"{path}: not a usable transfer set: {errors[0].rule} {errors[0].path}: {errors[0].message}")
-    with h5py.File(path, "r", locking=False) as f:
-        kind = f.attrs.get("dfkd_type")
-        if (kind.decode() if isinstance(kind, bytes) else kind) != TRANSFER_TYPE:
-            raise DfkdError(f"{path}: not a transfer set (dfkd_type {kind!r}); pass the file `dfkd-meta reconstruct` wrote")
-        missing = [d for d in DATASETS if not isinstance(f.get(d, getlink=False), h5py.Dataset)]
-        if missing:
-            raise DfkdError(f"{path}: missing datasets {missing}; the file is incomplete or damaged")
-        data = {d: f[d][()] for d in DATASETS}
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    n = len(data["classes"])
-    c = data["teacher_logits"].shape[1] if data["teacher_logits"].ndim == 2 else -1
-    bad = [d for d in DATASETS if len(data[d]) != n] + (["teacher_logits"] if c < 2 else [])
-    bad += ["teacher_soft"] if data["teacher_soft"].shape != (n, c) else []
-    bad += [d for d in ("x", "teacher_logits", "teacher_soft", "loss") if data[d].dtype.kind != "f"
-            or not np.isfinite(data[d]).all()]
-    if data["classes"].dtype.kind not in "iu" or (n and (data["classes"].min() < 0 or data["classes"].max() >= c)):
-        bad.append("classes")
+# ------------------------------------------------------------------------------------------------
+# checking and reading (TRANSFER.md §3): the container rules, then these, in the isolated child
+
+TRANSFER_RULES = {  # id: (what, fix)
+    "DT201": ("not a transfer set", "pass the file `dfkd-meta reconstruct` (or `distill --save-transfer`) wrote"),
+    "DT202": ("a required dataset is missing or not a dataset", "the file is incomplete or damaged: re-run reconstruct"),
+    "DT203": ("datasets of different lengths", "the file is damaged: re-run reconstruct"),
+    "DT204": ("a dataset of the wrong type or shape", "the file is damaged: re-run reconstruct"),
+    "DT205": ("non-finite values", "the file is damaged or was made from an overflowing sidecar: re-run reconstruct"),
+    "DT206": ("a class index outside [0, C)", "the file is damaged: re-run reconstruct"),
+    "DT207": ("@temperature missing or not a positive number", "the file is damaged: re-run reconstruct"),
+    "DT208": ("@input_space or @input_domain missing or unreadable", "the file is damaged: re-run reconstruct"),
+    "DT209": ("made for a teacher with another number of classes", "pass the teacher this transfer set was made for"),
+}
+_BLOCK_BYTES = 16 << 20  # values are checked in blocks of rows: memory bounded by the block, not the file
+
+
+def _dt(rule: str, path: str, message: str):
+    from .sidecar.report import Finding
+
+    return Finding("error", rule, f"TRANSFER {rule}", path, message, TRANSFER_RULES[rule][1])
+
+
+def _text(v):
+    return v.decode("utf-8", "replace") if isinstance(v, (bytes, np.bytes_)) else v
+
+
+def _check_values(f: h5py.File, num_classes: int | None, findings: list) -> None:
+    version = _text(f.attrs.get("dfkd_type_version"))
+    if _text(f.attrs.get("dfkd_type")) != TRANSFER_TYPE or not isinstance(version, str) \
+            or version.split(".")[0] != TRANSFER_VERSION.split(".")[0]:
+        findings.append(_dt("DT201", "/", f"dfkd_type {f.attrs.get('dfkd_type')!r} version {version!r}, expected "
+                                          f"{TRANSFER_TYPE!r} {TRANSFER_VERSION.split('.')[0]}.x"))
+        return
+    missing = [d for d in DATASETS if not isinstance(f.get(d, getlink=False), h5py.Dataset)]
+    if missing:
+        findings.append(_dt("DT202", "/", f"missing datasets {missing}"))
+        return
+    ds = {d: f[d] for d in DATASETS}
+    n = ds["classes"].shape[0] if ds["classes"].ndim == 1 else -1
+    c = ds["teacher_logits"].shape[1] if ds["teacher_logits"].ndim == 2 else -1
+    shapes_ok = True
+    for name, want_kind, want in (("classes", "iu", (n,)), ("teacher_logits", "f", (n, c)),
+                                  ("teacher_soft", "f", (n, c)), ("loss", "f", (n,))):
+        if ds[name].dtype.kind not in want_kind or ds[name].shape != want:
+            findings.append(_dt("DT204", f"/{name}", f"{ds[name].dtype} {ds[name].shape}, expected "
+                                                     f"{'integers' if want_kind == 'iu' else 'floats'} {want}"))
+            shapes_ok = False
+    if ds["x"].dtype.kind != "f" or ds["x"].ndim < 2 or ds["x"].shape[0] != n:
+        findings.append(_dt("DT204", "/x", f"{ds['x'].dtype} {ds['x'].shape}, expected floats [{n}, ...]"))
+        shapes_ok = False
+    if n < 0 or c < 2:
+        findings.append(_dt("DT204", "/teacher_logits", f"shape {ds['teacher_logits'].shape}: expected [N, C], C >= 2"))
+        return
+    lengths = {d: ds[d].shape[0] if ds[d].ndim else None for d in DATASETS}
+    if len(set(lengths.values())) != 1:
+        findings.append(_dt("DT203", "/", f"lengths {lengths}"))
+        return
+    if not shapes_ok:
+        return
     if num_classes is not None and c != num_classes:
-        bad.append(f"teacher_logits ({c} classes, expected {num_classes})")
-    temperature = attrs.get("temperature")
-    if not isinstance(temperature, (float, np.floating)) or not temperature > 0:
-        bad.append("@temperature")
-    space = attrs.get("input_space", "model")  # files of version 1.0 stored model inputs only
-    domain = None
-    if "input_domain" in attrs:
+        findings.append(_dt("DT209", "/teacher_logits", f"{c} classes, the teacher has {num_classes}"))
+    for name in ("x", "teacher_logits", "teacher_soft", "loss"):
+        row = max(1, int(np.prod(ds[name].shape[1:], dtype=np.int64)) * 4)
+        step = max(1, _BLOCK_BYTES // row)
+        for i in range(0, n, step):
+            if not np.isfinite(ds[name][i:i + step]).all():
+                findings.append(_dt("DT205", f"/{name}", f"non-finite values in rows {i}-{min(n, i + step) - 1}"))
+                break
+    step = max(1, _BLOCK_BYTES // 8)
+    for i in range(0, n, step):
+        block = ds["classes"][i:i + step]
+        if block.size and (block.min() < 0 or block.max() >= c):
+            findings.append(_dt("DT206", "/classes", f"values in [{block.min()}, {block.max()}], expected [0, {c})"))
+            break
+    temperature = f.attrs.get("temperature")
+    if not isinstance(temperature, (float, np.floating)) or not (np.isfinite(temperature) and temperature > 0):
+        findings.append(_dt("DT207", "/@temperature", f"{temperature!r}"))
+    space = _text(f.attrs.get("input_space", "model"))  # files of version 1.0 stored model inputs only
+    domain = _text(f.attrs.get("input_domain")) if "input_domain" in f.attrs else None
+    if domain is not None:
         try:
-            domain = json.loads(attrs["input_domain"]) if isinstance(attrs["input_domain"], str) else None
-            if not isinstance(domain, dict):
+            d = json.loads(domain) if isinstance(domain, str) else None
+            if not isinstance(d, dict):
                 raise ValueError
-            np.asarray(domain["norm_mean"], np.float64), np.asarray(domain["norm_std"], np.float64)
+            mean, std = np.asarray(d["norm_mean"], np.float64), np.asarray(d["norm_std"], np.float64)
+            if mean.ndim != 1 or std.shape != mean.shape or not mean.size or not np.isfinite(mean).all() \
+                    or not (np.isfinite(std).all() and (std > 0).all()):
+                raise ValueError
         except (ValueError, TypeError, KeyError):
-            bad.append("@input_domain")
+            findings.append(_dt("DT208", "/@input_domain", "not a JSON input domain with finite norm_mean and "
+                                                           "positive norm_std"))
             domain = None
     if not isinstance(space, str) or space not in INPUT_SPACES or (space == "raw" and domain is None):
-        bad.append("@input_space")
-    if bad:
-        raise DfkdError(f"{path}: inconsistent transfer set ({', '.join(sorted(set(bad)))}); re-run reconstruct")
+        findings.append(_dt("DT208", "/@input_space", f"{space!r}" + (" without an input domain" if space == "raw"
+                                                                       else "")))
+
+
+def check_transfer_in_process(path: str | os.PathLike, num_classes: int | None = None, *, bounds=None):
+    """Every finding for the transfer file ``path``, in this process: the container rules (SPEC §3) and
+    TRANSFER.md's, under ``bounds`` (set by the isolated child). Prefer ``read_transfer``."""
+    from .sidecar.report import Report
+    from .sidecar.scan import open_file, run_guarded, scan
+    from .sidecar.schema import load_schema
+    from .sidecar.state import ValidationState
+    from .sidecar.validator import bounded_reading
+
+    def body(state: ValidationState) -> None:
+        with bounded_reading(state):
+            open_file(state)
+            scan(state)
+            if not any(x.severity == "error" for x in state.findings):
+                _check_values(state.file, num_classes, state.findings)
+
+    state = ValidationState(load_schema(), Path(path), bounds=bounds)
+    return Report(file=str(path), findings=run_guarded(state, body))
+
+
+def check_transfer(path: str | os.PathLike, num_classes: int | None = None):
+    """The report on a transfer file, read as ``read_transfer`` reads it (a private copy, in the child)."""
+    from .fileio import PrivateFolder
+
+    with PrivateFolder() as folder:
+        return _check_copy(folder, Path(path), num_classes)[0]
+
+
+def _check_copy(folder, path: Path, num_classes: int | None):
+    from .fileio import require_file
+    from .sidecar.validator import run_isolated
+
+    snap = folder.copy(require_file(path, "transfer set"), "transfer set", name=f"transfer/{Path(path).name}")
+    report = run_isolated("transfer", snap, folder,
+                          extra=["--classes", str(num_classes)] if num_classes is not None else [])
+    report.file, report.sha256 = str(path), snap.sha256
+    return report, snap
+
+
+def read_transfer(path: str | os.PathLike, num_classes: int | None = None) -> TransferSet:
+    """Load a transfer set after checking it: a private copy of the file (hashed as copied) is checked in the
+    isolated, bounded child (container rules, type, dtypes, shapes, finite values, class range; TRANSFER.md),
+    and that copy is what is loaded. ``TransferSet.sha256`` is the hash of those bytes."""
+    from .fileio import PrivateFolder
+
+    path = Path(path)
+    with PrivateFolder() as folder:
+        report, snap = _check_copy(folder, path, num_classes)
+        if report.errors:
+            e = report.errors[0]
+            more = f" and {len(report.errors) - 1} more" if len(report.errors) > 1 else ""
+            raise DfkdError(f"{path}: not a usable transfer set: {e.rule} {e.path}: {e.message}{more}; fix: {e.fix}")
+        return _load_checked(snap.path, snap.sha256)
+
+
+def _load_checked(path: Path, sha256: str) -> TransferSet:
+    disable_hdf5_plugins()
+    with h5py.File(path, "r", locking=False) as f:
+        data = {d: f[d][()] for d in DATASETS}
+        attrs = {k: _text(v) for k, v in f.attrs.items()}
+    space = attrs.get("input_space", "model")
+    domain = json.loads(attrs["input_domain"]) if "input_domain" in attrs else None
     prov = {k: v for k, v in attrs.items()
             if k not in ("dfkd_type", "dfkd_type_version", "temperature", "input_space", "input_domain")}
     if "settings" in prov:
         try:
             prov["settings"] = json.loads(prov["settings"])
-        except ValueError:
+        except (ValueError, TypeError):
             pass
     return TransferSet(x=data["x"].astype(np.float32), classes=data["classes"].astype(np.int64),
                        teacher_logits=data["teacher_logits"].astype(np.float32),
                        teacher_soft=data["teacher_soft"].astype(np.float32), loss=data["loss"].astype(np.float32),
-                       temperature=float(temperature), provenance=prov, input_space=space, input_domain=domain)
+                       temperature=float(attrs["temperature"]), provenance=prov, input_space=space,
+                       input_domain=domain, sha256=sha256)

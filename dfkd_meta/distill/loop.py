@@ -22,8 +22,8 @@ from ..convention import InputConvention, from_domain, resolve
 from ..data import DataSource, Feed
 from ..device import resolve_device
 from ..errors import DfkdError, UsageError
-from ..fileio import atomic_path, sha256_file
-from ..onnx.inspect import load_model_proto
+from ..fileio import PrivateFolder, atomic_path, require_file
+from ..onnx.inspect import copy_model, load_model_proto
 from ..onnx.torch_export import model_metadata
 from ..progress import progress as progress_bar
 from ..stats.teacher_check import AccuracyMeter, default_min_accuracy, require_fit
@@ -98,18 +98,30 @@ def distill(teacher: str | Path, student: nn.Module, source: TransferSet | DataS
     through the teacher's input convention (``input_norm``, else the teacher's metadata, else raw
     values), in the data's own shape. On real data the teacher must pass the accuracy check first.
     """
+    with PrivateFolder() as folder:
+        # the teacher is copied once, hashed as copied: the copy is what runs and what the hash describes
+        copy = copy_model(folder, require_file(teacher, "teacher"))
+        result = _distill(copy, student, source, cfg, input_norm=input_norm, device=device, checkpoint=checkpoint,
+                          resume=resume, eval_data=eval_data, progress=progress)
+    result.report["teacher"] = str(teacher)
+    return result
+
+
+def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: DistillConfig, *, input_norm, device,
+             checkpoint, resume, eval_data, progress) -> DistillResult:
+    teacher_sha256 = copy.sha256
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or not 0 <= cfg.alpha <= 1:
         raise UsageError("{epochs} and {batch_size} must be >= 1, {lr} > 0 and 0 <= {alpha} <= 1")
     objective = combined(cfg.loss, cfg.alpha)
     get_loss(cfg.loss)
-    teacher = Path(teacher)
+    teacher = copy.path
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     convention = teacher_convention(teacher, source, input_norm, eval_data)
     if isinstance(source, TransferSet):
         x = source.model_inputs()
         expected = source.provenance.get("model_sha256")
-        if expected and expected != sha256_file(teacher):
+        if expected and expected != teacher_sha256:
             raise DfkdError(f"{teacher}: this is not the teacher the transfer set was reconstructed from "
                             f"(SHA-256 {expected[:16]}... expected); pass that teacher")
         temperature = cfg.temperature or source.temperature
@@ -140,7 +152,7 @@ def distill(teacher: str | Path, student: nn.Module, source: TransferSet | DataS
     steps_per_epoch = -(-len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     ckpt = Path(checkpoint) if checkpoint else None
-    run = {"config": settings(cfg), "teacher_sha256": sha256_file(teacher), "source": _source_identity(source)}
+    run = {"config": settings(cfg), "teacher_sha256": teacher_sha256, "source": _source_identity(source)}
     start, history = 0, []
     if resume and ckpt is not None and ckpt.exists():
         start, history = _load_checkpoint(ckpt, student, opt, sched, run)
@@ -166,7 +178,7 @@ def distill(teacher: str | Path, student: nn.Module, source: TransferSet | DataS
     seconds = time.perf_counter() - t0
     agreement_on_inputs = float((predict(student, x, dev) == t_logits.argmax(1)).mean())
     report = {"settings": {**settings(cfg), "temperature": temperature}, "source": source_info,
-              "teacher": str(teacher), "teacher_sha256": sha256_file(teacher), "samples": int(len(x)),
+              "teacher": str(teacher), "teacher_sha256": teacher_sha256, "samples": int(len(x)),
               "input_convention": None if convention is None else {
                   "name": convention.name, "source": convention.source, "norm_mean": list(convention.norm_mean),
                   "norm_std": list(convention.norm_std)},

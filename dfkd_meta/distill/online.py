@@ -25,7 +25,8 @@ from ..convention import from_domain
 from ..data import DataSource, Feed
 from ..device import resolve_device
 from ..errors import DfkdError, UsageError
-from ..fileio import atomic_path, sha256_file
+from ..fileio import PrivateFolder, atomic_path, require_file
+from ..onnx.inspect import copy_model
 from ..progress import progress as progress_bar
 from ..synthesis import get_method
 from ..synthesis.context import SynthesisContext
@@ -62,9 +63,21 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
     """
     cfg.check()
     cls = get_method(cfg.method)
+    with PrivateFolder() as folder:
+        # the teacher is copied once, hashed as copied; the sidecar is checked against the copy, which is what runs
+        copy = copy_model(folder, require_file(teacher, "teacher"))
+        result = _distill_online(copy, cls, student, cfg, sidecar=sidecar, device=device, checkpoint=checkpoint,
+                                 resume=resume, eval_data=eval_data, save_transfer=save_transfer,
+                                 eval_every=eval_every, progress=progress, log=log)
+    result.report["teacher"] = str(teacher)
+    return result
+
+
+def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, checkpoint, resume, eval_data,
+                    save_transfer, eval_every, progress, log) -> DistillResult:
     dev = resolve_device(device)
-    teacher = Path(teacher)
-    ctx = SynthesisContext(teacher, sidecar, dev)
+    teacher = copy.path
+    ctx = SynthesisContext(teacher, sidecar, dev, input_norm=cfg.input_norm)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     method = cls(ctx, dict(cfg.options), gen)
@@ -80,8 +93,7 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
     clock = {"progress": 0.0} if budget is not None else None
     opt, sched = _optimizer(recipe, params, cfg.iterations, clock)
     n_gauss = round(cfg.gaussian_mix * cfg.batch_size) if ctx.gaussian is not None else 0
-    run = {"config": settings(cfg), "teacher_sha256": sha256_file(teacher),
-           "sidecar_sha256": sha256_file(sidecar) if sidecar is not None else None}
+    run = {"config": settings(cfg), "teacher_sha256": copy.sha256, "sidecar_sha256": ctx.sidecar_sha256}
     ckpt = Path(checkpoint) if checkpoint else None
     start, history, seconds_before = 0, [], 0.0
     if resume and ckpt is not None and ckpt.exists():

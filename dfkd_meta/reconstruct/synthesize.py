@@ -18,10 +18,11 @@ import torch
 from ..config import ReconstructConfig, settings
 from ..device import resolve_device
 from ..errors import DfkdError
-from ..fileio import output_lock, sha256_file
+from ..fileio import PrivateFolder, output_lock, require_file
 from ..onnx.graph import OnnxModule, load_onnx
+from ..onnx.inspect import copy_model
 from ..progress import progress as progress_bar
-from ..sidecar import read_sidecar
+from ..sidecar import open_sidecar
 from ..transfer import TransferWriter
 from .init import FirstLayerGaussian
 from .inputs import domain_bounds, require_image, to_model, to_raw
@@ -57,8 +58,11 @@ def reconstruct(model: str | Path, sidecar: str | Path, out: str | Path, cfg: Re
     ``out`` appears only when every batch is written and every value is finite; a second run on the
     same ``out`` is refused while this one holds it.
     """
-    with output_lock(out):
-        return _reconstruct(model, sidecar, out, cfg, device=device, resume=resume, progress=progress,
+    with output_lock(out), PrivateFolder() as folder:
+        # the teacher is copied once (hashed as copied); the sidecar is validated against that copy, and that
+        # copy is what runs: a model file replaced after the check is never read
+        copy = copy_model(folder, require_file(model, "model"))
+        return _reconstruct(copy.path, sidecar, out, cfg, device=device, resume=resume, progress=progress,
                             preview=preview)
 
 
@@ -73,7 +77,8 @@ def _finite_batch(sidecar, b: int, **arrays: np.ndarray) -> None:
 def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume, progress, preview
                  ) -> ReconstructResult:
     cfg.check()
-    sc = read_sidecar(sidecar, model)  # refuses invalid or unbound sidecars: nothing is written before this
+    checked = open_sidecar(sidecar, model)  # refuses invalid or unbound sidecars: nothing is written before this
+    sc = checked.sidecar
     view = require_image(sc.model, cfg.priors.image_options(), str(sidecar)) if cfg.priors.image_options() else None
     dev = resolve_device(device)
     proto = load_onnx(model)
@@ -95,7 +100,7 @@ def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume,
     lo, hi = domain_bounds(sc.model, dev)
     c = sc.num_classes
     input_shape = sc.model.input_shape[1:]
-    provenance = {"model_sha256": sc.model.sha256, "sidecar_sha256": sha256_file(sidecar),
+    provenance = {"model_sha256": sc.model.sha256, "sidecar_sha256": checked.sha256,
                   "objective": cfg.objective, "settings": settings(cfg)}
     writer = TransferWriter(out, input_shape=input_shape, num_classes=c, temperature=temperature,
                             provenance=provenance, input_domain=input_domain_record(sc.model), input_space=cfg.store,

@@ -13,17 +13,6 @@ import argparse
 import json
 import sys
 
-# Run by the parent with ``-I -c``: loads this package from its own folder and nothing from elsewhere.
-BOOT = ("import importlib.util, sys\n"
-        "pkg = sys.argv[1]\n"
-        "spec = importlib.util.spec_from_file_location('dfkd_meta', pkg + '/__init__.py', "
-        "submodule_search_locations=[pkg])\n"
-        "mod = importlib.util.module_from_spec(spec)\n"
-        "sys.modules['dfkd_meta'] = mod\n"
-        "spec.loader.exec_module(mod)\n"
-        "from dfkd_meta.sidecar._worker import main\n"
-        "sys.exit(main(sys.argv[2:]))\n")
-
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="dfkd_meta.sidecar._worker")

@@ -41,8 +41,8 @@ def locate_release(path: str | os.PathLike, model: str | os.PathLike | None = No
 def validate_release(folder: str | os.PathLike, model: str | os.PathLike | None = None) -> Report:
     """Validate a whole release folder (SPEC §11.3, §13): the sidecar against its model (external data
     included), the model card as untrusted text checked against the release, and stray entries."""
-    from .card import CARD_NAME, check_card
     from ..fileio import PrivateFolder, require_file
+    from .card import CARD_NAME, check_card
     from .io import load_validated
     from .validator import validate_copy
 

@@ -42,7 +42,7 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 @contextmanager
-def _bounded(state: ValidationState):
+def bounded_reading(state: ValidationState):
     """The reading under ``state.bounds``: a failed allocation while the memory bound holds is DM115."""
     bounds = state.bounds
     if bounds is None:
@@ -61,7 +61,7 @@ def _bounded(state: ValidationState):
 
 
 def _check(state: ValidationState) -> None:
-    with _bounded(state):
+    with bounded_reading(state):
         _scan.open_file(state)
         _scan.scan(state)
         if not check_format_version(state):
@@ -174,14 +174,24 @@ def run_isolated(kind: str, snap: Snapshot, folder: PrivateFolder, *, limits: Re
 
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# Run by the parent with ``-I -c``: loads this package from its own folder and nothing from elsewhere.
+BOOT = ("import importlib.util, sys\n"
+        "pkg = sys.argv[1]\n"
+        "spec = importlib.util.spec_from_file_location('dfkd_meta', pkg + '/__init__.py', "
+        "submodule_search_locations=[pkg])\n"
+        "mod = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['dfkd_meta'] = mod\n"
+        "spec.loader.exec_module(mod)\n"
+        "from dfkd_meta.sidecar._worker import main\n"
+        "sys.exit(main(sys.argv[2:]))\n")
+
+
 
 
 def worker_command(kind: str, path: str | os.PathLike, cpu_seconds: float, memory_bytes: int,
                    cpu_seconds_per_byte: float = 0.0, extra: list[str] | None = None) -> list[str]:
     """The child process's command line: isolated mode (``-I``: neither the working directory nor PYTHONPATH
     nor the user's site folder is on its import path) and this package loaded from its own folder."""
-    from ._worker import BOOT
-
     return [sys.executable, "-I", "-c", BOOT, os.fspath(PACKAGE_DIR), kind, os.fspath(path),
             "--cpu", repr(float(cpu_seconds)), "--cpu-per-byte", repr(float(cpu_seconds_per_byte)),
             "--memory", str(int(memory_bytes)), *(extra or [])]

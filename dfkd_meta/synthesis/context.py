@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..convention import from_model
+from ..convention import parse as parse_convention
 from ..errors import DfkdError
 from ..onnx.graph import OnnxModule, load_onnx
 from ..onnx.inspect import batchnorm_statistics, final_dense_layer, model_facts
@@ -25,7 +26,7 @@ from ..onnx.torch_export import model_metadata
 from ..reconstruct.init import FirstLayerGaussian
 from ..reconstruct.inputs import ImageView, domain_bounds
 from ..reconstruct.priors import MomentMatcher
-from ..sidecar import read_sidecar
+from ..sidecar import open_sidecar
 from ..sidecar.types import Sidecar
 from . import losses
 
@@ -34,11 +35,18 @@ class SynthesisContext:
     """The teacher (differentiable, on ``device``), its input space and the priors, with a count of the
     examples the teacher has been run on (its forward passes, the budget the benchmark reports)."""
 
-    def __init__(self, teacher: str | os.PathLike, sidecar: str | os.PathLike | None, device: torch.device):
+    def __init__(self, teacher: str | os.PathLike, sidecar: str | os.PathLike | None, device: torch.device,
+                 input_norm: str | None = None):
+        """``teacher``: a file no one else can change for the run (``distill_online`` passes its private copy).
+        ``input_norm``: how the teacher takes raw values (a convention spec), for a teacher whose metadata does not
+        say (with a sidecar it must agree with the recorded input domain)."""
+        self.input_norm = input_norm
         self.teacher_path = Path(teacher)
         self.sidecar_path = Path(sidecar) if sidecar is not None else None
         # a sidecar that does not validate, or is bound to another model, is refused before any work
-        self.sidecar: Sidecar | None = read_sidecar(sidecar, teacher) if sidecar is not None else None
+        checked = open_sidecar(sidecar, teacher) if sidecar is not None else None
+        self.sidecar: Sidecar | None = checked.sidecar if checked is not None else None
+        self.sidecar_sha256 = checked.sha256 if checked is not None else None
         self.device = device
         proto = load_onnx(teacher)
         self.teacher = OnnxModule(proto, source=str(teacher)).to(device).eval()
@@ -74,9 +82,16 @@ class SynthesisContext:
         self.teacher_examples = 0  # inputs run through the teacher so far
 
     def _input_space(self, proto) -> tuple[ImageView | None, tuple[torch.Tensor, torch.Tensor] | None, dict]:
+        given = parse_convention(self.input_norm) if self.input_norm is not None else None
         if self.sidecar is not None:
             binding = self.sidecar.model
             dom = binding.input_domain
+            if given is not None and (np.broadcast_to(given.norm_mean, np.shape(dom.norm_mean)).tolist() !=
+                                      list(dom.norm_mean) or np.broadcast_to(
+                                          given.norm_std, np.shape(dom.norm_std)).tolist() != list(dom.norm_std)):
+                raise DfkdError(f"{self.sidecar_path}: {{input_norm}} {self.input_norm!r} contradicts the input "
+                                f"normalisation the sidecar records (mean {list(dom.norm_mean)}, std "
+                                f"{list(dom.norm_std)}, measured on the training data); drop {{input_norm}}")
             record = {"layout": dom.layout, "value_min": dom.value_min, "value_max": dom.value_max,
                       "norm_mean": list(dom.norm_mean), "norm_std": list(dom.norm_std),
                       "convention": dom.convention.name if dom.convention else None,
@@ -84,7 +99,7 @@ class SynthesisContext:
             return ImageView.of(binding), domain_bounds(binding, self.device), record
         shape = self.input_shape
         view = ImageView("NCHW", shape, shape) if len(shape) == 3 else None
-        conv = from_model(model_metadata(proto), str(self.teacher_path))
+        conv = given if given is not None else from_model(model_metadata(proto), str(self.teacher_path))
         record = {"layout": "NCHW" if len(shape) == 3 else "NC", "norm_mean": [0.0], "norm_std": [1.0],
                   "convention": None, "image_shape": list(shape) if len(shape) == 3 else None}
         if conv is None or conv.source == "legacy_train":

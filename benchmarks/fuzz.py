@@ -38,6 +38,9 @@ import h5py
 import numpy as np
 
 import dfkd_meta.sidecar.validator  # noqa: F401  (here, so a missing install fails once, not in every worker)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fuzz_targets  # noqa: E402  (beside this script)
 from dfkd_meta.sidecar.limits import ReadLimits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,20 +166,27 @@ def _structural_edit(f: h5py.File, rng: np.random.Generator, step: int) -> str:
 
 # -------------------------------------------------------------------------------------------- running
 
-def _check_in_child(path: Path, cpu: float, memory: int, wall: float) -> dict:
-    """Validate ``path`` in a forked child under the bounds; classify how it ended."""
-    from dfkd_meta.sidecar.limits import ReadBounds
+def _check_sidecar(path: Path, bounds) -> dict:
     from dfkd_meta.sidecar.validator import check_file
 
+    findings = check_file(path, bounds=bounds)
+    return {"rules": sorted({f.rule for f in findings}), "errors": sorted({f.rule for f in findings
+                                                                             if f.severity == "error"}),
+            "dm199": [f.message for f in findings if f.rule == "DM199"][:3]}
+
+
+def _check_in_child(path: Path, cpu: float, memory: int, wall: float) -> dict:
+    """Read ``path`` as the target does, in a forked child under the bounds; classify how it ended."""
+    from dfkd_meta.sidecar.limits import ReadBounds
+
+    check = {"sidecar": _check_sidecar, "transfer": fuzz_targets.check_transfer,
+             "onnx": fuzz_targets.check_onnx}[_ARGS.target]
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: read the file, send the rules back, leave without cleanup
         os.close(read_fd)
         try:
-            findings = check_file(path, bounds=ReadBounds(cpu, memory))
-            out = json.dumps({"rules": sorted({f.rule for f in findings}),
-                              "errors": sorted({f.rule for f in findings if f.severity == "error"}),
-                              "dm199": [f.message for f in findings if f.rule == "DM199"][:3]}).encode()
+            out = json.dumps(check(path, ReadBounds(cpu, memory))).encode()
         except BaseException as exc:  # escaped the validator: the worst outcome
             out = json.dumps({"escaped": f"{type(exc).__name__}: {exc}"[:500]}).encode()
         with os.fdopen(write_fd, "wb") as fh:
@@ -210,7 +220,7 @@ def _check_in_child(path: Path, cpu: float, memory: int, wall: float) -> dict:
         return {"outcome": "crash", "signal": f"exit {os.WEXITSTATUS(status)} without a report", "peak_mib": peak_mib}
     if "escaped" in result:
         return {"outcome": "escaped", "error": result["escaped"], "peak_mib": peak_mib}
-    if result["dm199"]:
+    if result.get("dm199"):
         outcome = "dm199"
     elif "DM115" in result["rules"] or "DM114" in result["rules"]:
         outcome = "bound"
@@ -229,15 +239,23 @@ def _init(args: argparse.Namespace) -> None:
     from dfkd_meta.sidecar.scan import disable_hdf5_plugins
 
     disable_hdf5_plugins()
-    for p in BASES:
-        if p.is_file():
-            _BASES[p.name if p.parent.name == "valid" else "release-1.0.0.dfkd.h5"] = p.read_bytes()
     np.ones((2, 2)) @ np.ones((2, 2))  # BLAS buffers exist before any child's memory bound
-    from dfkd_meta.sidecar.validator import check_file
+    from dfkd_meta.sidecar.limits import ReadBounds
 
-    for p in BASES:  # warm the schema and h5py caches once, so that no forked child rebuilds them
-        if p.is_file():
-            check_file(p)
+    warm = Path(tempfile.mkdtemp(prefix="dfkd-fuzz-bases-"))
+    if args.target == "sidecar":
+        for p in BASES:
+            if p.is_file():
+                _BASES[p.name if p.parent.name == "valid" else "release-1.0.0.dfkd.h5"] = p.read_bytes()
+    else:
+        _BASES.update(fuzz_targets.transfer_bases(warm) if args.target == "transfer" else fuzz_targets.onnx_bases(warm))
+    check = {"sidecar": _check_sidecar, "transfer": fuzz_targets.check_transfer, "onnx": fuzz_targets.check_onnx}
+    for name, data in _BASES.items():  # warm every cache once (schema, h5py, onnx, ORT), so no forked child does
+        p = warm / name
+        p.write_bytes(data)
+        if args.target == "onnx":
+            fuzz_targets.prepare_onnx_folder(warm)
+        check[args.target](p, ReadBounds(None, None))
 
 
 def _one(i: int) -> dict:
@@ -246,8 +264,13 @@ def _one(i: int) -> dict:
     name = sorted(_BASES)[int(rng.integers(0, len(_BASES)))]
     work = Path(tempfile.gettempdir()) / f"dfkd-fuzz-{os.getpid()}"
     work.mkdir(exist_ok=True)
-    path = work / f"{i}.dfkd.h5"
-    mutation = mutate(_BASES[name], name, rng, path)
+    path = work / f"{i}.{ {'sidecar': 'dfkd.h5', 'transfer': 'h5', 'onnx': 'onnx'}[args.target]}"
+    if args.target == "onnx":
+        if not (work / "mlp_ext.onnx.data").exists():
+            fuzz_targets.prepare_onnx_folder(work)
+        mutation = fuzz_targets.mutate_onnx(_BASES[name], name, rng, path)
+    else:
+        mutation = mutate(_BASES[name], name, rng, path)
     size = path.stat().st_size
     memory = ReadLimits(memory_mib=args.memory_mib).memory_bytes(size)  # the validator's default unless given
     result = _check_in_child(path, args.cpu, memory, args.wall)
@@ -257,7 +280,7 @@ def _one(i: int) -> dict:
         keep = Path(args.out) / "repro"
         keep.mkdir(parents=True, exist_ok=True)
         label = result["outcome"] + ("-memory" if over else "")
-        shutil.copyfile(path, keep / f"{label}-{i}.dfkd.h5")
+        shutil.copyfile(path, keep / f"{label}-{i}{''.join(path.suffixes)}")
         (keep / f"{label}-{i}.json").write_text(json.dumps(result, indent=1, default=str))
     result["bytes"] = size
     path.unlink(missing_ok=True)
@@ -266,6 +289,9 @@ def _one(i: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", choices=["sidecar", "transfer", "onnx"], default="sidecar",
+                    help="what is mutated and read: sidecars (the validator), transfer sets (read_transfer's check) "
+                         "or ONNX teachers (loaded and run as a consumer does; see fuzz_targets.py)")
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--start", type=int, default=0, help="first file index (to continue a campaign)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
@@ -277,10 +303,12 @@ def main(argv=None) -> int:
                     help="peak child memory above which a file counts against the target and is kept")
     ap.add_argument("--wall", type=float, default=60.0, help="wall-clock seconds per file before it is a timeout")
     ap.add_argument("--out", default=str(ROOT / "runs" / "fuzz"), help="kept repro files go to OUT/repro")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz.json")
+    ap.add_argument("--results", type=Path, help="default: benchmarks/results/fuzz.json (fuzz-TARGET.json)")
     args = ap.parse_args(argv)
+    args.results = args.results or ROOT / "benchmarks" / "results" / (
+        "fuzz.json" if args.target == "sidecar" else f"fuzz-{args.target}.json")
     outcomes: Counter = Counter()
-    by_kind: dict[str, Counter] = {k: Counter() for k, _ in KINDS}
+    by_kind: dict[str, Counter] = {}
     rules: Counter = Counter()
     failures: list[dict] = []
     peak, over_target = 0.0, 0
@@ -289,7 +317,7 @@ def main(argv=None) -> int:
     with ctx.Pool(args.workers, initializer=_init, initargs=(args,)) as pool:
         for n, r in enumerate(pool.imap_unordered(_one, range(args.start, args.start + args.files), chunksize=16), 1):
             outcomes[r["outcome"]] += 1
-            by_kind[r["mutation"]["kind"]][r["outcome"]] += 1
+            by_kind.setdefault(r["mutation"]["kind"], Counter())[r["outcome"]] += 1
             rules.update(r.get("errors", r.get("rules", [])))
             peak = max(peak, r["peak_mib"])
             over_target += r["peak_mib"] > args.memory_target_mib
@@ -300,7 +328,7 @@ def main(argv=None) -> int:
                 print(f"{n}/{args.files} files, {n / (last - t0):.1f}/s: {dict(outcomes)}; peak {peak:.0f} MiB",
                       file=sys.stderr, flush=True)
     seconds = time.monotonic() - t0
-    summary = {"date": dt.date.today().isoformat(), "files": args.files, "start": args.start, "seed": args.seed,
+    summary = {"date": dt.date.today().isoformat(), "target": args.target, "files": args.files, "start": args.start, "seed": args.seed,
                "workers": args.workers, "bounds": {"cpu_seconds": args.cpu,
                                                    "memory_mib": args.memory_mib or "256 + half the file's size",
                                                    "wall_seconds": args.wall},

@@ -44,7 +44,11 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DfkdError(f"{path}: onnx.checker rejects the model ({first}); re-export it") from None
     if external_data_locations(model):
-        onnx.load_external_data_for_model(model, str(path.parent))
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:  # offsets or lengths past the file's end, unreadable files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DfkdError(f"{path}: cannot load its external data ({first[:300]}); re-export the model") from None
     return model
 
 
@@ -95,14 +99,23 @@ class OnnxModule(torch.nn.Module):
                                       "supported: `dfkd-meta inspect` lists them")
         self._const_names: dict[str, str] = {}
         for k, init in enumerate(g.initializer):
-            self._add_const(init.name, _to_torch(numpy_helper.to_array(init)), k)
+            try:
+                value = numpy_helper.to_array(init)
+            except (ValueError, TypeError, KeyError) as exc:  # data that does not fill the declared dims, bad types
+                raise DfkdError(f"{source}: initializer {init.name!r} is malformed ({exc}); re-export the model") \
+                    from None
+            self._add_const(init.name, _to_torch(value), k)
         inits = {i.name for i in g.initializer}
         self.input_names = [i.name for i in g.input if i.name not in inits]
         self.output_names = [o.name for o in g.output]
         self.dropout_ratios: dict[str, float] = {}
         self.nodes: list[_Node] = []
         for k, n in enumerate(g.node):
-            attrs = {a.name: _attr_value(a) for a in n.attribute}
+            try:
+                attrs = {a.name: _attr_value(a) for a in n.attribute}
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+                raise DfkdError(f"{source}: node {n.name or k!r} has a malformed attribute ({exc}); re-export the model") \
+                    from None
             attrs["_opset"], attrs["_num_outputs"] = self.opset, len(n.output)
             node = _Node(n.op_type, n.name or f"{n.op_type}_{k}", list(n.input), list(n.output), attrs,
                          registry[n.op_type])

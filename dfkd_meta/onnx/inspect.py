@@ -57,13 +57,16 @@ class ModelFacts:
 
 def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     tt = vi.type.tensor_type
-    dtype = dtype_name(tt.elem_type) if tt.elem_type else None
+    try:
+        dtype = dtype_name(tt.elem_type) if tt.elem_type else None
+    except (ValueError, KeyError):  # an element type this onnx does not know
+        dtype = f"unknown type {tt.elem_type}"
     if not tt.HasField("shape"):
         return TensorInfo(vi.name, dtype, None)
     dims: list[Dim] = []
     for d in tt.shape.dim:
         if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
+            dims.append(int(d.dim_value) if d.dim_value >= 0 else None)  # a negative size is no size: unknown
         elif d.HasField("dim_param"):
             dims.append(d.dim_param)
         else:

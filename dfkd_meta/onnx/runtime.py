@@ -65,6 +65,14 @@ class OrtModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def run_checked(self, x: np.ndarray, where: str = "model") -> dict[str, np.ndarray]:
+        """``run``, with ONNX Runtime's failures (a hostile graph's shapes, allocations) as one-line DfkdErrors."""
+        try:
+            return self.run(x)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DfkdError(f"{where}: ONNX Runtime cannot run the model ({first[:300]})") from None
+
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})
         return dict(zip(self.output_names, values))

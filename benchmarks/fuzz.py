@@ -41,6 +41,7 @@ import dfkd_meta.sidecar.validator  # noqa: F401  (here, so a missing install fa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_targets  # noqa: E402  (beside this script)
+
 from dfkd_meta.sidecar.limits import ReadLimits
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -132,6 +132,9 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
     click.echo(f"  {s['samples']} examples, {s['classes']} classes, {len(s['layers'])} layers "
                f"({', '.join(x['key'] for x in s['layers'])}), {len(s['spectral_blocks'])} spectral blocks")
     click.echo(f"  {s['seconds']:.1f} s ({s['samples_per_second']:.0f} examples/s in the statistics pass)")
+    if s.get("spectral_omitted"):
+        click.echo(f"  note: spectral blocks left out (no weight graph between their layers): "
+                   f"{'; '.join(s['spectral_omitted'])}")
     if s["cov_skipped_layers"]:
         click.echo(f"  note: no covariance for layers too large for the covariance sketch: {s['cov_skipped_layers']}")
 

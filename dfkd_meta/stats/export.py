@@ -273,7 +273,8 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     keep = {**dropout_keep_from_metadata(proto), **(dropout_keep or {})}
     model_shape = tuple(facts.inputs[0].per_example_shape)
     refs = [LayerRef(key, tensor, shape) for key, tensor, _, shape in chosen]
-    plans = plan_spectral(proto, refs, model_shape, cfg.spectral_k, cfg.spectral_k, progress) \
+    omitted: list[str] = []
+    plans = plan_spectral(proto, refs, model_shape, cfg.spectral_k, cfg.spectral_k, progress, omitted) \
         if cfg.spectral_k != 0 else []
     t_graph = time.perf_counter() - t0
 
@@ -346,6 +347,7 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
         "samples": seen, "classes": c, "layers": [{"key": k, "tensor": t, "kind": kd, "shape": list(s)}
                                                    for k, t, kd, s in chosen],
         "spectral_blocks": [{"key": p.key, "nodes": p.basis.shape[0], "k": p.k} for p in plans],
+        "spectral_omitted": omitted,
         "input_convention": {"name": plan.convention.name, "source": plan.convention.source,
                              "description": plan.convention.describe(),
                              "norm_mean": list(plan.domain.norm_mean), "norm_std": list(plan.domain.norm_std),

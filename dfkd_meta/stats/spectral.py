@@ -48,22 +48,41 @@ class SpectralPlan:
 
 
 def plan_spectral(model: onnx.ModelProto, layers: list[LayerRef], input_shape: tuple[int, ...],
-                  k_all: int | None = None, k_pair: int | None = None, progress: bool = True) -> list[SpectralPlan]:
-    """The all_layers block and one block per consecutive layer pair, for layers in network order."""
+                  k_all: int | None = None, k_pair: int | None = None, progress: bool = True,
+                  omitted: list[str] | None = None) -> list[SpectralPlan]:
+    """The all_layers block and one block per consecutive layer pair, for layers in network order.
+
+    A pair whose layers no weight connects (parallel branches joined by Concat or Mul, a layer read after a
+    reshape of the other) has no weight graph: its pair block is left out (all_layers keeps the coupling the
+    linearised graph gives, as the validator recomputes it, while some pair has weights).
+    Each block left out is appended to ``omitted`` with the reason (SPEC §9 needs weight_tensors for every
+    block over several layers).
+    """
     if len(layers) < 2:
         return []
     module = linearised_module(model)
     blocks, weights = [], []
     for a, b in progress_bar(list(zip(layers, layers[1:])), desc="spectral graph", unit="pair", enabled=progress):
+        w = path_initializers(model, a.tensor, b.tensor)
+        weights.append(w)
         blocks.append(jacobian_block(module, a.tensor, b.tensor, a.shape, input_shape))
-        weights.append(path_initializers(model, a.tensor, b.tensor))
     sizes = [x.units for x in layers]
     plans = []
-    k = min(k_all or DEFAULT_K_ALL, sum(sizes))
-    vals, vecs = lowest_eigenpairs(normalized_laplacian(adjacency(blocks, sizes)), k)
-    plans.append(SpectralPlan("all_layers", "all_layers", layers, vals, vecs, sorted({w for ws in weights for w in ws})))
+    skipped = [f"pair_{a.key}__{b.key}"[:64] + f": no weight connects {a.key} to {b.key}"
+               for (a, b), w in zip(zip(layers, layers[1:]), weights) if not w]
+    if any(weights):
+        k = min(k_all or DEFAULT_K_ALL, sum(sizes))
+        vals, vecs = lowest_eigenpairs(normalized_laplacian(adjacency(blocks, sizes)), k)
+        plans.append(SpectralPlan("all_layers", "all_layers", layers, vals, vecs,
+                                  sorted({w for ws in weights for w in ws})))
+    else:
+        skipped.insert(0, "all_layers: no weight connects any two consecutive layers")
     for i, (a, b) in enumerate(zip(layers, layers[1:])):
+        if not weights[i]:
+            continue
         k = min(k_pair or DEFAULT_K_PAIR, a.units + b.units)
         vals, vecs = lowest_eigenpairs(normalized_laplacian(adjacency([blocks[i]], sizes[i:i + 2])), k)
         plans.append(SpectralPlan(f"pair_{a.key}__{b.key}"[:64], "layer_pair", [a, b], vals, vecs, weights[i]))
+    if omitted is not None:
+        omitted.extend(skipped)
     return plans

@@ -329,7 +329,8 @@ def main(argv=None) -> int:
                 print(f"{n}/{args.files} files, {n / (last - t0):.1f}/s: {dict(outcomes)}; peak {peak:.0f} MiB",
                       file=sys.stderr, flush=True)
     seconds = time.monotonic() - t0
-    summary = {"date": dt.date.today().isoformat(), "target": args.target, "files": args.files, "start": args.start, "seed": args.seed,
+    summary = {"date": dt.date.today().isoformat(), "target": args.target, "files": args.files, "start": args.start,
+               "seed": args.seed,
                "workers": args.workers, "bounds": {"cpu_seconds": args.cpu,
                                                    "memory_mib": args.memory_mib or "256 + half the file's size",
                                                    "wall_seconds": args.wall},

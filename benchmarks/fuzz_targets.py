@@ -178,16 +178,15 @@ def check_onnx(path: Path, bounds) -> dict:
     bounds.apply()
     try:
         from dfkd_meta.onnx.graph import OnnxModule, load_onnx
-        from dfkd_meta.onnx.inspect import model_facts
+        from dfkd_meta.onnx.inspect import model_facts, require_input_shape
         from dfkd_meta.onnx.runtime import OrtModel
 
         proto = load_onnx(path)
         facts = model_facts(path, proto)
         OnnxModule(proto, source=str(path))
         runner = OrtModel(proto)
-        shape = facts.inputs[0].per_example_shape if facts.inputs else None
-        if shape is not None:
-            runner.run_checked(np.zeros((2, *shape), np.float32), where=str(path))
+        shape = require_input_shape(facts, str(path))  # as the consumers do before they allocate inputs
+        runner.run_checked(np.zeros((2, *shape), np.float32), where=str(path))
         return {"rules": ["accepted"], "errors": []}
     except DfkdError as exc:
         text = str(exc)

@@ -225,11 +225,11 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
         if method is not None:
             if sidecar is not None:
                 require_file(sidecar, "sidecar")
-            from dfkd_meta.onnx.inspect import model_facts
+            from dfkd_meta.onnx.inspect import model_facts, num_classes, require_input_shape
 
             facts = model_facts(teacher)
-            input_shape = tuple(facts.inputs[0].per_example_shape or ())
-            model = build_model(student, input_shape, int(facts.outputs[0].shape[-1]))
+            input_shape = require_input_shape(facts, teacher)
+            model = build_model(student, input_shape, num_classes(facts, teacher))
             cfg = OnlineConfig(method=method, iterations=iterations, minutes=minutes, input_norm=input_norm,
                                batch_size=batch_size or OnlineConfig.batch_size,
                                lr=lr, temperature=temperature, loss=loss, seed=seed, gaussian_mix=gaussian_mix,

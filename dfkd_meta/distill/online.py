@@ -29,6 +29,7 @@ from ..fileio import PrivateFolder, atomic_path, require_file
 from ..onnx.inspect import copy_model
 from ..progress import progress as progress_bar
 from ..synthesis import get_method
+from ..synthesis.base import NonFiniteLoss
 from ..synthesis.context import SynthesisContext
 from ..transfer import TransferWriter
 from .loop import DistillResult
@@ -113,13 +114,27 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
                        initial=start, total=cfg.iterations)
     t0, losses_seen, done = time.perf_counter(), [], start
     out_of_time = budget is not None and seconds_before >= budget  # a resumed run whose budget is spent
+    last_saved = start if resume else None
     for it in (() if out_of_time else bar):
-        x, t = method.next_batch(student, cfg.batch_size - n_gauss)
-        if n_gauss:
-            xg = ctx.gaussian_inputs(ctx.sample_classes(n_gauss, gen), gen)
-            x, t = torch.cat([x, xg]), torch.cat([t, ctx.teacher_logits(xg)])
-        student.train()
-        loss = loss_fn(Outputs(student(x)), Outputs(t), recipe["temperature"])
+        try:
+            x, t = method.next_batch(student, cfg.batch_size - n_gauss)
+            if n_gauss:
+                xg = ctx.gaussian_inputs(ctx.sample_classes(n_gauss, gen), gen)
+                x, t = torch.cat([x, xg]), torch.cat([t, ctx.teacher_logits(xg)])
+            student.train()
+            out = student(x)
+            loss = loss_fn(Outputs(out), Outputs(t), recipe["temperature"])
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(cfg.method, next(
+                    (what for what, v in (("the synthesised inputs", x), ("the teacher's logits", t),
+                                          ("the student's outputs", out)) if not torch.isfinite(v).all()),
+                    f"the student's loss ({recipe['loss']})"))
+        except NonFiniteLoss as exc:
+            kept = (f"; the last checkpoint (iteration {last_saved}) is kept in {ckpt}: --resume continues from it"
+                    if ckpt is not None and last_saved else "; nothing was written")
+            raise DfkdError(f"{exc.method}: {exc.term} became NaN or infinite at iteration {it + 1}; stopped"
+                            f"{kept}. Lower the learning rates ({{lr}}, --set lr_g=...) or check the teacher's input "
+                            "convention ({input_norm})") from None
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -140,6 +155,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
             if ckpt is not None:
                 _save(ckpt, run, done, history, seconds_before + time.perf_counter() - t0, student, opt, sched,
                       method, gen, ctx)
+                last_saved = done
         if curve_x is not None and (done % eval_every == 0 or out_of_time):
             paused = time.perf_counter()
             accuracy = float((predict(student, curve_x, dev) == curve_y).mean())

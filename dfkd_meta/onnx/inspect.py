@@ -93,7 +93,7 @@ def resolve_external_path(model_dir: Path, location: str) -> Path | None:
 
     Refuses absolute paths, '..' components and symbolic links whose target leaves the folder.
     """
-    if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+    if not isinstance(location, str) or not location or os.path.isabs(location) or location.startswith(("/", "\\")):
         return None
     parts = Path(location.replace("\\", "/")).parts
     if any(p == ".." for p in parts) or (parts and ":" in parts[0]):
@@ -103,6 +103,31 @@ def resolve_external_path(model_dir: Path, location: str) -> Path | None:
     if root != target and root not in target.parents:
         return None
     return target
+
+
+MAX_INPUT_ELEMENTS = 1 << 28  # per example: 1 GiB of float32, far beyond any classifier's input
+
+
+def require_input_shape(facts: ModelFacts, where: str) -> tuple[int, ...]:
+    """The model's one input's per-example shape, or a one-line error: unknown or absurd sizes are refused
+    before anything is allocated for them."""
+    if len(facts.inputs) != 1 or facts.inputs[0].per_example_shape is None:
+        raise DfkdError(f"{where}: needs one input of fixed per-example shape (has "
+                        f"{[(i.name, i.shape) for i in facts.inputs]}); re-export with only the batch axis dynamic")
+    shape = tuple(facts.inputs[0].per_example_shape)
+    if any(d <= 0 for d in shape) or math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise DfkdError(f"{where}: input shape {list(shape)} is empty or over {MAX_INPUT_ELEMENTS:,} values per "
+                        "example; this is not a classifier input dfkd-meta can feed")
+    return shape
+
+
+def num_classes(facts: ModelFacts, where: str) -> int:
+    """The class count of a classifier with one [batch, classes] output, or a one-line error."""
+    out = facts.outputs[0].shape if len(facts.outputs) == 1 else None
+    if not out or len(out) != 2 or not isinstance(out[-1], int) or out[-1] < 2:
+        raise DfkdError(f"{where}: needs one logits output of shape [batch, classes] (has "
+                        f"{[(o.name, o.shape) for o in facts.outputs]})")
+    return int(out[-1])
 
 
 def copy_model(folder, path: str | os.PathLike, under: str = "model"):

@@ -4,10 +4,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import DfkdError, UsageError
 from .bank import MemoryBank
 from .context import SynthesisContext
 from .generators import InputGenerator
+
+
+class NonFiniteLoss(DfkdError):
+    """A loss became NaN or infinite; the online loop adds the iteration and the checkpoint kept."""
+
+    def __init__(self, method: str, term: str):
+        self.method, self.term = method, term
+        super().__init__(f"{method}: {term} is not finite")
 
 
 class Method:
@@ -46,6 +54,15 @@ class Method:
         pass
 
     # shared pieces -------------------------------------------------------------------------------
+    def objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sum of the synthesis objective's named ``terms``; a non-finite sum stops the run at once, naming the
+        first non-finite term (a run that continues from NaN only destroys the generator and the student)."""
+        total = sum(terms.values(), torch.zeros((), device=self.ctx.device))
+        if not torch.isfinite(total):
+            bad = next((k for k, v in terms.items() if not torch.isfinite(v).all()), "sum")
+            raise NonFiniteLoss(self.name, f"the synthesis term {bad!r}")
+        return total
+
     def prior_loss(self, acts: dict[str, torch.Tensor], classes: torch.Tensor) -> torch.Tensor:
         """The sidecar's class-conditional feature prior, weighted (0 without a sidecar)."""
         if self.ctx.moments is None:

@@ -66,13 +66,15 @@ class CMI(BankMethod):
             t = acts[self.ctx.logits][:n]
             first = {k: v[:n] for k, v in acts.items()}
             s = student(views[:n])
-            loss = self.opt["oh"] * F.cross_entropy(t, targets) + self.opt["bn"] * self.ctx.bn_loss(first)
-            loss = loss - self.opt["adv"] * (losses.teacher_student_kl(s, t) * agreement_mask(s, t)).mean()
-            loss = loss + self.prior_loss(first, targets)
+            terms = {"one_hot": self.opt["oh"] * F.cross_entropy(t, targets),
+                     "bn": self.opt["bn"] * self.ctx.bn_loss(first),
+                     "adversarial": -self.opt["adv"] * (losses.teacher_student_kl(s, t) * agreement_mask(s, t)).mean(),
+                     "prior": self.prior_loss(first, targets)}
             if self.opt["cr"]:
                 h = self.head(_embedding(acts[self.ctx.features]))
-                loss = loss + self.opt["cr"] * losses.contrastive(h[:n], h[n:], self.embeddings,
-                                                                   self.opt["cr_temperature"])
+                terms["contrastive"] = self.opt["cr"] * losses.contrastive(h[:n], h[n:], self.embeddings,
+                                                                           self.opt["cr_temperature"])
+            loss = self.objective(terms)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

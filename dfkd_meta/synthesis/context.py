@@ -21,7 +21,7 @@ from ..convention import from_model
 from ..convention import parse as parse_convention
 from ..errors import DfkdError
 from ..onnx.graph import OnnxModule, load_onnx
-from ..onnx.inspect import batchnorm_statistics, final_dense_layer, model_facts
+from ..onnx.inspect import batchnorm_statistics, final_dense_layer, model_facts, require_input_shape
 from ..onnx.torch_export import model_metadata
 from ..reconstruct.init import FirstLayerGaussian
 from ..reconstruct.inputs import ImageView, domain_bounds
@@ -51,10 +51,10 @@ class SynthesisContext:
         proto = load_onnx(teacher)
         self.teacher = OnnxModule(proto, source=str(teacher)).to(device).eval()
         facts = model_facts(teacher, proto)
-        if len(facts.inputs) != 1 or len(facts.outputs) != 1 or facts.inputs[0].per_example_shape is None:
-            raise DfkdError(f"{teacher}: online synthesis needs one input of fixed per-example shape and one "
-                            "logits output")
-        self.input_shape = tuple(facts.inputs[0].per_example_shape)
+        if len(facts.outputs) != 1:
+            raise DfkdError(f"{teacher}: online synthesis needs one logits output (the model has "
+                            f"{[o.name for o in facts.outputs]})")
+        self.input_shape = require_input_shape(facts, str(teacher))
         self.logits = facts.outputs[0].name
         out = facts.outputs[0].shape
         if not out or not isinstance(out[-1], int):

@@ -36,10 +36,12 @@ class DAFL(Method):
         x = self.ctx.clip(self.generator(self.noise(n, int(self.opt["nz"]))))
         acts = self.ctx.run(x, self.taps)
         logits = acts[self.ctx.logits]
-        loss = self.opt["oh"] * losses.one_hot(logits) + self.opt["ie"] * losses.information_entropy(logits)
+        terms = {"one_hot": self.opt["oh"] * losses.one_hot(logits),
+                 "information_entropy": self.opt["ie"] * losses.information_entropy(logits)}
         if self.ctx.features is not None:
-            loss = loss + self.opt["a"] * losses.activation(acts[self.ctx.features])
-        loss = loss + self.prior_loss(acts, logits.detach().argmax(1))
+            terms["activation"] = self.opt["a"] * losses.activation(acts[self.ctx.features])
+        terms["prior"] = self.prior_loss(acts, logits.detach().argmax(1))
+        loss = self.objective(terms)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

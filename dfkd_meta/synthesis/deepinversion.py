@@ -46,10 +46,11 @@ class DeepInversion(BankMethod):
             xa = self.jitter(x, int(self.opt["jitter"]))
             acts = self.ctx.run(xa, self.taps)
             t = acts[self.ctx.logits]
-            loss = F.cross_entropy(t, targets) + self.opt["bn"] * self.ctx.bn_loss(acts) + self.image_prior(xa)
-            loss = loss + self.prior_loss(acts, targets)
+            terms = {"cross_entropy": F.cross_entropy(t, targets), "bn": self.opt["bn"] * self.ctx.bn_loss(acts),
+                     "image_prior": self.image_prior(xa), "prior": self.prior_loss(acts, targets)}
             if self.opt["adi"] and self.batches:
-                loss = loss + self.opt["adi"] * losses.adi_competition(student(xa), t)
+                terms["adi"] = self.opt["adi"] * losses.adi_competition(student(xa), t)
+            loss = self.objective(terms)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -43,7 +43,8 @@ class DFAD(Method):
         x = self.ctx.clip(self.generator(self.noise(n, int(self.opt["nz"]))))
         acts = self.ctx.run(x, self.taps)
         t = acts[self.ctx.logits]
-        loss = -losses.l1_discrepancy(student(x), t) + self.prior_loss(acts, t.detach().argmax(1))
+        loss = self.objective({"l1_discrepancy": -losses.l1_discrepancy(student(x), t),
+                               "prior": self.prior_loss(acts, t.detach().argmax(1))})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

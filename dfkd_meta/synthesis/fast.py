@@ -48,9 +48,10 @@ class FastDFKD(BankMethod):
             acts = self.ctx.run(xa, self.taps)
             t = acts[self.ctx.logits]
             s = student(xa)
-            loss = self.opt["oh"] * F.cross_entropy(t, targets) + self.opt["bn"] * self.ctx.bn_loss(acts)
-            loss = loss - self.opt["adv"] * (losses.teacher_student_kl(s, t) * agreement_mask(s, t)).mean()
-            loss = loss + self.prior_loss(acts, targets)
+            loss = self.objective({
+                "one_hot": self.opt["oh"] * F.cross_entropy(t, targets), "bn": self.opt["bn"] * self.ctx.bn_loss(acts),
+                "adversarial": -self.opt["adv"] * (losses.teacher_student_kl(s, t) * agreement_mask(s, t)).mean(),
+                "prior": self.prior_loss(acts, targets)})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -66,7 +66,12 @@ def batchnorm_statistics(features: torch.Tensor, mean: torch.Tensor, var: torch.
     axes = [0] + list(range(2, features.dim()))
     mu = features.mean(axes)
     v = features.var(axes, unbiased=False)
-    return torch.linalg.vector_norm(mu - mean) + torch.linalg.vector_norm(v - var)
+    return _norm(mu - mean) + _norm(v - var)
+
+
+def _norm(d: torch.Tensor) -> torch.Tensor:
+    """The L2 norm with a finite gradient at zero (vector_norm's is 0/0 there: NaN as soon as a term is met)."""
+    return torch.sqrt(d.pow(2).sum() + 1e-12) - 1e-6
 
 
 def total_variation(images: torch.Tensor, norm: str = "l2") -> torch.Tensor:

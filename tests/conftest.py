@@ -72,3 +72,17 @@ def digits_release(folder: Path, arch: str = "hinton-small", epochs: int = 40, *
     path = folder / src.name
     shutil.copyfile(src, path)
     return export_release(path, load_data("digits"), folder / "release", progress=False, **export_kw)
+
+
+def recomputed_accuracy(result, data, model_shape=None) -> float:
+    """The student's accuracy on ``data``'s evaluation split, computed here from its predictions (a check of the
+    report's number that can fail, where a student trained a few steps has no accuracy to expect)."""
+    import torch
+
+    from dfkd_meta.convention import IDENTITY
+    from dfkd_meta.data import Feed
+    from dfkd_meta.distill.student import predict
+
+    split = "test" if data.has_split("test") else "train"
+    x, y = data.arrays(split, feed=Feed(result.convention or IDENTITY, model_shape))
+    return float((predict(result.student, x, torch.device("cpu")) == y).mean())

@@ -14,7 +14,7 @@ from cli.main import main as cli_main
 from dfkd_meta import assets, validate_release
 from dfkd_meta.config import ReconstructConfig
 from dfkd_meta.data import load_data
-from dfkd_meta.demo import FASHION_ROWS, Consumer, DemoConfig, DemoResult, OfflineRow, OnlineRow
+from dfkd_meta.demo import FASHION_ROWS, Consumer, DemoConfig, DemoResult, OfflineRow, OnlineRow, run_demo
 from dfkd_meta.errors import UsageError
 from dfkd_meta.fileio import sha256_file
 from dfkd_meta.onnx.graph import OnnxModule, load_onnx
@@ -132,14 +132,23 @@ def test_the_fashion_demo_refuses_whole_pipeline_settings_in_one_line():
     assert "--teacher-epochs, --objectives" in r.output and "--data" in r.output and "Traceback" not in r.output
 
 
+def _demo_seeds():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_seeds", ROOT / "benchmarks" / "demo_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_readme_table_is_the_demos_own_output():
-    """The README's demo table has the rows and columns the command prints (numbers: benchmarks/demo_seeds.py)."""
-    readme = (ROOT / "README.md").read_text()
-    header = DemoResult().table().splitlines()[0]
-    assert header in readme
-    for row in FASHION_ROWS:
-        assert f"| {row.label} |" in readme, row.label
+    """The README's demo table is generated from a real run's results (benchmarks/demo_seeds.py), byte for byte."""
+    demo_seeds = _demo_seeds()
     results = json.loads((ROOT / "benchmarks" / "results" / "demo-fashion.json").read_text())
+    assert demo_seeds.readme_block(results) in (ROOT / "README.md").read_text(), \
+        "README's demo table differs from results/demo-fashion.json: run benchmarks/demo_seeds.py --readme-only"
+    for row in FASHION_ROWS:
+        assert f"| {row.label} |" in demo_seeds.readme_block(results), row.label
     assert results["worst_seed_margin"] > results["largest_spread"]
     assert [t["method"] for t in results["table"]][1:] == [row.label for row in FASHION_ROWS]
     assert Path(results["runs"][0]["rows"][1]["command"].split()[0]).name == "dfkd-meta"
@@ -163,3 +172,14 @@ def test_a_rows_recorded_command_reproduces_its_student(tmp_path, row):
     assert done.returncode == 0, done.stderr
     report = json.loads((work / "student.json").read_text())
     assert report["student_accuracy"] == pytest.approx(result["accuracy"], abs=1e-9), (report, result)
+
+
+@pytest.mark.slow
+def test_the_demo_run_today_reproduces_the_committed_table(tmp_path):
+    """Seed 0 of the shipped demo, run now: every row's accuracy within 0.03 of the run the README shows."""
+    results = json.loads((ROOT / "benchmarks" / "results" / "demo-fashion.json").read_text())
+    committed = {r["method"]: r["accuracy"] for r in results["runs"][0]["rows"]}
+    result = run_demo(DemoConfig.for_data("fashion", seed=results["runs"][0]["seed"]), tmp_path, progress=False,
+                      log=lambda *_: None)
+    for row in result.rows:
+        assert row["accuracy"] == pytest.approx(committed[row["method"]], abs=0.03), row["method"]

@@ -102,7 +102,7 @@ def test_bounds_are_lifted_after_the_reading(monkeypatch):
     state = ValidationState(schema=None, path=VALID)
     state.bounds = ReadBounds(3600, 1 << 40)
     before = resource.getrlimit(resource.RLIMIT_CPU), resource.getrlimit(resource.RLIMIT_AS)
-    with validate_mod._bounded(state):
+    with validate_mod.bounded_reading(state):
         assert resource.getrlimit(resource.RLIMIT_CPU)[0] != resource.RLIM_INFINITY
     assert (resource.getrlimit(resource.RLIMIT_CPU), resource.getrlimit(resource.RLIMIT_AS)) == before
 

@@ -65,7 +65,7 @@ def test_a_transfer_set_with_non_finite_values_never_reaches_the_output(tmp_path
     w = _writer(tmp_path / "t.h5")
     w.append(**_batch())
     w.append(**_batch(value=np.nan))
-    with pytest.raises(DfkdError, match="inconsistent transfer set"):
+    with pytest.raises(DfkdError, match=r"not a usable transfer set: DT205 /x: non-finite values"):
         w.finish()
     assert not (tmp_path / "t.h5").exists() and (tmp_path / "t.h5.partial").exists()
 

@@ -38,17 +38,25 @@ class Feed:
     """Raw examples -> a model's inputs: the input convention per channel, then the model's input shape.
 
     ``model_shape`` None keeps the data's shape; a model taking flat vectors gets images flattened
-    in C order.
+    in C order; one-channel images fed to a model taking C channels of the same size get their channel
+    repeated C times (grayscale as RGB, as image libraries convert it). Other mismatches are a one-line error.
     """
 
     convention: InputConvention = IDENTITY
     model_shape: tuple[int, ...] | None = None
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
+        shape = tuple(self.model_shape) if self.model_shape is not None else None
+        if shape is not None and raw.ndim == 4 and len(shape) == 3 and raw.shape[1] == 1 < shape[0] \
+                and tuple(raw.shape[2:]) == shape[1:]:
+            raw = np.repeat(raw, shape[0], axis=1)
         x = self.convention.apply(raw)
-        if self.model_shape is None or tuple(x.shape[1:]) == tuple(self.model_shape):
+        if shape is None or tuple(x.shape[1:]) == shape:
             return x
-        return x.reshape(len(x), *self.model_shape)
+        if math.prod(x.shape[1:]) != math.prod(shape):
+            raise UsageError(f"examples of shape {list(x.shape[1:])} cannot feed a model taking {list(shape)}; "
+                             "pass data of the model's input size ({resize} pads or resizes images)")
+        return x.reshape(len(x), *shape)
 
 
 RAW = Feed()  # raw values, the data's own shape

@@ -75,7 +75,27 @@ MODELS: dict[str, Factory] = {
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A reference model by name, or ``package.module:factory`` called as ``factory(input_shape, num_classes)``."""
+    """A reference model by name, or ``package.module:factory`` called as ``factory(input_shape, num_classes)``.
+
+    The model is tried once on two zero inputs: one that cannot take ``input_shape`` or does not give
+    ``num_classes`` outputs is a one-line error here, not a traceback in the middle of a run.
+    """
+    try:
+        model = _make(name, input_shape, num_classes)
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *input_shape))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{{name}} {name!r} cannot take inputs of shape {list(input_shape)} ({first[:200]}); choose "
+                         "a student for this input size") from None
+    model.train()
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        raise UsageError(f"{{name}} {name!r}: gives outputs of shape {list(getattr(out, 'shape', []))} for a batch of "
+                         f"2, expected [2, {num_classes}] (the teacher's classes)")
+    return model
+
+
+def _make(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if name in MODELS:
         return MODELS[name](tuple(input_shape), num_classes)
     module_name, sep, attr = name.partition(":")

@@ -171,6 +171,8 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
               "method_settings": method.opt, "sidecar": str(sidecar) if sidecar is not None else None,
               "context": ctx.describe(), "gaussian_per_batch": n_gauss, "teacher": str(teacher),
               "student_dropout": dropout,
+              "input_convention": {"name": convention.name, "source": convention.source,
+                                   "norm_mean": list(convention.norm_mean), "norm_std": list(convention.norm_std)},
               "teacher_sha256": run["teacher_sha256"], "iterations": done, "budget_minutes": cfg.minutes,
               "teacher_forward_examples": ctx.teacher_examples, "distill_seconds": round(seconds, 2),
               "history": history}

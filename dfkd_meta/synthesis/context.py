@@ -105,11 +105,21 @@ class SynthesisContext:
         if conv is None or conv.source == "legacy_train":
             return view, None, record  # the convention is unknown without the data: inputs stay as generated
         record.update(norm_mean=list(conv.norm_mean), norm_std=list(conv.norm_std), convention=conv.name)
+        if len(shape) == 1 and conv.extra.get("image_shape"):  # the images behind a flat input, as the metadata says
+            record["image_shape"] = list(conv.extra["image_shape"])
         if conv.value_min is None:
             return view, None, record  # the raw range is unknown: inputs are not clipped
         record.update(value_min=conv.value_min, value_max=conv.value_max)
         mean = np.asarray(conv.norm_mean, np.float64)
         std = np.asarray(conv.norm_std, np.float64)
+        if mean.size not in (1, shape[0], math.prod(shape)):
+            image = conv.extra.get("image_shape")  # a flat input: the channels of the images behind it
+            if not image or math.prod(image) != math.prod(shape) or len(mean) != image[0]:
+                raise DfkdError(f"{self.teacher_path}: its input convention has {mean.size} channels but it takes "
+                                f"inputs of shape {list(shape)}, and no image shape says how they map; pass "
+                                "{input_norm} with one number, or one per input value")
+            flat = conv.flattened(tuple(image))
+            mean, std = np.asarray(flat.norm_mean, np.float64), np.asarray(flat.norm_std, np.float64)
         view_shape = (1, -1, *([1] * (len(shape) - 1))) if mean.size == shape[0] or mean.size == 1 else (1, *shape)
         t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device).reshape(view_shape)  # noqa: E731
         return view, (t((conv.value_min - mean) / std), t((conv.value_max - mean) / std)), record

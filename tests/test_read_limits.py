@@ -173,3 +173,15 @@ def test_a_string_type_with_an_unknown_character_set_is_dm110_not_an_internal_fa
     path.write_bytes(bytes(data))
     report = validate(path)
     assert "DM110" in report.rules and "DM199" not in report.rules and not report.valid
+
+
+def test_a_transfer_file_that_makes_libhdf5_spin_is_refused_within_60_seconds():
+    import time
+
+    from dfkd_meta.errors import DfkdError
+    from dfkd_meta.transfer import read_transfer
+
+    t0 = time.monotonic()
+    with pytest.raises(DfkdError, match=r"transfer_cpu_spin_two_byte_flip\.h5: not a usable transfer set: DM114"):
+        read_transfer(REPRO / "transfer_cpu_spin_two_byte_flip.h5")
+    assert time.monotonic() - t0 < 60

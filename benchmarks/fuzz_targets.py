@@ -171,6 +171,17 @@ def _proto_edit(m, rng: np.random.Generator) -> str:
     return f"{op} skipped"
 
 
+# The one-line errors a rejected model gets, by the phrase that says which check refused it.
+REJECTIONS = (("not ONNX", "not a readable ONNX model"), ("no graph", "holds no ONNX graph"),
+              ("no graph", "is empty (0 bytes)"), ("onnx.checker", "onnx.checker rejects"),
+              ("external data outside", "points outside the model's folder"),
+              ("external data missing", "external data file"), ("external data unreadable", "cannot load its external"),
+              ("unsupported op", "unsupported ops"), ("malformed tensor/attribute", "is malformed"),
+              ("malformed tensor/attribute", "malformed attribute"), ("input shape", "per-example shape"),
+              ("input shape", "values per example"), ("ORT cannot load", "ONNX Runtime cannot load"),
+              ("ORT cannot run", "ONNX Runtime cannot run"), ("unknown tensor", "no tensors named"))
+
+
 def check_onnx(path: Path, bounds) -> dict:
     """Load and run ``path`` as a consumer does its teacher; the one-line error, or accepted."""
     from dfkd_meta.errors import DfkdError
@@ -192,7 +203,8 @@ def check_onnx(path: Path, bounds) -> dict:
         text = str(exc)
         if "\n" in text:
             return {"rules": ["multi-line error"], "errors": ["multi-line"], "dm199": [text[:300]]}
-        return {"rules": [type(exc).__name__], "errors": [type(exc).__name__]}
+        kind = next((k for k, phrase in REJECTIONS if phrase in text), f"other {type(exc).__name__}")
+        return {"rules": [kind], "errors": [kind]}
     except MemoryError:
         return {"rules": ["DM115"], "errors": ["DM115"]}
     finally:

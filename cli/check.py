@@ -46,11 +46,15 @@ def validate(path: str, model: str | None, data: str | None, resize: int | None,
         if model is None:
             raise UsageError("{data} re-checks the teacher: pass {model} too (or a release folder)")
         from dfkd_meta.data import load_data
+        from dfkd_meta.fileio import PrivateFolder
+        from dfkd_meta.onnx.inspect import copy_model
         from dfkd_meta.sidecar import read_sidecar
         from dfkd_meta.stats.recheck import recheck_release
 
-        findings, numbers = recheck_release(read_sidecar(sidecar, model), str(model), load_data(data, resize),
-                                            limit=limit)
+        with PrivateFolder() as private:  # the model the binding is checked against is the model that runs
+            copy = copy_model(private, model)
+            findings, numbers = recheck_release(read_sidecar(sidecar, copy.path), str(copy.path),
+                                                load_data(data, resize), limit=limit)
         report.findings += findings
         report.sort()
     if as_json:

@@ -158,3 +158,29 @@ def test_validate_reports_the_hash_of_the_bytes_it_checked():
 
     path = CORPUS / "valid" / "mlp_full.dfkd.h5"
     assert validate(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_transfer_file_replaced_between_check_and_read_is_read_as_checked(tmp_path, monkeypatch):
+    import dfkd_meta.sidecar.validator as validator
+    from dfkd_meta.transfer import read_transfer
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from fuzz_targets import transfer_bases
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    good = transfer_bases(tmp_path)["transfer-vector.h5"]
+    path = tmp_path / "t.h5"
+    path.write_bytes(good)
+    real = validator.run_isolated
+
+    def swap_after_check(*args, **kw):
+        report = real(*args, **kw)
+        path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 4096)  # replaced between the check and the read
+        return report
+
+    monkeypatch.setattr(validator, "run_isolated", swap_after_check)
+    ts = read_transfer(path)
+    import hashlib
+
+    assert ts.x.shape == (24, 64) and ts.sha256 == hashlib.sha256(good).hexdigest()

@@ -184,3 +184,17 @@ def test_a_transfer_file_replaced_between_check_and_read_is_read_as_checked(tmp_
     import hashlib
 
     assert ts.x.shape == (24, 64) and ts.sha256 == hashlib.sha256(good).hexdigest()
+
+
+def test_the_child_looks_where_the_caller_found_its_libraries_but_never_in_the_callers_folder(tmp_path, monkeypatch):
+    from dfkd_meta.sidecar.validator import child_import_path
+
+    lib = tmp_path / "libs"
+    lib.mkdir()
+    work = tmp_path / "release"
+    (work / "inside").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", ["", str(work), str(work / "inside"), str(lib), *sys.path])
+    path = child_import_path()
+    assert str(lib.resolve()) in path
+    assert not any(p in ("", str(work.resolve()), str((work / "inside").resolve())) for p in path)

@@ -142,7 +142,8 @@ def run_isolated(kind: str, snap: Snapshot, folder: PrivateFolder, *, limits: Re
                          extra or [])
     # the child imports nothing through the environment (-I ignores PYTHON* variables) and reads no thread count
     env = {**os.environ, "HDF5_PLUGIN_PRELOAD": "::", "HDF5_PLUGIN_PATH": "", "OPENBLAS_NUM_THREADS": "1",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # reading needs no threads; each costs memory
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",  # reading needs no threads; each costs memory
+           "DFKD_META_CHILD_PATH": os.pathsep.join(child_import_path())}
     report = Report(file=str(snap.source))
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
@@ -174,8 +175,23 @@ def run_isolated(kind: str, snap: Snapshot, folder: PrivateFolder, *, limits: Re
 
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def child_import_path() -> list[str]:
+    """Where this process found its libraries, for the child to look after its own site folders: ``sys.path``
+    without the current folder and anything inside it (where a release may have been unpacked)."""
+    cwd = Path.cwd().resolve()
+    out = []
+    for entry in sys.path:
+        if not entry:
+            continue
+        p = Path(entry).resolve()
+        if p != cwd and cwd not in p.parents:
+            out.append(str(p))
+    return out
 # Run by the parent with ``-I -c``: loads this package from its own folder and nothing from elsewhere.
-BOOT = ("import importlib.util, sys\n"
+BOOT = ("import importlib.util, os, sys\n"
+        "sys.path += [p for p in os.environ.get('DFKD_META_CHILD_PATH', '').split(os.pathsep) if p]\n"
         "pkg = sys.argv[1]\n"
         "spec = importlib.util.spec_from_file_location('dfkd_meta', pkg + '/__init__.py', "
         "submodule_search_locations=[pkg])\n"

@@ -155,7 +155,8 @@ def test_a_successful_distill_removes_its_checkpoint_unless_asked_to_keep_it(tmp
 
 def test_a_student_without_parameters_is_a_one_line_error(tmp_path, release, monkeypatch):
     mod = tmp_path / "frozen_student.py"
-    mod.write_text("import torch\n\ndef make(shape, classes):\n    return torch.nn.Flatten()\n")
+    mod.write_text("import torch\n\ndef make(shape, classes):\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+                   "torch.nn.Unflatten(1, (1, -1)), torch.nn.AdaptiveAvgPool1d(classes), torch.nn.Flatten())\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     r = CliRunner().invoke(cli_main, ["distill", "--teacher", str(release.model_path), "--data", "digits", "--student",
                                       "frozen_student:make", "--epochs", "1", "-q", "-o", str(tmp_path / "s.onnx")])

@@ -55,22 +55,11 @@ KINDS = (("flip", 0.36), ("truncate", 0.18), ("structure", 0.46))
 
 def mutate(base: bytes, base_name: str, rng: np.random.Generator, path: Path) -> dict:
     """Write a mutated copy of ``base`` to ``path``; returns what was done (enough to redo it)."""
-    kind = rng.choice([k for k, _ in KINDS], p=[p for _, p in KINDS])
-    data = bytearray(base)
-    if kind == "flip":
-        n = int(rng.integers(1, 9))
+    kind = str(rng.choice([k for k, _ in KINDS], p=[p for _, p in KINDS]))
+    if kind in ("flip", "truncate"):
         # half the flips land in the first 16 KiB, where the superblock and most object headers live
-        limit = np.where(rng.random(n) < 0.5, min(len(data), 16384), len(data))
-        spots = [(int(rng.integers(0, lim)), int(rng.integers(1, 256))) for lim in limit]
-        for pos, mask in spots:
-            data[pos] ^= mask
-        path.write_bytes(bytes(data))
-        return {"kind": "flip", "base": base_name, "flips": spots}
-    if kind == "truncate":
-        keep = int(rng.integers(0, len(data)))
-        path.write_bytes(bytes(data[:keep]))
-        return {"kind": "truncate", "base": base_name, "keep": keep}
-    path.write_bytes(bytes(data))
+        return fuzz_targets.byte_mutation(kind, base, base_name, rng, path, head=16384)
+    path.write_bytes(base)
     edits = []
     try:
         with h5py.File(path, "r+") as f:

@@ -22,6 +22,26 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "fixtures" / "conformance" / "models"
 
 
+# ------------------------------------------------------------------------------------------ bytes
+
+def byte_mutation(kind: str, base: bytes, base_name: str, rng: np.random.Generator, path: Path,
+                  head: int = 0) -> dict:
+    """Write ``base`` with 1-8 byte flips (``kind`` "flip"; with ``head``, half of them land in the first ``head``
+    bytes) or cut at a random length ("truncate") to ``path``; returns what was done (enough to redo it)."""
+    data = bytearray(base)
+    if kind == "truncate":
+        keep = int(rng.integers(0, len(data)))
+        path.write_bytes(bytes(data[:keep]))
+        return {"kind": "truncate", "base": base_name, "keep": keep}
+    n = int(rng.integers(1, 9))
+    limits = np.where(rng.random(n) < 0.5, min(len(data), head), len(data)) if head else [len(data)] * n
+    spots = [(int(rng.integers(0, lim)), int(rng.integers(1, 256))) for lim in limits]
+    for pos, mask in spots:
+        data[pos] ^= mask
+    path.write_bytes(bytes(data))
+    return {"kind": "flip", "base": base_name, "flips": spots}
+
+
 # ------------------------------------------------------------------------------------------ transfer
 
 def transfer_bases(folder: Path) -> dict[str, bytes]:
@@ -76,17 +96,8 @@ def mutate_onnx(base: bytes, base_name: str, rng: np.random.Generator, path: Pat
     import onnx
 
     kind = str(rng.choice(["flip", "truncate", "proto", "proto"]))
-    data = bytearray(base)
-    if kind == "flip":
-        spots = [(int(rng.integers(0, len(data))), int(rng.integers(1, 256))) for _ in range(int(rng.integers(1, 9)))]
-        for pos, mask in spots:
-            data[pos] ^= mask
-        path.write_bytes(bytes(data))
-        return {"kind": "flip", "base": base_name, "flips": spots}
-    if kind == "truncate":
-        keep = int(rng.integers(0, len(data)))
-        path.write_bytes(bytes(data[:keep]))
-        return {"kind": "truncate", "base": base_name, "keep": keep}
+    if kind in ("flip", "truncate"):
+        return byte_mutation(kind, base, base_name, rng, path)
     m = onnx.ModelProto.FromString(base)
     edits = [_proto_edit(m, rng) for _ in range(int(rng.integers(1, 4)))]
     path.write_bytes(m.SerializeToString())

@@ -95,6 +95,10 @@ def lowest_eigenpairs(lap: sp.spmatrix, k: int) -> tuple[np.ndarray, np.ndarray]
         vecs, _ = np.linalg.qr(vecs)  # re-orthonormalise in float64 after ARPACK
         vecs = _rayleigh_ritz(lap, vecs)[1]
         vals = np.einsum("ij,ij->j", vecs, lap @ vecs)
+        # the Rayleigh quotients of nearly equal eigenvalues can come out a rounding error apart in either
+        # order: SPEC §9 requires them ascending (DM712; a bn-cnn's pair block failed on this)
+        order = np.argsort(vals, kind="stable")
+        vals, vecs = vals[order], vecs[:, order]
     idx = np.argmax(np.abs(vecs), axis=0)  # the first entry of largest magnitude in each column ...
     vecs = vecs * np.sign(vecs[idx, np.arange(vecs.shape[1])])  # ... is made positive
     return np.clip(vals, 0.0, 2.0), vecs

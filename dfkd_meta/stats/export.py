@@ -28,7 +28,7 @@ from .. import dist
 from ..config import ExportConfig, settings
 from ..convention import InputConvention, resolve
 from ..data import DataSource, Feed, fits
-from ..errors import DfkdError, UsageError, name_copy
+from ..errors import DfkdError, UsageError
 from ..fileio import output_lock
 from ..onnx.graph import load_onnx
 from ..onnx.inspect import candidate_layers, external_data_locations, model_facts
@@ -202,12 +202,13 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
         plan = _plan(source, data, cfg)
         comparison = _precheck(plan, data, cfg)
         stage = _stage_folder(out_dir)
-        name_copy(str(stage), str(out_dir))  # messages about the staged files name the release folder
         try:
             result = _export(plan, data, stage, t0, cfg, comparison, name=name, dropout_keep=dropout_keep, progress=progress)
             _publish(stage, out_dir, last=result.sidecar_path.name)
+        except DfkdError as exc:  # messages about the staged files name the release folder, not the staging one
+            exc.template = exc.template.replace(str(stage), str(out_dir))
+            raise
         finally:
-            name_copy(str(stage), None)
             shutil.rmtree(stage, ignore_errors=True)
     model_path, sidecar_path = out_dir / result.model_path.name, out_dir / result.sidecar_path.name
     summary = {**result.summary, "model": str(model_path), "sidecar": str(sidecar_path)}

@@ -44,7 +44,11 @@ class DfkdError(Exception):
     def render(self, names: Mapping[str, str] | None = None) -> str:
         """The message with each ``{param}`` spelled as ``names[param]`` (default: the parameter name)."""
         names = names or {}
-        text = _PLACEHOLDER.sub(lambda m: names.get(m.group(1), m.group(1)), self.template)
+        return self.render_copies(_PLACEHOLDER.sub(lambda m: names.get(m.group(1), m.group(1)), self.template))
+
+    @staticmethod
+    def render_copies(text: str) -> str:
+        """``text`` with every live private copy's path replaced by the path of the file it copies."""
         for copy in sorted(_ALIASES, key=len, reverse=True):
             if copy in text:
                 text = text.replace(copy, _ALIASES[copy])

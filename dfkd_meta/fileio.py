@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import dist
-from .errors import UsageError, name_copy
+from .errors import DfkdError, UsageError, name_copy
 
 _CHUNK = 1 << 20
 
@@ -151,13 +151,9 @@ def _open_regular(p: Path, what: str):
         yield fh
 
 
-_LIVE: dict[str, Snapshot] = {}  # private copies that exist now, by path: copying one again links it
-
-
 def _remove_folder(path: str, copies: list[Path]) -> None:
     for c in copies:
         name_copy(str(c), None)
-        _LIVE.pop(str(c), None)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -179,14 +175,6 @@ class PrivateFolder:
         src = require_file(source, what)
         dst = self.path / (name or src.name)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        known = _LIVE.get(str(src))
-        if known is not None:  # already a private, read-only copy (a teacher checked against its sidecar)
-            try:
-                os.link(known.path, dst)
-            except OSError:
-                known = None
-            else:
-                return self._keep(Snapshot(known.source, dst, known.sha256, known.size))
         h, size = hashlib.sha256(), 0
         with _open_regular(src, what) as fh, open(dst, "xb") as out:
             while chunk := fh.read(_CHUNK):
@@ -194,13 +182,9 @@ class PrivateFolder:
                 out.write(chunk)
                 size += len(chunk)
         os.chmod(dst, 0o400)
-        return self._keep(Snapshot(src, dst, h.hexdigest(), size))
-
-    def _keep(self, snap: Snapshot) -> Snapshot:
-        self.copies.append(snap.path)
-        name_copy(str(snap.path), str(snap.source))
-        _LIVE[str(snap.path)] = snap
-        return snap
+        self.copies.append(dst)
+        name_copy(str(dst), str(src))
+        return Snapshot(src, dst, h.hexdigest(), size)
 
     def close(self) -> None:
         self._cleanup()
@@ -208,5 +192,7 @@ class PrivateFolder:
     def __enter__(self) -> PrivateFolder:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if isinstance(exc, DfkdError):  # the error outlives the copies: name the user's files in it now
+            exc.template = exc.render_copies(exc.template)
         self.close()

@@ -198,3 +198,13 @@ def test_the_child_looks_where_the_caller_found_its_libraries_but_never_in_the_c
     path = child_import_path()
     assert str(lib.resolve()) in path
     assert not any(p in ("", str(work.resolve()), str((work / "inside").resolve())) for p in path)
+
+
+def test_an_error_about_a_private_copy_names_the_users_file_after_the_copy_is_gone(tmp_path):
+    src = tmp_path / "teacher.onnx"
+    src.write_bytes(b"x")
+    with pytest.raises(DfkdError) as err:
+        with PrivateFolder() as folder:
+            snap = folder.copy(src)
+            raise DfkdError(f"{snap.path}: broken; run `dfkd-meta validate --model {snap.path}`")
+    assert str(err.value) == f"{src}: broken; run `dfkd-meta validate --model {src}`"

@@ -131,14 +131,6 @@ class Snapshot:
     size: int
 
 
-def read_once(path: str | os.PathLike, what: str = "file") -> tuple[bytes, str]:
-    """The bytes of a regular file and their SHA-256, from one open file handle (the hash is of these bytes)."""
-    p = require_file(path, what)
-    with _open_regular(p, what) as fh:
-        data = fh.read()
-    return data, hashlib.sha256(data).hexdigest()
-
-
 @contextlib.contextmanager
 def _open_regular(p: Path, what: str):
     try:

@@ -185,13 +185,16 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint <output>.ckpt.")
 @click.option("--keep-checkpoint", is_flag=True, help="Keep <output>.ckpt after a successful run (it is removed "
               "by default: the run is complete).")
+@click.option("--stop-on-stall", is_flag=True, help="With --method: end the run when the student stops learning "
+              "(agreement with the teacher at chance, or its loss rising for 150 iterations); without it a stall is "
+              "a warning and the run goes on.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @DEVICE
 @QUIET
 @read_limit_options
 def distill(teacher, transfer, data, method, sidecar, iterations, minutes, options, gaussian_mix, save_transfer, resize,
             input_norm, student, output, temperature, loss, alpha, epochs, batch_size, lr, seed, eval_spec, force, resume,
-            keep_checkpoint, as_json, device, quiet):
+            keep_checkpoint, stop_on_stall, as_json, device, quiet):
     """Train a student against the teacher's outputs: on a transfer set, on real data, or online.
 
     \b
@@ -233,7 +236,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
             cfg = OnlineConfig(method=method, iterations=iterations, minutes=minutes, input_norm=input_norm,
                                batch_size=batch_size or OnlineConfig.batch_size,
                                lr=lr, temperature=temperature, loss=loss, seed=seed, gaussian_mix=gaussian_mix,
-                               options=_options(options))
+                               options=_options(options), stop_on_stall=stop_on_stall)
             retain_freed_memory()  # the generators' large maps, reallocated every step
             result = distill_online(teacher, model, cfg, sidecar=sidecar, device=device, checkpoint=output + ".ckpt",
                                     resume=resume, eval_data=eval_source, save_transfer=save_transfer,
@@ -261,6 +264,8 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
     if "teacher_forward_examples" in r:
         click.echo(f"  {r['iterations']} iterations of {method}, {r['teacher_forward_examples']:,} teacher forward "
                    "examples" + (f", transfer set {r['saved_transfer']}" if r.get("saved_transfer") else ""))
+    for alarm in r.get("stalled", []):
+        click.echo(f"  warning: {alarm['message']}" + (" (stopped there)" if r.get("stopped_on_stall") else ""))
     if "student_accuracy" in r:
         click.echo(f"  on {r['eval_data']} ({r['eval_split']}): teacher {r['teacher_accuracy']:.4f}, student "
                    f"{r['student_accuracy']:.4f}, agreement {r['agreement']:.4f}")
@@ -273,7 +278,7 @@ DISTILL_OPTION_MODES = {
     "epochs": {"transfer", "data"}, "alpha": {"transfer", "data"},
     "force": {"data"},
     "iterations": {"method"}, "minutes": {"method"}, "options": {"method"}, "gaussian_mix": {"method"},
-    "sidecar": {"method"}, "save_transfer": {"method"},
+    "sidecar": {"method"}, "save_transfer": {"method"}, "stop_on_stall": {"method"},
 }
 
 

@@ -28,10 +28,14 @@ from .common import CONVENTION_HELP, DATA_HELP, DEVICE, QUIET, Command, pair
 @click.option("--seed", type=int, default=TrainConfig.seed, show_default=True, help="Seeds initialisation and shuffling.")
 @click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True,
               help="torch's TorchScript-based (legacy) or torch.export-based (dynamo) ONNX exporter.")
+@click.option("--keep-batchnorm", is_flag=True, help="Keep the BatchNormalization nodes (both exporters fold them "
+              "into the convolutions by default); their running statistics are the prior DeepInversion, CMI and "
+              "FastDFKD read. Refused for a model without BatchNorm.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @DEVICE
 @QUIET
-def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, exporter, as_json, device, quiet):
+def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, exporter, keep_batchnorm, as_json,
+          device, quiet):
     """Train a reference teacher on labelled data and write it as ONNX.
 
     \b
@@ -39,18 +43,23 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
       dfkd-meta train --model lenet5 --data mnist:DATA/mnist --resize 32 -o teacher.onnx
       dfkd-meta train --model hinton-small --data digits --epochs 40 -o teacher.onnx --json
     """
+    import torch
+
     from dfkd_meta.data import load_data
+    from dfkd_meta.errors import UsageError
     from dfkd_meta.models import build_model, hidden_dropout_keep_probs
     from dfkd_meta.onnx.torch_export import export_onnx
     from dfkd_meta.train import train_teacher
 
     source = load_data(data, resize)
     model = build_model(name, source.input_shape, source.num_classes)
+    if keep_batchnorm and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise UsageError(f"--keep-batchnorm: {name} has no BatchNorm layers; drop --keep-batchnorm")
     cfg = TrainConfig(input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     result = train_teacher(model, source, cfg, device=device, progress=not quiet,
                            log=None if quiet or as_json else (lambda line: click.echo(line)))
     path = export_onnx(result.model, source.input_shape, output, exporter=exporter, convention=result.convention,
-                       dropout_keep=hidden_dropout_keep_probs(result.model))
+                       dropout_keep=hidden_dropout_keep_probs(result.model), keep_batchnorm=keep_batchnorm)
     summary = {"model": str(path), "architecture": name, "data": data, "test_accuracy": result.test_accuracy,
                "input_convention": result.convention.describe(),
                "train_seconds": round(result.seconds, 2), "history": result.history}

@@ -207,6 +207,7 @@ class OnlineConfig:
     input_norm: str | None = None  # how the teacher takes raw values (convention spec); None: sidecar, else metadata
     checkpoint_every: int = 100  # student updates between checkpoints
     save_samples: int = 10_000  # inputs written by --save-transfer
+    stop_on_stall: bool = False  # end the run when the student stops learning (distill.monitor), not only warn
 
     def check(self) -> None:
         if self.iterations < 1 or self.batch_size < 2 or self.checkpoint_every < 1 or self.save_samples < 1:

@@ -159,6 +159,23 @@ class DataSource:
     def has_split(self, split: str) -> bool:
         return split in self.raw
 
+    def with_validation(self, size: int, seed: int = 0) -> "DataSource":
+        """A copy whose train split is cut in two: ``val``, ``size`` examples drawn at random (``seed``; the same
+        on every machine), and ``train``, the rest in their original order. Teachers and sidecars made from
+        ``train`` never see ``val``, so settings chosen on it leave ``test`` unread until a result is reported."""
+        x, y = self._split("train")
+        if "val" in self.raw:
+            raise UsageError(f"{self.spec or self.name}: already has a 'val' split")
+        if not 0 < size < len(y):
+            raise UsageError(f"{self.spec or self.name}: a validation split of {size} examples needs 0 < size < "
+                             f"{len(y)} (the train split's size)")
+        held = np.zeros(len(y), bool)
+        held[np.random.default_rng(seed).permutation(len(y))[:size]] = True
+        raw = {**self.raw, "train": (x[~held], y[~held]), "val": (x[held], y[held])}
+        return DataSource(name=self.name, description=f"{self.description}; train split less {size} validation "
+                          f"examples (seed {seed})", license=self.license, class_names=list(self.class_names),
+                          raw=raw, resize=self.resize, spec=self.spec)
+
     def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self.raw:
             raise UsageError(f"{self.spec or self.name}: no {split!r} split; it has {sorted(self.raw)}")

@@ -34,6 +34,7 @@ from ..synthesis.context import SynthesisContext
 from ..transfer import TransferWriter
 from .loop import DistillResult
 from .losses import Outputs, get_loss
+from .monitor import StallMonitor
 from .student import evaluate_pair, predict
 
 
@@ -97,8 +98,9 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     run = {"config": settings(cfg), "teacher_sha256": copy.sha256, "sidecar_sha256": ctx.sidecar_sha256}
     ckpt = Path(checkpoint) if checkpoint else None
     start, history, seconds_before = 0, [], 0.0
+    monitor = StallMonitor(ctx.num_classes)
     if resume and ckpt is not None and ckpt.exists():
-        start, history, seconds_before = _load(ckpt, run, student, opt, sched, method, gen, ctx)
+        start, history, seconds_before = _load(ckpt, run, student, opt, sched, method, gen, ctx, monitor)
     log = log or (tqdm.write if progress else None)
     dropout = [float(m.p) for m in student.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
     if dropout and log is not None:
@@ -145,6 +147,13 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
         losses_seen.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses_seen[-20:]):.4f}", refresh=False)
         done = it + 1
+        alarm = monitor.update(out, t, losses_seen[-1], done, seconds_before + time.perf_counter() - t0)
+        if alarm is not None:
+            if log is not None:
+                log(f"warning: {cfg.method}: {alarm['message']}. The final student will likely be poor; try another "
+                    "method, lower learning rates (--lr, --set lr_g=...), or check the teacher's input convention")
+            if cfg.stop_on_stall:
+                out_of_time = True  # ends the loop after this iteration's checkpoint, like a spent budget
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
             history.append({"iteration": done, "loss": float(np.mean(losses_seen[-cfg.checkpoint_every:])),
                             "teacher_examples": ctx.teacher_examples,
@@ -154,7 +163,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
                     f"{history[-1]['seconds']:.0f} s")
             if ckpt is not None:
                 _save(ckpt, run, done, history, seconds_before + time.perf_counter() - t0, student, opt, sched,
-                      method, gen, ctx)
+                      method, gen, ctx, monitor)
                 last_saved = done
         if curve_x is not None and (done % eval_every == 0 or out_of_time):
             paused = time.perf_counter()
@@ -175,6 +184,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
                                    "norm_mean": list(convention.norm_mean), "norm_std": list(convention.norm_std)},
               "teacher_sha256": run["teacher_sha256"], "iterations": done, "budget_minutes": cfg.minutes,
               "teacher_forward_examples": ctx.teacher_examples, "distill_seconds": round(seconds, 2),
+              "stalled": monitor.alarms, "stopped_on_stall": bool(cfg.stop_on_stall and monitor.alarms),
               "history": history}
     if eval_data is not None:
         split = "test" if eval_data.has_split("test") else "train"
@@ -185,19 +195,20 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     return DistillResult(student, report, convention, tuple(image) if image and len(ctx.input_shape) == 1 else None)
 
 
-def _state(run, done, history, seconds, student, opt, sched, method, gen, ctx) -> dict:
+def _state(run, done, history, seconds, student, opt, sched, method, gen, ctx, monitor) -> dict:
     return {"run": json.dumps(run, sort_keys=True), "iteration": done, "history": json.dumps(history),
+            "monitor": json.dumps(monitor.state_dict()),
             "seconds": seconds, "student": student.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "method": method.state_dict(), "rng": gen.get_state(),
             "torch_rng": torch.get_rng_state(), "teacher_examples": ctx.teacher_examples}
 
 
-def _save(path: Path, run, done, history, seconds, student, opt, sched, method, gen, ctx) -> None:
+def _save(path: Path, run, done, history, seconds, student, opt, sched, method, gen, ctx, monitor) -> None:
     with atomic_path(path) as tmp:
-        torch.save(_state(run, done, history, seconds, student, opt, sched, method, gen, ctx), tmp)
+        torch.save(_state(run, done, history, seconds, student, opt, sched, method, gen, ctx, monitor), tmp)
 
 
-def _load(path: Path, run: dict, student, opt, sched, method, gen, ctx) -> tuple[int, list, float]:
+def _load(path: Path, run: dict, student, opt, sched, method, gen, ctx, monitor) -> tuple[int, list, float]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
         recorded = json.loads(state["run"])
@@ -216,6 +227,7 @@ def _load(path: Path, run: dict, student, opt, sched, method, gen, ctx) -> tuple
         gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         ctx.teacher_examples = int(state["teacher_examples"])
+        monitor.load_state_dict(json.loads(state.get("monitor", "{}")))
         return int(state["iteration"]), json.loads(state["history"]), float(state["seconds"])
     except Exception as exc:
         raise DfkdError(f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); "

@@ -28,13 +28,16 @@ EXPORTERS = ("legacy", "dynamo")
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike, *,
                 exporter: str = "legacy", opset: int | None = None,
                 convention: InputConvention | None = None, image_shape: tuple[int, ...] | None = None,
-                dropout_keep: list[float | None] | None = None) -> Path:
+                dropout_keep: list[float | None] | None = None, keep_batchnorm: bool = False) -> Path:
     """Write ``model`` as ONNX with a dynamic batch axis, input 'input' and output 'logits', atomically.
 
     ``convention`` (with ``image_shape`` when the model takes flattened images) is recorded so that
     export and distill feed the model what it was trained on. ``dropout_keep`` (one entry per hidden
     layer, as models.hidden_dropout_keep_probs gives) is recorded for the sidecar. The dynamo
-    exporter writes the weights to ``<name>.data`` beside the model.
+    exporter writes the weights to ``<name>.data`` beside the model. Both exporters fold BatchNorm
+    into the convolutions; ``keep_batchnorm`` keeps the BatchNormalization nodes with their running
+    statistics (legacy: no constant folding; dynamo: no graph optimisation), the prior that
+    DeepInversion, CMI and FastDFKD read.
     """
     path = Path(path)
     model = model.eval().cpu()
@@ -47,10 +50,12 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.P
         try:
             if exporter == "legacy":
                 torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset or 17,
+                                  do_constant_folding=not keep_batchnorm,
                                   input_names=[INPUT_NAME], output_names=[LOGITS_NAME],
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"}})
             else:
                 exported = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset or 18,
+                                             optimize=not keep_batchnorm,
                                              input_names=[INPUT_NAME], output_names=[LOGITS_NAME],
                                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
                 exported.save(str(tmp), external_data=True)

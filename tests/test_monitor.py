@@ -1,0 +1,96 @@
+"""The stall monitor: a student that stops learning is reported while the run goes on, a learning one never is."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dfkd_meta.config import OnlineConfig
+from dfkd_meta.distill import distill_online
+from dfkd_meta.distill.monitor import StallMonitor
+from dfkd_meta.models import build_model
+
+from .conftest import digits_release
+
+
+def _logits(classes: torch.Tensor, k: int = 10) -> torch.Tensor:
+    return torch.nn.functional.one_hot(classes, k).float() * 5.0
+
+
+def _feed(monitor: StallMonitor, iterations: int, agree_prob, loss_at, seed: int = 0) -> list[dict]:
+    """Feed ``iterations`` batches of 32 with balanced teacher classes; the student agrees with probability
+    ``agree_prob(i)`` and guesses uniformly otherwise."""
+    g = torch.Generator().manual_seed(seed)
+    raised = []
+    for i in range(iterations):
+        t = torch.randint(0, 10, (32,), generator=g)
+        guess = torch.randint(0, 10, (32,), generator=g)
+        s = torch.where(torch.rand(32, generator=g) < agree_prob(i), t, guess)
+        alarm = monitor.update(_logits(s), _logits(t), loss_at(i), i + 1, float(i))
+        if alarm is not None:
+            raised.append(alarm)
+    return raised
+
+
+def test_a_student_at_chance_raises_one_alarm_after_warmup_and_patience():
+    m = StallMonitor(10, window=20, warmup_windows=2, patience=3)
+    raised = _feed(m, 400, lambda i: 0.0, lambda i: 1.0)
+    assert [a["kind"] for a in raised] == ["chance"]  # once, however long it lasts
+    # judged from window 3 on; the third bad window in a row is window 5, iteration 100
+    assert raised[0]["iteration"] == 100
+    assert raised[0]["agreement"] < 0.2 and "stopped learning at iteration 100" in raised[0]["message"]
+    assert m.alarms == raised
+
+
+def test_a_rising_loss_raises_the_rising_alarm():
+    m = StallMonitor(10, window=20, warmup_windows=2, patience=3)
+    raised = _feed(m, 400, lambda i: 0.9, lambda i: 1.0 if i < 100 else 3.0)  # agreement fine, loss tripled
+    assert [a["kind"] for a in raised] == ["rising"]
+    assert raised[0]["iteration"] == 160 and raised[0]["loss"] == pytest.approx(3.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(start=st.floats(0.3, 0.9), seed=st.integers(0, 1000))
+def test_a_learning_student_never_raises_an_alarm(start, seed):
+    """Agreement rising from ``start`` to 0.95, loss falling with noise: no alarm."""
+    m = StallMonitor(10)
+    rng = np.random.default_rng(seed)
+    raised = _feed(m, 1000, lambda i: start + (0.95 - start) * i / 1000,
+                   lambda i: float(2.0 * np.exp(-i / 300) + 0.1 + 0.05 * rng.random()), seed)
+    assert raised == []
+
+
+def test_one_bad_window_is_not_a_stall():
+    m = StallMonitor(10, window=20, warmup_windows=2, patience=3)
+    raised = _feed(m, 400, lambda i: 0.0 if 100 <= i < 140 else 0.9, lambda i: 1.0)  # two bad windows only
+    assert raised == []
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return digits_release(tmp_path_factory.mktemp("monitor"), "hinton-small", 40, cov_rank=4, spectral_k=0)
+
+
+def test_a_run_that_cannot_learn_is_reported_while_it_runs_and_can_stop(release):
+    """A student with a learning rate of 1e-12 stays at chance: the run warns during the loop (the log line comes
+    before the loop ends), records the alarm and, with stop_on_stall, ends there."""
+    lines = []
+    cfg = OnlineConfig(method="dafl", iterations=2000, batch_size=32, lr=1e-12, seed=0, options={"nz": 16},
+                       checkpoint_every=1000, stop_on_stall=True)
+    torch.manual_seed(0)
+    r = distill_online(release.model_path, build_model("hinton-tiny", (1, 8, 8), 10), cfg, device="cpu",
+                       progress=False, log=lines.append).report
+    assert [a["kind"] for a in r["stalled"]][:1] == ["chance"] and r["stopped_on_stall"] is True
+    stop = r["stalled"][0]["iteration"]
+    assert r["iterations"] == stop < 2000  # stopped at the alarm, not at the iteration cap
+    assert any(line.startswith("warning: dafl: the student has stopped learning") for line in lines)
+
+
+def test_a_learning_run_records_no_alarm(release):
+    cfg = OnlineConfig(method="dafl", iterations=400, batch_size=32, seed=0, options={"nz": 16}, checkpoint_every=400)
+    torch.manual_seed(0)
+    r = distill_online(release.model_path, build_model("hinton-tiny", (1, 8, 8), 10), cfg, device="cpu",
+                       progress=False).report
+    assert r["stalled"] == [] and r["stopped_on_stall"] is False and r["iterations"] == 400

@@ -83,6 +83,8 @@ class VGGBN(nn.Module):
 
 
 ARCHS = {"resnet8": lambda c, k, s: ResNet8(c, k), "vggbn": lambda c, k, s: VGGBN(c, k, s)}
+# two publishers' habits: plain cross-entropy with Adam (large logits), and SGD with label smoothing (small ones)
+RECIPES = ("adam-ce", "sgd-smooth")
 
 
 def _normalise(x: np.ndarray, name: str) -> torch.Tensor:
@@ -90,14 +92,21 @@ def _normalise(x: np.ndarray, name: str) -> torch.Tensor:
     return (torch.from_numpy(x).float() / 255.0 - mean) / std
 
 
-def train(arch: str, split: dict, name: str, *, epochs: int, seed: int, batch: int = 128, log=print) -> nn.Module:
-    """The publisher's own loop: SGD (Nesterov, 0.9, wd 5e-4), one-cycle lr to 0.1, label smoothing 0.1, crops."""
+def train(arch: str, recipe: str, split: dict, name: str, *, epochs: int, seed: int, batch: int = 128,
+          log=print) -> nn.Module:
+    """The publisher's own loop, random 2-pixel crops. ``adam-ce``: Adam at 1e-3, cross-entropy, cosine decay;
+    ``sgd-smooth``: SGD (Nesterov, 0.9, wd 5e-4), one-cycle lr to 0.1, label smoothing 0.1."""
     torch.manual_seed(seed)
     x, y = split["train"]
     model = ARCHS[arch](x.shape[1], 10, x.shape[-1])
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps = epochs * math.ceil(len(y) / batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
+    if recipe == "sgd-smooth":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    smoothing = 0.1 if recipe == "sgd-smooth" else 0.0
     rng = np.random.default_rng(seed)
     for epoch in range(epochs):
         model.train()
@@ -110,7 +119,7 @@ def train(arch: str, split: dict, name: str, *, epochs: int, seed: int, batch: i
             xb = torch.roll(F.pad(xb, (2, 2, 2, 2)), (int(dy), int(dx)), (2, 3))[..., 2:-2, 2:-2]
             yb = torch.from_numpy(y[idx])
             out = model(xb)
-            loss = F.cross_entropy(out, yb, label_smoothing=0.1)
+            loss = F.cross_entropy(out, yb, label_smoothing=smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -130,12 +139,13 @@ def accuracy(model: nn.Module, xy: tuple[np.ndarray, np.ndarray], name: str) -> 
     return hits / len(y)
 
 
-def make_teacher(data_spec: str, arch: str, exporter: str, keep_batchnorm: bool, work: Path, *, epochs: int = 3,
-                 seed: int = 0, cov_rank: int = 8, log=print) -> dict:
-    """Train (once per data set and architecture), export and release one foreign teacher; returns its files."""
+def make_teacher(data_spec: str, arch: str, recipe: str, exporter: str, keep_batchnorm: bool, work: Path, *,
+                 epochs: int = 3, seed: int = 0, cov_rank: int = 8, log=print) -> dict:
+    """Train (once per data set, architecture and recipe), export and release one foreign teacher; returns its
+    files and facts."""
     data = carve(data_spec)
     name = data.name
-    folder = work / name / arch
+    folder = work / name / f"{arch}-{recipe}"
     weights = folder / "weights.pt"
     folder.mkdir(parents=True, exist_ok=True)
     if weights.is_file():
@@ -144,10 +154,10 @@ def make_teacher(data_spec: str, arch: str, exporter: str, keep_batchnorm: bool,
         model.eval()
         meta = json.loads((folder / "teacher.json").read_text())
     else:
-        log(f"training {arch} on {name} (plain torch, {epochs} epochs)")
+        log(f"training {arch} ({recipe}) on {name} (plain torch, {epochs} epochs)")
         t0 = time.perf_counter()
-        model = train(arch, data.raw, name, epochs=epochs, seed=seed, log=log)
-        meta = {"arch": arch, "epochs": epochs, "seed": seed, "train_minutes": round((time.perf_counter() - t0) / 60, 2),
+        model = train(arch, recipe, data.raw, name, epochs=epochs, seed=seed, log=log)
+        meta = {"arch": arch, "recipe": recipe, "epochs": epochs, "seed": seed, "train_minutes": round((time.perf_counter() - t0) / 60, 2),
                 "validation_accuracy": accuracy(model, data.raw["val"], name),
                 "normalisation": list(NORMALISATION[name])}
         torch.save(model.state_dict(), weights)
@@ -155,7 +165,7 @@ def make_teacher(data_spec: str, arch: str, exporter: str, keep_batchnorm: bool,
         log(f"  {arch}: validation accuracy {meta['validation_accuracy']:.4f}")
     tag = f"{exporter}-{'bn' if keep_batchnorm else 'folded'}"
     rel = folder / tag
-    model_path, sidecar = rel / "teacher.onnx", rel / "teacher.dfkd.h5"
+    model_path, sidecar = rel / f"{tag}.onnx", rel / f"{tag}.dfkd.h5"
     if not sidecar.is_file():
         mean, std = NORMALISATION[name]
         conv = InputConvention(name="custom", norm_mean=(mean,), norm_std=(std,), value_min=0.0, value_max=1.0,
@@ -172,12 +182,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="mnist:" + str(HERE.parent.parent / "shared" / "data" / "fashion-mnist"))
     ap.add_argument("--arch", choices=sorted(ARCHS), default="resnet8")
+    ap.add_argument("--recipe", choices=RECIPES, default="adam-ce")
     ap.add_argument("--exporter", choices=["legacy", "dynamo"], default="dynamo")
     ap.add_argument("--keep-batchnorm", action="store_true")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "foreign")
     args = ap.parse_args(argv)
-    t = make_teacher(args.data, args.arch, args.exporter, args.keep_batchnorm, args.work, epochs=args.epochs)
+    t = make_teacher(args.data, args.arch, args.recipe, args.exporter, args.keep_batchnorm, args.work, epochs=args.epochs)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in t.items() if k != "data"}, indent=1))
     return 0
 

@@ -35,7 +35,7 @@ from ..transfer import TransferWriter
 from .loop import DistillResult
 from .losses import Outputs, get_loss
 from .monitor import StallMonitor
-from .student import evaluate_pair, predict
+from .student import ScaledLogits, evaluate_pair, predict
 
 
 def _optimizer(recipe: dict, params, iterations: int, clock: dict | None = None):
@@ -56,12 +56,15 @@ def _optimizer(recipe: dict, params, iterations: int, clock: dict | None = None)
 def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *, sidecar: str | Path | None = None,
                    device: str = "auto", checkpoint: str | Path | None = None, resume: bool = False,
                    eval_data: DataSource | None = None, save_transfer: str | Path | None = None,
-                   eval_every: int = 0, progress: bool = True, log=None) -> DistillResult:
+                   eval_every: int = 0, eval_split: str | None = None, progress: bool = True, log=None
+                   ) -> DistillResult:
     """Train ``student`` on batches ``cfg.method`` synthesises against ``teacher`` (with ``sidecar`` as prior).
 
     A sidecar that does not validate or is bound to another model is refused before any work.
     ``eval_every`` > 0 also records the student's accuracy on ``eval_data`` every that many
     iterations (a learning curve; the evaluation's time is not counted in the run's seconds).
+    ``eval_split``: the split of ``eval_data`` evaluated (default: ``test`` when it has one, else ``train``);
+    benchmarks choose settings on ``val`` and read ``test`` once per reported row.
     """
     cfg.check()
     cls = get_method(cfg.method)
@@ -70,23 +73,28 @@ def distill_online(teacher: str | Path, student: nn.Module, cfg: OnlineConfig, *
         copy = copy_model(folder, require_file(teacher, "teacher"))
         result = _distill_online(copy, cls, student, cfg, sidecar=sidecar, device=device, checkpoint=checkpoint,
                                  resume=resume, eval_data=eval_data, save_transfer=save_transfer,
-                                 eval_every=eval_every, progress=progress, log=log)
+                                 eval_every=eval_every, eval_split=eval_split, progress=progress, log=log)
     result.report["teacher"] = str(teacher)
     return result
 
 
 def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, checkpoint, resume, eval_data,
-                    save_transfer, eval_every, progress, log) -> DistillResult:
+                    save_transfer, eval_every, eval_split, progress, log) -> DistillResult:
     dev = resolve_device(device)
     teacher = copy.path
     ctx = SynthesisContext(teacher, sidecar, dev, input_norm=cfg.input_norm)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     method = cls(ctx, dict(cfg.options), gen)
+    scale = float(getattr(method, "logit_scale", 1.0))
     recipe = {**cls.student, **({"lr": cfg.lr} if cfg.lr is not None else {}),
               **({"temperature": cfg.temperature} if cfg.temperature is not None else {}),
               **({"loss": cfg.loss} if cfg.loss is not None else {})}
     loss_fn = get_loss(recipe["loss"])
+    if recipe["loss"] == "l1" and scale != 1.0:
+        student = ScaledLogits(student, scale)
+    else:
+        scale = 1.0
     student.to(dev)
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
@@ -110,8 +118,10 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     convention = from_domain(ctx.input_domain)
     curve_feed = Feed(convention, ctx.input_shape)
     curve_x = curve_y = None
+    if eval_data is not None and eval_split is None:
+        eval_split = "test" if eval_data.has_split("test") else "train"
     if eval_every and eval_data is not None:
-        curve_x, curve_y = eval_data.arrays("test" if eval_data.has_split("test") else "train", feed=curve_feed)
+        curve_x, curve_y = eval_data.arrays(eval_split, feed=curve_feed)
     bar = progress_bar(range(start, cfg.iterations), desc=f"distill {cfg.method}", unit="it", enabled=progress,
                        initial=start, total=cfg.iterations)
     t0, losses_seen, done = time.perf_counter(), [], start
@@ -125,7 +135,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
                 x, t = torch.cat([x, xg]), torch.cat([t, ctx.teacher_logits(xg)])
             student.train()
             out = student(x)
-            loss = loss_fn(Outputs(out), Outputs(t), recipe["temperature"])
+            loss = loss_fn(Outputs(out), Outputs(t), recipe["temperature"]) / scale
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(cfg.method, next(
                     (what for what, v in (("the synthesised inputs", x), ("the teacher's logits", t),
@@ -179,7 +189,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     report = {"settings": run["config"], "method": cfg.method, "student_recipe": recipe,
               "method_settings": method.opt, "sidecar": str(sidecar) if sidecar is not None else None,
               "context": ctx.describe(), "gaussian_per_batch": n_gauss, "teacher": str(teacher),
-              "student_dropout": dropout,
+              "student_dropout": dropout, "logit_scale": scale,
               "input_convention": {"name": convention.name, "source": convention.source,
                                    "norm_mean": list(convention.norm_mean), "norm_std": list(convention.norm_std)},
               "teacher_sha256": run["teacher_sha256"], "iterations": done, "budget_minutes": cfg.minutes,
@@ -187,8 +197,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
               "stalled": monitor.alarms, "stopped_on_stall": bool(cfg.stop_on_stall and monitor.alarms),
               "history": history}
     if eval_data is not None:
-        split = "test" if eval_data.has_split("test") else "train"
-        report.update(evaluate_pair(teacher, student, eval_data, split, dev, Feed(convention, ctx.input_shape)))
+        report.update(evaluate_pair(teacher, student, eval_data, eval_split, dev, Feed(convention, ctx.input_shape)))
     if save_transfer is not None:
         report["saved_transfer"] = str(_save_transfer(save_transfer, method, ctx, cfg, run))
     image = ctx.input_domain.get("image_shape")

@@ -40,6 +40,20 @@ def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: i
                            for i in range(0, len(x), batch_size)])
 
 
+class ScaledLogits(nn.Module):
+    """A student whose logits are its network's outputs times a fixed ``scale``: trained with an L1 loss divided by
+    ``scale``, the network learns the teacher's logits in units of their spread, so one learning rate serves
+    teachers of any logit scale, and the student still answers in the teacher's units (the scale is exported)."""
+
+    def __init__(self, net: nn.Module, scale: float):
+        super().__init__()
+        self.net = net
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.scale
+
+
 def evaluate_pair(teacher: str | Path, student: nn.Module, data: DataSource, split: str, device: torch.device,
                   feed: Feed) -> dict:
     """Top-1 accuracy of teacher and student on labelled data fed through ``feed``, and their agreement."""

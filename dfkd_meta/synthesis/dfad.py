@@ -20,7 +20,7 @@ from .base import Method
 class DFAD(Method):
     """DFAD: a generator that maximises the teacher-student L1 discrepancy, 5 student steps per generator step."""
 
-    defaults = {"lr_g": 1e-3, "nz": 256, "ngf": 16, "student_steps": 5, "feature": 1.0}
+    defaults = {"lr_g": 1e-3, "nz": 256, "ngf": 16, "student_steps": 5, "feature": 1.0, "scale_free": 1}
     student = {"loss": "l1", "optimizer": "sgd", "lr": 0.1, "temperature": 1.0}
 
     def __init__(self, ctx, options, gen):
@@ -29,6 +29,16 @@ class DFAD(Method):
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.opt["lr_g"])
         self.taps = ctx.taps()
         self.calls = 0
+        self.logit_scale = self._logit_scale() if self.opt["scale_free"] else 1.0
+
+    @torch.no_grad()
+    def _logit_scale(self, n: int = 512) -> float:
+        """The spread of the teacher's logits on the untrained generator's inputs: the std over classes of each
+        input's logits, averaged. The discrepancy and the student's loss are measured in units of it."""
+        self.generator.train()
+        t = self.ctx.teacher_logits(self.ctx.clip(self.generator(self.noise(n, int(self.opt["nz"])))))
+        scale = float(t.std(1).mean())
+        return scale if scale > 1e-6 and scale == scale else 1.0
 
     def next_batch(self, student, n):
         if self.calls and self.calls % int(self.opt["student_steps"]) == 0:
@@ -43,7 +53,7 @@ class DFAD(Method):
         x = self.ctx.clip(self.generator(self.noise(n, int(self.opt["nz"]))))
         acts = self.ctx.run(x, self.taps)
         t = acts[self.ctx.logits]
-        loss = self.objective({"l1_discrepancy": -losses.l1_discrepancy(student(x), t),
+        loss = self.objective({"l1_discrepancy": -losses.l1_discrepancy(student(x), t) / self.logit_scale,
                                "prior": self.prior_loss(acts, t.detach().argmax(1))})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -157,7 +157,8 @@ def make_teacher(data_spec: str, arch: str, recipe: str, exporter: str, keep_bat
         log(f"training {arch} ({recipe}) on {name} (plain torch, {epochs} epochs)")
         t0 = time.perf_counter()
         model = train(arch, recipe, data.raw, name, epochs=epochs, seed=seed, log=log)
-        meta = {"arch": arch, "recipe": recipe, "epochs": epochs, "seed": seed, "train_minutes": round((time.perf_counter() - t0) / 60, 2),
+        meta = {"arch": arch, "recipe": recipe, "epochs": epochs, "seed": seed,
+                "train_minutes": round((time.perf_counter() - t0) / 60, 2),
                 "validation_accuracy": accuracy(model, data.raw["val"], name),
                 "normalisation": list(NORMALISATION[name])}
         torch.save(model.state_dict(), weights)

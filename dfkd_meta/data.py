@@ -159,7 +159,7 @@ class DataSource:
     def has_split(self, split: str) -> bool:
         return split in self.raw
 
-    def with_validation(self, size: int, seed: int = 0) -> "DataSource":
+    def with_validation(self, size: int, seed: int = 0) -> DataSource:
         """A copy whose train split is cut in two: ``val``, ``size`` examples drawn at random (``seed``; the same
         on every machine), and ``train``, the rest in their original order. Teachers and sidecars made from
         ``train`` never see ``val``, so settings chosen on it leave ``test`` unread until a result is reported."""

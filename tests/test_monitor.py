@@ -1,5 +1,8 @@
-"""The stall monitor: a student that stops learning is reported while the run goes on, a learning one never is."""
+"""The online loop's guards: a student that stops learning is reported while the run goes on (a learning one
+never is), and DFAD is indifferent to the teacher's logit scale."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,3 +97,45 @@ def test_a_learning_run_records_no_alarm(release):
     r = distill_online(release.model_path, build_model("hinton-tiny", (1, 8, 8), 10), cfg, device="cpu",
                        progress=False).report
     assert r["stalled"] == [] and r["stopped_on_stall"] is False and r["iterations"] == 400
+
+
+def _scaled_teacher(src: Path, dst: Path, factor: float) -> Path:
+    """The teacher of ``src`` with its logits multiplied by ``factor`` (same classifier, another logit scale)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    out = m.graph.output[0].name
+    last = next(n for n in m.graph.node if out in n.output)
+    last.output[list(last.output).index(out)] = "unscaled_logits"
+    m.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "logit_factor"))
+    m.graph.node.append(helper.make_node("Mul", ["unscaled_logits", "logit_factor"], [out]))
+    onnx.save(m, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("factor", [5.0, 0.2])
+def test_dfad_learns_the_same_student_whatever_the_teachers_logit_scale(release, tmp_path, factor):
+    """DFAD measures its discrepancy in units of the teacher's logit spread: on a teacher whose logits are scaled by
+    ``factor`` the student's network learns the same weights (to float rounding), and the student answers in the
+    scaled teacher's units. Without the scale (scale_free=0) the two runs part ways."""
+    scaled = _scaled_teacher(release.model_path, tmp_path / "scaled.onnx", factor)
+
+    def run(teacher, scale_free=1):
+        torch.manual_seed(0)
+        cfg = OnlineConfig(method="dfad", iterations=30, batch_size=32, seed=0, checkpoint_every=30,
+                           options={"nz": 16, "student_steps": 2, "scale_free": scale_free})
+        return distill_online(teacher, build_model("hinton-tiny", (1, 8, 8), 10), cfg, device="cpu", progress=False)
+
+    base, other = run(release.model_path), run(scaled)
+    assert other.report["logit_scale"] == pytest.approx(factor * base.report["logit_scale"], rel=1e-4)
+    for p, q in zip(base.student.net.parameters(), other.student.net.parameters()):
+        torch.testing.assert_close(q, p, rtol=2e-3, atol=2e-4)
+    x = torch.rand(16, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(other.student(x), factor * base.student(x), rtol=1e-2, atol=1e-2)
+    plain, plain_scaled = run(release.model_path, 0), run(scaled, 0)
+    assert plain.report["logit_scale"] == 1.0
+    pairs = zip(plain.student.parameters(), plain_scaled.student.parameters())
+    diff = max(float((p - q).detach().abs().max()) for p, q in pairs)
+    assert diff > 1e-3

@@ -1,0 +1,235 @@
+"""The sidecar's claim under the protocol of benchmarks/protocol.py (not a test; run by hand, resumable).
+
+    python benchmarks/claim.py --teacher fashion-resnet8 --methods dfad fast --variants none bn sidecar bn+sidecar \\
+        --minutes 5 --seeds 0 1 2                      # reported rows: read the test split once each
+    python benchmarks/claim.py --teacher fashion-lenet5 --methods dfad --variants sidecar --minutes 3 \\
+        --split val --set gaussian_mix=0.5              # choosing a setting: validation split only
+    python benchmarks/claim.py --table                 # the results files' tables
+
+Teachers: ``*-lenet5`` and ``mnist-hinton1200`` are trained by ``dfkd-meta``'s own trainer; ``*-resnet8``
+and ``fashion-vggbn`` by plain torch code written as a publisher elsewhere would (benchmarks/foreign.py),
+each exported by one torch exporter, with BatchNorm folded and kept. Every teacher and sidecar is
+made from the training files less the validation split. ``fashion-vggbn`` is the pair no setting
+was ever chosen on: it runs with defaults only, and is reported as such.
+
+Variants of a row (the only differences between compared rows):
+- ``none``: the teacher file as exported (BatchNorm folded), no metadata;
+- ``bn``: the teacher with its BatchNormalization nodes kept, so methods get their BN term;
+- ``sidecar``: the folded teacher with its sidecar (moment prior, first-layer Gaussian share, class prior);
+- ``bn+sidecar``: both;
+- ``sidecar-moments`` / ``sidecar-gaussian``: the sidecar with only its moment prior (no Gaussian share) or
+  only its Gaussian share (moment weight 0): what each part of the sidecar gives.
+
+Each row runs the online loop under the clock (``--minutes``), records minutes, iterations and teacher
+examples, and is merged into the results file by its key (split, teacher, method, variant, budget,
+seed, extra settings); a row already there is skipped unless it overran its budget by more than 10 %
+(then it is rerun) or ``--rerun``. Rows in one seed run in alternating order (protocol.order).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import foreign  # noqa: E402
+from protocol import SHARED, VALIDATION_SEED, VALIDATION_SIZE, carve, order, overran  # noqa: E402
+
+from dfkd_meta.config import OnlineConfig  # noqa: E402
+from dfkd_meta.device import retain_freed_memory  # noqa: E402
+from dfkd_meta.distill import distill_online  # noqa: E402
+from dfkd_meta.models import build_model, hidden_dropout_keep_probs  # noqa: E402
+from dfkd_meta.onnx.torch_export import export_onnx  # noqa: E402
+from dfkd_meta.stats.export import export_release  # noqa: E402
+from dfkd_meta.train import train_teacher  # noqa: E402
+
+MNIST, FASHION = f"mnist:{SHARED / 'mnist'}", f"mnist:{SHARED / 'fashion-mnist'}"
+# name: (data, resize, student, source); source "own": (arch, epochs); "foreign": (arch, recipe, exporter)
+TEACHERS = {
+    "mnist-lenet5": (MNIST, 32, "lenet5-half", ("own", "lenet5", 8)),
+    "fashion-lenet5": (FASHION, 32, "lenet5-half", ("own", "lenet5", 8)),
+    "mnist-hinton1200": (MNIST, None, "hinton800-plain", ("own", "hinton1200", 8)),
+    "fashion-resnet8": (FASHION, None, "lenet5-half", ("foreign", "resnet8", "adam-ce", "dynamo")),
+    "mnist-resnet8": (MNIST, None, "lenet5-half", ("foreign", "resnet8", "adam-ce", "legacy")),
+    "fashion-vggbn": (FASHION, None, "lenet5-half", ("foreign", "vggbn", "sgd-smooth", "legacy")),
+}
+NEVER_TUNED = {"fashion-vggbn"}
+VARIANTS = ("none", "bn", "sidecar", "bn+sidecar", "sidecar-moments", "sidecar-gaussian")
+COV_RANK = 8  # as a publisher would export (`dfkd-meta export --cov-rank 8`)
+WORK = HERE.parent / "runs" / "claim"
+
+
+def release(name: str, batchnorm: bool, log) -> tuple[object, Path, Path]:
+    """(data with its validation split, teacher file, sidecar) for ``name``, made once under ``WORK``."""
+    spec, resize, _, source = TEACHERS[name]
+    if source[0] == "foreign":
+        _, arch, recipe, exporter = source
+        made = foreign.make_teacher(spec, arch, recipe, exporter, batchnorm, WORK / "foreign", log=log,
+                                    cov_rank=COV_RANK)
+        return made["data"], made["model"], made["sidecar"]
+    if batchnorm:
+        raise SystemExit(f"{name}: trained without BatchNorm; the bn variants apply to the residual teachers")
+    _, arch, epochs = source
+    data = carve(spec, resize)
+    folder = WORK / "own" / name
+    rel = folder / "release"
+    if not (rel / "teacher.dfkd.h5").is_file():
+        log(f"training {arch} on {data.name} less its validation split ({epochs} epochs) and exporting its release")
+        torch.manual_seed(0)
+        trained = train_teacher(build_model(arch, data.input_shape, data.num_classes), data, epochs=epochs,
+                                device="cpu", progress=False)
+        path = export_onnx(trained.model, data.input_shape, folder / "teacher.onnx", convention=trained.convention,
+                           dropout_keep=hidden_dropout_keep_probs(trained.model))
+        export_release(path, data, rel, cov_rank=COV_RANK, progress=False, overwrite=True)
+    return data, rel / "teacher.onnx", rel / "teacher.dfkd.h5"
+
+
+def variant_files(name: str, variant: str, log) -> tuple[object, Path, Path | None, dict]:
+    """The data, teacher file, sidecar (or None) and loop settings that make ``variant``."""
+    data, model, sidecar = release(name, variant.startswith("bn"), log)
+    extra = {"sidecar-moments": {"gaussian_mix": 0.0}, "sidecar-gaussian": {"options": {"feature": 0.0}}}.get(variant, {})
+    return data, model, sidecar if "sidecar" in variant else None, extra
+
+
+def run_row(name: str, method: str, variant: str, minutes: float, seed: int, split: str, settings: dict, log) -> dict:
+    data, model, sidecar, extra = variant_files(name, variant, log)
+    student_arch = TEACHERS[name][2]
+    options = {**extra.get("options", {}), **settings.get("options", {})}
+    fields = {k: v for k, v in {**extra, **settings}.items() if k != "options"}
+    cfg = OnlineConfig(method=method, iterations=10_000_000, minutes=minutes, seed=seed, options=options,
+                       checkpoint_every=100, **fields)
+    torch.manual_seed(seed)
+    student = build_model(student_arch, data.input_shape, data.num_classes)
+    t0 = time.perf_counter()
+    # the curve is read on the validation split; the row's reported number on `split`, once, at the end
+    r = distill_online(model, student, cfg, sidecar=sidecar, device="cpu", eval_data=data, eval_split=split,
+                       progress=False, log=lambda m: log("  " + m)).report
+    wall = time.perf_counter() - t0
+    loop_minutes = r["distill_seconds"] / 60
+    return {"accuracy": r["student_accuracy"], "agreement": r["agreement"], "teacher_accuracy": r["teacher_accuracy"],
+            "split": split, "minutes": round(loop_minutes, 3), "budget_minutes": minutes,
+            "setup_and_eval_minutes": round(wall / 60 - loop_minutes, 3), "overran": overran(loop_minutes, minutes),
+            "iterations": r["iterations"], "teacher_forward_examples": r["teacher_forward_examples"],
+            "stalled": r["stalled"], "logit_scale": r.get("logit_scale", 1.0), "settings": r["settings"],
+            "method_settings": r["method_settings"], "student_recipe": r["student_recipe"],
+            "gaussian_per_batch": r["gaussian_per_batch"], "context": r["context"], "student": student_arch,
+            "teacher_file": str(model.relative_to(HERE.parent)), "never_tuned": name in NEVER_TUNED,
+            "history": [h for h in r["history"] if "loss" in h]}
+
+
+def row_key(split, name, method, variant, minutes, seed, settings) -> str:
+    tag = json.dumps(settings, sort_keys=True) if settings else "defaults"
+    return f"{split}|{name}|{method}|{variant}|{minutes:g}|{seed}|{tag}"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"protocol": PROTOCOL, "rows": {}}
+
+
+def save(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+PROTOCOL = {"validation_size": VALIDATION_SIZE, "validation_seed": VALIDATION_SEED, "overrun_rerun": 0.10,
+            "budget": "the online loop's clock (distill --minutes); setup and evaluation outside it",
+            "order": "variants in the given order on even seeds, reversed on odd seeds", "cov_rank": COV_RANK}
+
+
+def table(results: dict) -> str:
+    lines = ["| split | teacher | method | variant | settings | budget min | seeds | accuracy | min..max | minutes | "
+             "iterations | teacher examples | stalled |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    groups: dict[tuple, list] = {}
+    for key, row in results["rows"].items():
+        split, name, method, variant, minutes, _seed, tag = key.split("|")
+        groups.setdefault((split, name, method, variant, tag, minutes), []).append(row)
+    for (split, name, method, variant, tag, minutes), rows in sorted(groups.items()):
+        acc = np.array([r["accuracy"] for r in rows])
+        lines.append(f"| {split} | {name}{' (never tuned)' if name in NEVER_TUNED else ''} | {method} | {variant} | "
+                     f"{tag} | {minutes} | {len(rows)} | {acc.mean():.4f} | {acc.min():.4f}..{acc.max():.4f} | "
+                     f"{np.mean([r['minutes'] for r in rows]):.2f} | {int(np.mean([r['iterations'] for r in rows])):,} "
+                     f"| {int(np.mean([r['teacher_forward_examples'] for r in rows])):,} | "
+                     f"{sum(bool(r['stalled']) for r in rows)} |")
+    return "\n".join(lines)
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """``gaussian_mix=0.5``, ``lr=0.05`` (OnlineConfig fields) or ``feature=10`` (method options)."""
+    fields = {f for f in OnlineConfig.__dataclass_fields__}
+    out: dict = {}
+    for p in pairs:
+        k, _, v = p.partition("=")
+        if k in fields:
+            out[k] = float(v)
+        else:
+            out.setdefault("options", {})[k] = float(v)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", choices=sorted(TEACHERS))
+    ap.add_argument("--methods", nargs="+", default=["dfad"])
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=["none", "sidecar"])
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--split", choices=["val", "test"], default="test",
+                    help="val: choosing settings (results/claim-val.json); test: reported rows (results/claim.json)")
+    ap.add_argument("--set", dest="settings", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--table", action="store_true")
+    ap.add_argument("--prepare", action="store_true", help="only train and export the teacher's releases")
+    args = ap.parse_args(argv)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    paths = {"test": HERE / "results" / "claim.json", "val": HERE / "results" / "claim-val.json"}
+    if args.table:
+        for split, path in paths.items():
+            print(f"\n{split}:\n{table(load(path))}")
+        return 0
+    if args.teacher is None:
+        ap.error("--teacher is required")
+    if args.teacher in NEVER_TUNED and (args.settings or args.split == "val"):
+        ap.error(f"{args.teacher} is the pair no setting is chosen on: defaults only, test split")
+    if args.prepare:
+        for variant in args.variants:
+            variant_files(args.teacher, variant, log)
+        return 0
+    retain_freed_memory()
+    settings = parse_settings(args.settings)
+    out = paths[args.split]
+    results = load(out)
+    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+               "processor": platform.processor() or platform.machine()}
+    for seed in args.seeds:
+        for method in args.methods:
+            for variant in order(args.variants, seed):
+                key = row_key(args.split, args.teacher, method, variant, args.minutes, seed, settings)
+                done = results["rows"].get(key)
+                if done is not None and not args.rerun and not done.get("overran"):
+                    continue
+                log(f"{key}: running")
+                row = run_row(args.teacher, method, variant, args.minutes, seed, args.split, settings, log)
+                results["rows"][key] = {**row, "date": dt.date.today().isoformat(), "machine": machine}
+                save(out, results)
+                log(f"{key}: {row['accuracy']:.4f} ({row['minutes']:.2f} min, {row['iterations']} iterations"
+                    f"{', OVERRAN: rerun it' if row['overran'] else ''}"
+                    f"{', stalled' if row['stalled'] else ''})")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

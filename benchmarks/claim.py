@@ -51,6 +51,7 @@ from dfkd_meta.distill import distill_online  # noqa: E402
 from dfkd_meta.models import build_model, hidden_dropout_keep_probs  # noqa: E402
 from dfkd_meta.onnx.torch_export import export_onnx  # noqa: E402
 from dfkd_meta.stats.export import export_release  # noqa: E402
+from dfkd_meta.synthesis import METHODS  # noqa: E402
 from dfkd_meta.train import train_teacher  # noqa: E402
 
 MNIST, FASHION = f"mnist:{SHARED / 'mnist'}", f"mnist:{SHARED / 'fashion-mnist'}"
@@ -104,7 +105,11 @@ def variant_files(name: str, variant: str, log) -> tuple[object, Path, Path | No
 def run_row(name: str, method: str, variant: str, minutes: float, seed: int, split: str, settings: dict, log) -> dict:
     data, model, sidecar, extra = variant_files(name, variant, log)
     student_arch = TEACHERS[name][2]
-    options = {**extra.get("options", {}), **settings.get("options", {})}
+    if variant == "sidecar-moments":  # no draw from the first-layer Gaussian anywhere, DeepInversion's start included
+        extra = {**extra, "options": {"gaussian_init": 0}}
+    known = METHODS[method].defaults
+    # the variant's options apply where the method has them; the user's are passed on (an unknown one is refused)
+    options = {**{k: v for k, v in extra.get("options", {}).items() if k in known}, **settings.get("options", {})}
     fields = {k: v for k, v in {**extra, **settings}.items() if k != "options"}
     cfg = OnlineConfig(method=method, iterations=10_000_000, minutes=minutes, seed=seed, options=options,
                        checkpoint_every=100, **fields)
@@ -166,6 +171,75 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+TARGETS = [  # (teacher, method, budget, better variant, worse variant, margin): issue 30's targets
+    ("fashion-resnet8", "dfad", "5", "bn+sidecar", "bn", 0.01), ("fashion-resnet8", "fast", "5", "bn+sidecar", "bn", 0.01),
+    ("fashion-resnet8", "dfad", "5", "sidecar", "bn", 0.0), ("fashion-resnet8", "fast", "5", "sidecar", "bn", 0.0),
+    ("mnist-lenet5", "dfad", "10", "sidecar", "none", 0.005), ("mnist-hinton1200", "dfad", "10", "sidecar", "none", 0.005),
+]
+
+
+def targets(results: dict) -> str:
+    """Each target met or not, on the test rows there are (mean over seeds; the worst seed of the better variant
+    against the best of the worse one says whether the gap is beyond the seeds' spread)."""
+    rows: dict[tuple, list] = {}
+    for key, row in results["rows"].items():
+        split, name, method, variant, minutes, _seed, tag = key.split("|")
+        if split == "test" and tag == "defaults":
+            rows.setdefault((name, method, minutes, variant), []).append(row["accuracy"])
+    lines = ["| teacher | method | budget min | target | measured | seeds | beyond the spread | met |",
+             "| --- | --- | ---: | --- | --- | ---: | --- | --- |"]
+    for name, method, minutes, better, worse, margin in TARGETS:
+        a, b = rows.get((name, method, minutes, better)), rows.get((name, method, minutes, worse))
+        if not a or not b:
+            lines.append(f"| {name} | {method} | {minutes} | {better} >= {worse} + {margin:.1%} | not run yet | | | |")
+            continue
+        gap = np.mean(a) - np.mean(b)
+        lines.append(f"| {name} | {method} | {minutes} | {better} >= {worse} + {margin:.1%} | {np.mean(a):.4f} vs "
+                     f"{np.mean(b):.4f} ({gap:+.4f}) | {min(len(a), len(b))} | "
+                     f"{'yes' if min(a) > max(b) else 'no'} | {'yes' if gap >= margin else 'no'} |")
+    foreign_rows = [(k, r) for k, r in results["rows"].items()
+                    if k.split("|")[0] == "test" and k.split("|")[1] in FOREIGN and k.split("|")[2] == "dfad"
+                    and k.split("|")[3] == "sidecar" and k.split("|")[4] == "3" and k.split("|")[6] == "defaults"]
+    for key, row in sorted(foreign_rows):
+        name = key.split("|")[1]
+        lines.append(f"| {name}{' (never tuned)' if name in NEVER_TUNED else ''} | dfad | 3 | sidecar, defaults >= 70 % | "
+                     f"{row['accuracy']:.4f} | 1 | | {'yes' if row['accuracy'] >= 0.70 else 'no'} |")
+    return "\n".join(lines)
+
+
+def choices(val: dict) -> str:
+    """The validation runs, grouped by what was compared: one line per setting tried."""
+    groups: dict[tuple, list] = {}
+    for key, row in val["rows"].items():
+        _split, name, method, variant, minutes, seed, tag = key.split("|")
+        groups.setdefault((name, method, variant, minutes), []).append((tag, seed, row))
+    lines = ["| teacher | method | variant | budget min | setting | seed | validation accuracy | iterations |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for (name, method, variant, minutes), rows in sorted(groups.items()):
+        for tag, seed, row in sorted(rows, key=lambda r: (r[0], r[1])):
+            lines.append(f"| {name} | {method} | {variant} | {minutes} | {tag} | {seed} | {row['accuracy']:.4f} | "
+                         f"{row['iterations']:,} |")
+    return "\n".join(lines)
+
+
+def report(test: dict, val: dict) -> str:
+    """docs/claim.md: the protocol, the targets, the reported rows and the validation runs, from the results files."""
+    import protocol
+
+    return "\n\n".join([
+        "# The sidecar's claim, under the protocol\n\nGenerated by `python benchmarks/claim.py --report` from "
+        "`benchmarks/results/claim.json` (reported rows, test split) and `claim-val.json` (validation runs); "
+        "do not edit by hand.",
+        "## Protocol\n\n" + protocol.__doc__.split("\n", 1)[1].strip(),
+        "## Targets\n\n" + targets(test),
+        "## Reported rows (test split, read once per row)\n\n" + table(test),
+        "## Settings chosen on the validation split\n\n" + choices(val),
+    ]) + "\n"
+
+
+FOREIGN = {name for name, spec in TEACHERS.items() if spec[3][0] == "foreign"}
+
+
 def parse_settings(pairs: list[str]) -> dict:
     """``gaussian_mix=0.5``, ``lr=0.05`` (OnlineConfig fields) or ``feature=10`` (method options)."""
     fields = {f for f in OnlineConfig.__dataclass_fields__}
@@ -191,10 +265,17 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="settings", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--rerun", action="store_true")
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--report", action="store_true", help="write docs/claim.md from the results files")
     ap.add_argument("--prepare", action="store_true", help="only train and export the teacher's releases")
     args = ap.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
     paths = {"test": HERE / "results" / "claim.json", "val": HERE / "results" / "claim-val.json"}
+    if args.report:
+        path = HERE.parent / "docs" / "claim.md"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(report(load(paths["test"]), load(paths["val"])))
+        print(f"wrote {path}")
+        return 0
     if args.table:
         for split, path in paths.items():
             print(f"\n{split}:\n{table(load(path))}")

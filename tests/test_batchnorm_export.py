@@ -62,6 +62,7 @@ def test_with_validation_carves_a_fixed_disjoint_split():
                       raw={"train": (ids, np.arange(1000) % 2), "test": (ids[:10], np.zeros(10, np.int64))})
     carved = data.with_validation(200, seed=3)
     (xt, yt), (xv, yv) = carved.raw["train"], carved.raw["val"]
+    np.testing.assert_array_equal(yt, xt[:, 0].astype(int) % 2)
     assert len(xv) == 200 and len(xt) == 800 and carved.raw["test"] is data.raw["test"]
     assert sorted(np.concatenate([xt, xv])[:, 0]) == list(range(1000))  # disjoint, and nothing lost
     assert list(xt[:, 0]) == sorted(xt[:, 0])  # the rest keep their order

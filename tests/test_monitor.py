@@ -139,3 +139,14 @@ def test_dfad_learns_the_same_student_whatever_the_teachers_logit_scale(release,
     pairs = zip(plain.student.parameters(), plain_scaled.student.parameters())
     diff = max(float((p - q).detach().abs().max()) for p, q in pairs)
     assert diff > 1e-3
+
+
+def test_stop_on_stall_is_refused_outside_method_mode(release, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import main as cli_main
+
+    r = CliRunner().invoke(cli_main, ["distill", "--teacher", str(release.model_path), "--data", "digits",
+                                      "--student", "hinton-tiny", "--stop-on-stall", "-o", str(tmp_path / "s.onnx")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "--stop-on-stall: not used with --data (--stop-on-stall goes with --method)" in r.output

@@ -1,0 +1,51 @@
+"""The claim benchmark's protocol pieces, and the README and docs/claim.md generated from its results files."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_compared_rows_alternate_their_order_and_overruns_are_flagged():
+    protocol = _module("protocol")
+    assert protocol.order(["none", "sidecar"], 0) == ["none", "sidecar"]
+    assert protocol.order(["none", "sidecar"], 1) == ["sidecar", "none"]
+    assert protocol.order(["a", "b", "c"], 2) == ["a", "b", "c"]
+    assert not protocol.overran(5.49, 5.0) and protocol.overran(5.51, 5.0)
+
+
+def test_settings_split_into_loop_fields_and_method_options():
+    claim = _module("claim")
+    assert claim.parse_settings(["gaussian_mix=0.5", "feature=10", "lr=0.05"]) == {
+        "gaussian_mix": 0.5, "lr": 0.05, "options": {"feature": 10.0}}
+    assert claim.row_key("val", "t", "dfad", "sidecar", 3.0, 1, {}) == "val|t|dfad|sidecar|3|1|defaults"
+
+
+def test_readme_and_docs_are_generated_from_the_results_files():
+    """README's claim-targets region and docs/claim.md are what `claim.py --report` writes from the committed
+    results, byte for byte; every reported row read the test split and ran within 10 % of its budget or is
+    marked for a rerun."""
+    claim = _module("claim")
+    test = json.loads((ROOT / "benchmarks" / "results" / "claim.json").read_text())
+    val = json.loads((ROOT / "benchmarks" / "results" / "claim-val.json").read_text())
+    assert claim.readme_text(test) == (ROOT / "README.md").read_text(), "run: python benchmarks/claim.py --report"
+    assert claim.report(test, val) == (ROOT / "docs" / "claim.md").read_text(), "run: python benchmarks/claim.py --report"
+    for key, row in test["rows"].items():
+        assert key.startswith("test|") and row["split"] == "test", key
+        assert row["overran"] == (row["minutes"] > 1.1 * row["budget_minutes"]), key
+    for key, row in val["rows"].items():
+        assert key.startswith("val|") and row["split"] == "val", key

@@ -202,7 +202,8 @@ class OnlineConfig:
     temperature: float | None = None  # KD temperature; None: the method's published setting
     loss: str | None = None  # the student's loss, a name in distill.losses.LOSSES; None: the method's published one
     seed: int = 0
-    gaussian_mix: float = 0.25  # with a sidecar that implies a first-layer Gaussian: share of each batch drawn from it
+    gaussian_mix: float = 0.5  # with a sidecar that implies a first-layer Gaussian: share of each batch drawn from it
+    # (0.5 re-chosen on the validation split, dfad, 3 min: Fashion LeNet-5 0.8458 -> 0.8522, ResNet-8 0.7034 -> 0.7210)
     options: dict[str, float] = field(default_factory=dict)  # the method's own settings, by name
     input_norm: str | None = None  # how the teacher takes raw values (convention spec); None: sidecar, else metadata
     checkpoint_every: int = 100  # student updates between checkpoints

@@ -145,7 +145,7 @@ def test_foreign_teacher_takes_the_sidecar_paths_alike_from_both_exporters(raw_c
         r = distill_online(rel.model_path, SmallBNCNN(), OnlineConfig(method="dfad", iterations=12, batch_size=32),
                            sidecar=rel.sidecar_path, device="cpu", progress=False)
         ctx = r.report["context"]
-        assert ctx["first_layer_gaussian"] and len(ctx["moment_layers"]) == 2 and r.report["gaussian_per_batch"] == 8
+        assert ctx["first_layer_gaussian"] and len(ctx["moment_layers"]) == 2 and r.report["gaussian_per_batch"] == 16
         students[exporter] = [p.detach() for p in r.student.parameters()]
     np.testing.assert_allclose(drawn["legacy"], drawn["dynamo"], rtol=1e-4, atol=1e-4)
     for a, b in zip(students["legacy"], students["dynamo"]):

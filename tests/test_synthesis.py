@@ -117,7 +117,7 @@ def test_method_runs_with_and_without_a_sidecar_and_is_deterministic(release, me
     for result in (plain, prior):  # six steps teach nothing to expect; the reported number must be the student's
         assert result.report["student_accuracy"] == pytest.approx(recomputed_accuracy(result, digits), abs=1e-12)
     assert plain.report["sidecar"] is None and plain.report["gaussian_per_batch"] == 0
-    assert prior.report["context"]["moment_layers"] and prior.report["gaussian_per_batch"] == 4
+    assert prior.report["context"]["moment_layers"] and prior.report["gaussian_per_batch"] == 8
     assert prior.report["context"]["first_layer_gaussian"]
 
 

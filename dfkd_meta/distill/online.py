@@ -150,14 +150,14 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        spent = seconds_before + time.perf_counter() - t0  # one clock reading per step, for the budget and the monitor
         if clock is not None:
-            spent = seconds_before + time.perf_counter() - t0
             clock["progress"], out_of_time = spent / budget, spent >= budget
         sched.step()
         losses_seen.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses_seen[-20:]):.4f}", refresh=False)
         done = it + 1
-        alarm = monitor.update(out, t, losses_seen[-1], done, seconds_before + time.perf_counter() - t0)
+        alarm = monitor.update(out, t, losses_seen[-1], done, spent)
         if alarm is not None:
             if log is not None:
                 log(f"warning: {cfg.method}: {alarm['message']}. The final student will likely be poor; try another "

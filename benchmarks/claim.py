@@ -202,8 +202,10 @@ def targets(results: dict) -> str:
                     and k.split("|")[3] == "sidecar" and k.split("|")[4] == "3" and k.split("|")[6] == "defaults"]
     for key, row in sorted(foreign_rows):
         name = key.split("|")[1]
+        plain = results["rows"].get(key.replace("|sidecar|", "|none|", 1))
+        versus = f" (no metadata: {plain['accuracy']:.4f})" if plain else ""
         lines.append(f"| {name}{' (never tuned)' if name in NEVER_TUNED else ''} | dfad | 3 | sidecar, defaults >= 70 % | "
-                     f"{row['accuracy']:.4f} | 1 | | {'yes' if row['accuracy'] >= 0.70 else 'no'} |")
+                     f"{row['accuracy']:.4f}{versus} | 1 | | {'yes' if row['accuracy'] >= 0.70 else 'no'} |")
     return "\n".join(lines)
 
 

@@ -237,6 +237,22 @@ DEFAULTS_STATUS = """Defaults chosen before the protocol (on test accuracy) and 
   pair's student. The rows below use them as they are."""
 
 
+def teachers(test: dict) -> str:
+    """The teachers of the reported rows: who trained them, how they were exported, their test accuracy."""
+    seen: dict[str, float] = {}
+    for key, row in test["rows"].items():
+        seen.setdefault(key.split("|")[1], row["teacher_accuracy"])
+    lines = ["| teacher | trained by | architecture | exported by | student | teacher test accuracy |",
+             "| --- | --- | --- | --- | --- | ---: |"]
+    for name, accuracy in sorted(seen.items()):
+        spec, _, student, source = TEACHERS[name]
+        by, arch, exporter = (("plain torch code (benchmarks/foreign.py), " + source[2], source[1], source[3])
+                              if source[0] == "foreign" else ("`dfkd-meta train`", source[1], "legacy"))
+        lines.append(f"| {name} | {by} | {arch} | {exporter} (BatchNorm folded; kept for the bn variants) | "
+                     f"{student} | {accuracy:.4f} |")
+    return "\n".join(lines)
+
+
 def report(test: dict, val: dict) -> str:
     """docs/claim.md: the protocol, the targets, the reported rows and the validation runs, from the results files."""
     import protocol
@@ -246,6 +262,7 @@ def report(test: dict, val: dict) -> str:
         "`benchmarks/results/claim.json` (reported rows, test split) and `claim-val.json` (validation runs); "
         "do not edit by hand.",
         "## Protocol\n\n" + protocol.__doc__.split("\n", 1)[1].strip(),
+        "## Teachers\n\n" + teachers(test),
         "## Targets\n\n" + targets(test),
         "## Reported rows (test split, read once per row)\n\n" + table(test),
         "## Settings chosen on the validation split\n\n" + DEFAULTS_STATUS + "\n\n" + choices(val),

@@ -196,7 +196,8 @@ def targets(results: dict) -> str:
         gap = np.mean(a) - np.mean(b)
         lines.append(f"| {name} | {method} | {minutes} | {better} >= {worse} + {margin:.1%} | {np.mean(a):.4f} vs "
                      f"{np.mean(b):.4f} ({gap:+.4f}) | {min(len(a), len(b))} | "
-                     f"{'yes' if min(a) > max(b) else 'no'} | {'yes' if gap >= margin else 'no'} |")
+                     f"{('yes' if min(a) > max(b) else 'no') if min(len(a), len(b)) > 1 else 'n/a (1 seed)'} | "
+                     f"{'yes' if gap >= margin else 'no'} |")
     foreign_rows = [(k, r) for k, r in results["rows"].items()
                     if k.split("|")[0] == "test" and k.split("|")[1] in FOREIGN and k.split("|")[2] == "dfad"
                     and k.split("|")[3] == "sidecar" and k.split("|")[4] == "3" and k.split("|")[6] == "defaults"]

@@ -4,9 +4,11 @@ A generator is trained against the fixed teacher with the one-hot loss (the teac
 confident on its outputs), the activation loss (large penultimate features) and the
 information-entropy loss (balanced classes over the batch); the student is trained jointly on the
 same batch with KD at temperature 1. Settings as the reference code for MNIST: generator
-(DCGAN-style, z of 100) with Adam at lr 0.2, student Adam at lr 2e-3, oh 1, ie 5, a 0.1, batch 512.
-Deviations: outputs are clipped to the input domain when the teacher's raw range is known; the
-student and the generator step on the batch the generator produced before its step (as the
+(DCGAN-style, z of 100) with Adam at lr 0.2, student Adam at lr 2e-3, oh 1, ie 5, a 0.1.
+Deviations: the batch is the loop's (``OnlineConfig.batch_size``, 256 by default; the reference code
+uses 512) and the generator's width ``ngf`` 16 (the reference's 64 costs hundreds of times the
+teacher on a CPU; ``--set ngf=64`` restores it); outputs are clipped to the input domain when the
+teacher's raw range is known; the student and the generator step on the batch the generator produced before its step (as the
 reference code does). With a sidecar: the class-conditional moment term on the teacher's hidden
 layers, classes given by the teacher's argmax, weight ``feature``.
 """

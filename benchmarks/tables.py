@@ -1,0 +1,307 @@
+"""Renderers of the published tables: one named function per generated region, each reading only
+``benchmarks/results/*.json`` (through ``Results``) and returning Markdown.
+
+A renderer is registered with ``@renderer(NAME)``; ``report.py`` fills every
+``<!-- generated: NAME -->`` ... ``<!-- end: NAME -->`` region of README.md and docs/*.md with it.
+Numbers reach the prose only through these functions.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+class Results:
+    """The results files, each read once, by stem (``results["speed"]`` is results/speed.json)."""
+
+    def __init__(self, folder: Path = RESULTS):
+        self.folder, self._cache = Path(folder), {}
+
+    def __getitem__(self, stem: str) -> dict:
+        if stem not in self._cache:
+            path = self.folder / f"{stem}.json"
+            if not path.is_file():
+                raise SystemExit(f"{path}: results file missing; run the benchmark that writes it first")
+            self._cache[stem] = json.loads(path.read_text())
+        return self._cache[stem]
+
+
+RENDERERS: dict[str, Callable[[Results], str]] = {}
+
+
+def renderer(name: str):
+    def register(fn):
+        if name in RENDERERS:
+            raise ValueError(f"renderer {name!r} registered twice")
+        RENDERERS[name] = fn
+        return fn
+    return register
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f} %"
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
+    align = ["---:" if i in right else "---" for i in range(len(header))]
+    return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
+
+
+# --- the demo (benchmarks/demo_seeds.py) ----------------------------------------------------------------------
+
+@renderer("demo-table")
+def demo_table(res: Results) -> str:
+    import demo_seeds
+    return demo_seeds.readme_block(res["demo-fashion"])
+
+
+@renderer("demo-seeds")
+def demo_seeds_summary(res: Results) -> str:
+    import demo_seeds
+    return demo_seeds.seeds_block(res["demo-fashion"])
+
+
+# --- the claim (benchmarks/claim.py) -----------------------------------------------------------------------------
+
+@renderer("claim-targets")
+def claim_targets(res: Results) -> str:
+    import claim
+    return claim.targets(res["claim"])
+
+
+HEADLINE = [  # (label, old results key prefix in online.json, claim.json teacher, budget minutes)
+    ("MNIST, LeNet-5 -> LeNet-5-half", "mnist|lenet|dfad", "mnist-lenet5", "10"),
+    ("Fashion-MNIST, LeNet-5 -> LeNet-5-half", "fashion-mnist|lenet|dfad", "fashion-lenet5", "10"),
+    ("MNIST, hinton1200 -> hinton800-plain", "mnist|mlp-plain|dfad", "mnist-hinton1200", "10"),
+]
+
+
+def _mean_rows(rows: list[dict]) -> str:
+    if not rows:
+        return "not run yet"
+    acc = [r["accuracy"] for r in rows]
+    spread = f" ({min(acc):.4f}..{max(acc):.4f})" if len(acc) > 1 else ""
+    return f"{np.mean(acc):.4f}{spread}"
+
+
+def _minutes(rows: list[dict]) -> str:
+    return f"{np.mean([r['minutes'] for r in rows]):.1f}" if rows else ""
+
+
+@renderer("claim-headline")
+def claim_headline(res: Results) -> str:
+    """DFAD with and without the sidecar: the rows measured before the protocol (results/online.json) beside the
+    rows measured under it (results/claim.json, test split, defaults)."""
+    old, new = res["online"]["rows"], res["claim"]["rows"]
+    rows = []
+    for label, prefix, teacher, budget in HEADLINE:
+        before = {v: [r for k, r in old.items() if k.startswith(f"{prefix}|{v}|{budget}|")] for v in ("no", "yes")}
+        after = {v: [r for k, r in new.items() if k.startswith(f"test|{teacher}|dfad|{v}|{budget}|")
+                     and k.endswith("|defaults")] for v in ("none", "sidecar")}
+        rows.append([label, _mean_rows(before["no"]), _mean_rows(before["yes"]),
+                     f"{_minutes(before['no'])} / {_minutes(before['yes'])}", str(len(before["yes"])),
+                     _mean_rows(after["none"]), _mean_rows(after["sidecar"]),
+                     f"{_minutes(after['none'])} / {_minutes(after['sidecar'])}" if after["none"] else "",
+                     str(min(len(after["none"]), len(after["sidecar"])))])
+    return _table(["pair (dfad, 10 min)", "before: no metadata", "before: sidecar", "before: minutes", "seeds",
+                   "protocol: no metadata", "protocol: sidecar", "protocol: minutes", "seeds"], rows,
+                  right={4, 8})
+
+
+# --- speed (benchmarks/speed.py) ---------------------------------------------------------------------------------
+
+@renderer("speed-machine")
+def speed_machine(res: Results) -> str:
+    s = res["speed"]
+    return (f"Measured on {s['machine']['threads']} threads (torch {s['machine']['torch']}); this machine's fp32 "
+            f"matmul rate {s['matmul_gflops_per_s']:.1f} GFLOP/s, a streaming copy {s['copy_gb_per_s']:.1f} GB/s.")
+
+
+@renderer("speed-reconstruction")
+def speed_reconstruction(res: Results) -> str:
+    s, rows = res["speed"], []
+    target = {"hinton1200": s["targets"]["mlp_reconstruction_fraction"],
+              "lenet5": s["targets"]["lenet_reconstruction_fraction"]}
+    for t in s["teachers"]:
+        for r in t["reconstruction"]:
+            rows.append([t["teacher"], str(r["batch_size"]), _pct(r["fraction_of_matmul_rate"]),
+                         f"{r['conv_gemm_ms']:.1f} / {r['other_ops_ms']:.1f}", _pct(r["ceiling_kernels_only"]),
+                         _pct(r["ceiling_kernels_plus_reads"]), f">= {_pct(target[t['teacher']], 0)}"
+                         if t["teacher"] in target else ""])
+    return _table(["teacher", "batch", "share of the matmul rate", "kernels / other ops, ms per step",
+                   "ceiling: kernels only", "ceiling: kernels + reads", "target"], rows, right={1, 2, 4, 5})
+
+
+@renderer("speed-export")
+def speed_export(res: Results) -> str:
+    s = res["speed"]
+    rows = [[t["teacher"], f"{t['export']['export_examples_per_s']:,.0f}", f"{t['export']['ort_examples_per_s']:,.0f}",
+             f"{t['export']['export_over_ort_throughput']:.2f}x", f"{t['export']['taps_only_over_ort_throughput']:.2f}x",
+             f">= {s['targets']['export_over_ort']:.2f}x"] for t in s["teachers"]]
+    return _table(["teacher", "export examples/s", "ONNX Runtime inference examples/s", "export / inference",
+                   "inference with the taps only / inference", "target"], rows, right={1, 2, 3, 4})
+
+
+@renderer("speed-online")
+def speed_online(res: Results) -> str:
+    s = res["speed"]
+    rows = [[r["method"], str(r["iterations"]), f"{r['loop_s']:.1f}", f"{r['generator_s']:.1f}",
+             _pct(r["fraction_of_matmul_rate"]), _pct(r["ceiling_kernels_only"])]
+            for r in sorted(s["online_lenet5_to_half"], key=lambda r: r["loop_s"])]
+    return _table(["method (LeNet-5 -> half, sidecar)", "iterations", "loop s", "generators s",
+                   "teacher + student, share of the matmul rate", "ceiling: their kernels only"], rows,
+                  right={1, 2, 3, 4, 5}) + (f"\n\nTarget: teacher + student at >= "
+                                            f"{_pct(s['targets']['online_teacher_student_fraction'], 0)}.")
+
+
+@renderer("speed-validation")
+def speed_validation(res: Results) -> str:
+    s = res["speed"]
+    rows = [[f"{v['file_mb']:.0f}", f"{v['seconds']:.2f}", f"{v['rss_above_imports_mb']:.0f}"] for v in s["validation"]]
+    return _table(["sidecar MB", "validation s", "memory above the imports, MB"], rows, right={0, 1, 2}) + \
+        f"\n\nTarget: under {s['targets']['validation_seconds']:.0f} s, memory flat in the file's size."
+
+
+# --- reconstruction on MNIST (benchmarks/quality.py, benchmarks/lopes2017.py) -----------------------------------
+
+@renderer("quality-mnist")
+def quality_mnist(res: Results) -> str:
+    q, rows = res["quality-mnist"], []
+    best = {}
+    for r in q["rows"]:
+        if r.get("accuracy") is not None and not r["method"].startswith(("teacher", "student")):
+            best[r["pair"]] = max(best.get(r["pair"], 0.0), r["accuracy"])
+    for r in q["rows"]:
+        acc = r.get("accuracy")
+        cell = r.get("note", "") if acc is None else (f"**{acc:.4f}**" if acc == best.get(r["pair"]) else f"{acc:.4f}")
+        rows.append([r["pair"], r["method"], cell, _fmt(r.get("agreement"), ".4f"),
+                     _fmt(r.get("reconstruct_seconds"), ".1f"), _fmt(r.get("distill_seconds"), ".1f")])
+    return _table(["pair", "method", "MNIST test accuracy", "agreement with teacher", "reconstruct s", "distill s"],
+                  rows, right={2, 3, 4, 5}) + f"\n\nAll rows: {q['total_seconds'] / 60:.0f} minutes on 2 cores."
+
+
+def _lopes_rows(res: Results, stem: str) -> dict:
+    return res[stem]["rows"]
+
+
+@renderer("lopes2017")
+def lopes2017_table(res: Results) -> str:
+    import lopes2017
+    rows = []
+    for key, r in sorted(_lopes_rows(res, "lopes2017").items()):
+        pair, row = key.split("|")
+        if "[" in row or row == "teacher":
+            continue
+        paper = lopes2017.PAPER[pair].get(row)
+        p, short = r.get("plan"), r.get("short_distillation")
+        rows.append([pair, row, "" if paper is None else f"{paper:.2f}", f"{100 * r['accuracy']:.2f}",
+                     "" if not short else f"{100 * short['accuracy']:.2f}",
+                     f"{p['samples']:,} x {p['steps']}" if p else "",
+                     f"{r.get('reconstruct_minutes', 0):.1f} / {r.get('distill_minutes', 0):.1f}"])
+    teachers = ", ".join(f"{pair} {100 * r['accuracy']:.2f}" for key, r in sorted(_lopes_rows(res, "lopes2017").items())
+                         for pair in [key.split("|")[0]] if key.endswith("|teacher"))
+    return _table(["pair", "objective", "paper", "ours", "ours at 3,000 student steps", "inputs x steps per batch",
+                   "minutes: reconstruct / distil"], rows, right={2, 3, 4}) + f"\n\nTeachers: {teachers}."
+
+
+@renderer("lopes2017-ablations")
+def lopes2017_ablations(res: Results) -> str:
+    rows = _lopes_rows(res, "lopes2017")
+    out = []
+    for key, r in sorted(rows.items()):
+        pair, row = key.split("|")
+        if "[" not in row:
+            continue
+        base_name, ablation = row.split(" [")
+        base = rows.get(f"{pair}|{base_name}")
+        out.append([pair, base_name, ablation.rstrip("]"), r["ablation"], f"{100 * base['accuracy']:.2f}" if base else "",
+                    f"{100 * r['accuracy']:.2f}", f"{r.get('reconstruct_minutes', 0):.1f}"])
+    return _table(["pair", "objective", "ablation", "what changes", "preset", "ablation", "reconstruct minutes"], out,
+                  right={4, 5, 6})
+
+
+@renderer("lopes2017-full-budget")
+def lopes2017_full_budget(res: Results) -> str:
+    import lopes2017
+    cut, full = _lopes_rows(res, "lopes2017"), _lopes_rows(res, "lopes2017_full_budget")
+    out = []
+    for key, r in sorted(full.items()):
+        pair, row = key.split("|")
+        if row in ("teacher", "KD on data"):
+            continue
+        paper = lopes2017.PAPER[pair].get(row)
+        out.append([pair, row, f"{100 * cut[key]['accuracy']:.2f}" if key in cut else "", f"{100 * r['accuracy']:.2f}",
+                    f"{r.get('reconstruct_minutes', 0):.0f}", f"{100 * cut[f'{pair}|all_layers']['accuracy']:.2f}",
+                    "" if paper is None else f"{paper:.2f}"])
+    return _table(["pair", "objective", "cut", "full budget", "reconstruct minutes", "`all_layers`, cut", "paper"],
+                  out, right={2, 3, 4, 5, 6})
+
+
+# --- online rows before the protocol (benchmarks/online.py) -----------------------------------------------------
+
+@renderer("online-history")
+def online_history(res: Results) -> str:
+    import online
+    return online.table(res["online"])
+
+
+# --- reading untrusted files (benchmarks/fuzz.py, benchmarks/read_bounds.py) -----------------------------------
+
+@renderer("fuzz")
+def fuzz_table(res: Results) -> str:
+    rows = []
+    for stem, what in (("fuzz", "sidecars"), ("fuzz-transfer", "transfer files"), ("fuzz-onnx", "ONNX models")):
+        f = res[stem]
+        o = f["outcomes"]
+        rows.append([what, f["date"], f"{f['files']:,}", f"{o.get('accepted', 0):,}", f"{o.get('rejected', 0):,}",
+                     f"{o.get('bound', 0):,}", str(len(f.get("failures", []))), f"{f['files_per_second']:.1f}",
+                     f"{f['peak_child_rss_mib']:.0f} (target {f['memory_target_mib']:.0f})"])
+    return _table(["files fuzzed", "date", "files", "accepted", "rejected by a rule", "stopped by a bound",
+                   "crashes, hangs or internal failures", "files/s", "peak child memory MiB"], rows,
+                  right={2, 3, 4, 5, 6, 7})
+
+
+@renderer("fuzz-rules")
+def fuzz_rules(res: Results) -> str:
+    rules = res["fuzz"]["error_rules"]
+    top = sorted(rules.items(), key=lambda kv: -kv[1])[:8]
+    return "Most frequent rules on the sidecar campaign: " + ", ".join(f"{r} ({n:,} files)" for r, n in top) + "."
+
+
+@renderer("read-bounds")
+def read_bounds(res: Results) -> str:
+    r = res["read_bounds"]
+    rows = [[f"{x['declared_mb']:,.0f}", f"{x['file_mb']:,.2f}", "yes" if x["compressed"] else "no",
+             f"{x['child_cpu_s']:.2f}", f"{x['default_cpu_bound_s']:.1f}", f"{x['margin']:.1f}x"] for x in r["rows"]]
+    b = r["bound"]
+    return _table(["data MB", "file MB", "compressed", "reader CPU s", "bound s", "margin"], rows,
+                  right={0, 1, 3, 4, 5}) + \
+        (f"\n\nThe bound: {b['base_cpu_seconds']:.0f} s plus {b['cpu_seconds_per_gb']:.0f} s per GB of data; "
+         f"every file valid: {'yes' if r['all_valid'] else 'no'}; smallest margin {r['smallest_margin']:.1f}x "
+         f"(measured {r['date']}).")
+
+
+# --- the conformance corpus (fixtures/conformance/expected.json: a fixture, counted, not typed) -----------------
+
+@renderer("conformance-corpus")
+def conformance_corpus(res: Results) -> str:
+    expected = json.loads((HERE.parent / "fixtures" / "conformance" / "expected.json").read_text())
+    invalid = [k for k in expected if k.startswith("invalid/")]
+    schema = [k for k in invalid if k.startswith("invalid/schema_")]
+    rules = sorted({r for v in expected.values() for r in v["rules"]})
+    return (f"The conformance corpus in `fixtures/conformance/` holds {len(expected) - len(invalid)} valid sidecars "
+            f"with their tiny ONNX models and {len(invalid)} invalid files (each hostile HDF5 feature, truncation, "
+            f"wrong versions, missing items, wrong dtypes and shapes, NaN, negative std, hash mismatches, ...; "
+            f"{len(schema)} of them derived from the schema: a required attribute of every element type deleted or "
+            f"of the wrong kind), {len(rules)} rule ids in all. `expected.json` gives the exact rule ids each must "
+            "produce; `python fixtures/make_conformance.py` regenerates the corpus byte for byte.")

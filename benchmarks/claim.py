@@ -229,13 +229,13 @@ DEFAULTS_STATUS = """Defaults chosen before the protocol (on test accuracy) and 
 
 - `--gaussian-mix` (the share of each batch drawn from the sidecar's first-layer Gaussian): 0.25 before,
   **re-chosen on validation: 0.5** (dfad, 3 minutes, seed 0, on the project's Fashion LeNet-5 and the
-  Fashion ResNet-8 trained elsewhere; both rows below).
+  Fashion ResNet-8 trained elsewhere; the validation runs in docs/claim.md).
 - DFAD's discrepancy in units of the teacher's logit spread (`scale_free`, new): chosen by its cause (a
   teacher with 5x larger logits collapsed to chance with the raw L1; with the scale it learns the same
   student), not by accuracy.
 - Not yet re-checked on validation: the moment-prior weights (`feature`: dfad and dafl 1, the bank methods
   10), the students' learning rates (dfad 0.1; the bank methods 0.01), and `hinton800-plain` as the MLP
-  pair's student. The rows below use them as they are."""
+  pair's student. The reported rows use them as they are."""
 
 
 def teachers(test: dict) -> str:

@@ -79,6 +79,13 @@ def claim_targets(res: Results) -> str:
     return claim.targets(res["claim"])
 
 
+@renderer("claim-defaults")
+def claim_defaults(res: Results) -> str:
+    """Which defaults chosen before the protocol were re-chosen or confirmed on the validation split."""
+    import claim
+    return claim.DEFAULTS_STATUS
+
+
 HEADLINE = [  # (label, old results key prefix in online.json, claim.json teacher, budget minutes)
     ("MNIST, LeNet-5 -> LeNet-5-half", "mnist|lenet|dfad", "mnist-lenet5", "10"),
     ("Fashion-MNIST, LeNet-5 -> LeNet-5-half", "fashion-mnist|lenet|dfad", "fashion-lenet5", "10"),
@@ -305,3 +312,21 @@ def conformance_corpus(res: Results) -> str:
             f"{len(schema)} of them derived from the schema: a required attribute of every element type deleted or "
             f"of the wrong kind), {len(rules)} rule ids in all. `expected.json` gives the exact rule ids each must "
             "produce; `python fixtures/make_conformance.py` regenerates the corpus byte for byte.")
+
+
+# --- speed beside the authors' code (benchmarks/reference_speed.py) ---------------------------------------------
+
+@renderer("reference-speed")
+def reference_speed(res: Results) -> str:
+    r = res["reference-speed"]
+    rows = []
+    for row in r["rows"]:
+        theirs = row.get("reference_seconds_per_iteration", row.get("reference_seconds_per_input_step"))
+        mine = row["ours"].get("seconds_per_input_step", row["ours"]["seconds_per_iteration"])
+        unit = "input step" if "reference_seconds_per_input_step" in row else "student update"
+        rows.append([row["method"], row["reference"].split(": ")[0].split("@")[0],
+                     f"{row['teacher']}; {row['student']}; batch {row['batch']}", unit, f"{theirs:.3f}", f"{mine:.3f}",
+                     f"{row['ours_over_reference']:.2f}x"])
+    return _table(["method", "reference code", "teacher; student; batch", "per", "reference s", "ours s",
+                   "ours / reference"], rows, right={4, 5, 6}) + \
+        f"\n\nMeasured {r['date']} on {r['machine']['threads']} threads, torch {r['machine']['torch']}, one after the other."

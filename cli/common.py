@@ -113,8 +113,9 @@ class Group(click.Group):
 
 
 DATA_HELP = ("digits (bundled 8x8 digits), fashion-demo (the 2,000 Fashion-MNIST test images shipped with the demo "
-             "release, evaluation only), mnist:DIR (MNIST-layout IDX folder) or npz:FILE (x images or feature "
-             "vectors, y labels).")
+             "release, evaluation only), mnist:DIR (MNIST-layout IDX folder), npz:FILE (x images or feature "
+             "vectors, y labels) or imagefolder:DIR (DIR/<class>/<image> or DIR/train/<class>/..., PNG, JPEG, BMP "
+             "or WebP, decoded batch by batch).")
 CONVENTION_HELP = CONVENTION_CHOICES
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

@@ -150,3 +150,20 @@ def test_stop_on_stall_is_refused_outside_method_mode(release, tmp_path):
                                       "--student", "hinton-tiny", "--stop-on-stall", "-o", str(tmp_path / "s.onnx")])
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
     assert "--stop-on-stall: not used with --data (--stop-on-stall goes with --method)" in r.output
+
+
+def test_the_logit_scale_probe_leaves_the_generator_as_initialised(release):
+    """The probe runs the generator in train mode once; its BatchNorm running statistics must not keep that pass
+    (they are what the generator uses in eval mode, for --save-transfer)."""
+    from dfkd_meta.synthesis import get_method
+    from dfkd_meta.synthesis.context import SynthesisContext
+
+    ctx = SynthesisContext(release.model_path, None, torch.device("cpu"))
+    method = get_method("dfad")(ctx, {"nz": 16}, torch.Generator().manual_seed(0))
+    assert method.logit_scale > 0 and method.logit_scale != 1.0
+    norms = [m for m in method.generator.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    for bn in norms:
+        assert int(bn.num_batches_tracked) == 0
+        torch.testing.assert_close(bn.running_mean, torch.zeros_like(bn.running_mean))
+        torch.testing.assert_close(bn.running_var, torch.ones_like(bn.running_var))

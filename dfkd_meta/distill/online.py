@@ -127,6 +127,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     t0, losses_seen, done = time.perf_counter(), [], start
     out_of_time = budget is not None and seconds_before >= budget  # a resumed run whose budget is spent
     last_saved = start if resume else None
+    stopped_on_stall = False  # this run ended on the monitor's alarm (not an alarm restored from a checkpoint)
     for it in (() if out_of_time else bar):
         try:
             x, t = method.next_batch(student, cfg.batch_size - n_gauss)
@@ -163,7 +164,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
                 log(f"warning: {cfg.method}: {alarm['message']}. The final student will likely be poor; try another "
                     "method, lower learning rates (--lr, --set lr_g=...), or check the teacher's input convention")
             if cfg.stop_on_stall:
-                out_of_time = True  # ends the loop after this iteration's checkpoint, like a spent budget
+                out_of_time = stopped_on_stall = True  # ends the loop after this iteration's checkpoint, like a spent budget
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
             history.append({"iteration": done, "loss": float(np.mean(losses_seen[-cfg.checkpoint_every:])),
                             "teacher_examples": ctx.teacher_examples,
@@ -194,7 +195,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
                                    "norm_mean": list(convention.norm_mean), "norm_std": list(convention.norm_std)},
               "teacher_sha256": run["teacher_sha256"], "iterations": done, "budget_minutes": cfg.minutes,
               "teacher_forward_examples": ctx.teacher_examples, "distill_seconds": round(seconds, 2),
-              "stalled": monitor.alarms, "stopped_on_stall": bool(cfg.stop_on_stall and monitor.alarms),
+              "stalled": monitor.alarms, "stopped_on_stall": stopped_on_stall,
               "history": history}
     if eval_data is not None:
         report.update(evaluate_pair(teacher, student, eval_data, eval_split, dev, Feed(convention, ctx.input_shape)))

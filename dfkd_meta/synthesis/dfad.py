@@ -41,8 +41,12 @@ class DFAD(Method):
     def _logit_scale(self, n: int = 512) -> float:
         """The spread of the teacher's logits on the untrained generator's inputs: the std over classes of each
         input's logits, averaged. The discrepancy and the student's loss are measured in units of it."""
+        # a train-mode pass updates BatchNorm's running statistics: the probe must leave the generator as it was
+        kept = {k: v.clone() for k, v in self.generator.named_buffers()}
         self.generator.train()
         t = self.ctx.teacher_logits(self.ctx.clip(self.generator(self.noise(n, int(self.opt["nz"])))))
+        for k, v in self.generator.named_buffers():
+            v.copy_(kept[k])
         scale = float(t.std(1).mean())
         return scale if scale > 1e-6 and scale == scale else 1.0
 

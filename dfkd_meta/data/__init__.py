@@ -4,6 +4,8 @@
 - ``mnist:DIR``   a folder of MNIST-layout IDX files (gzipped or raw): MNIST, Fashion-MNIST, ...
 - ``npz:FILE``    arrays ``x`` and ``y`` (``x_test``/``y_test`` optional), loaded without pickle:
                   images [N, H, W] or [N, C, H, W], or flat feature vectors [N, D].
+- ``imagefolder:DIR`` image files in one folder per class (``data/imagefolder.py``), decoded batch by batch,
+                  never held in memory whole.
 - ``fashion-demo`` the 2,000 held-out Fashion-MNIST test images shipped with the demo release
                   (padded to 32x32 like its teacher's inputs; a test split only, for evaluation).
 
@@ -26,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .assets import FASHION_CLASSES, FASHION_SLICE
-from .convention import IDENTITY, InputConvention
-from .errors import DfkdError, UsageError
+from ..assets import FASHION_CLASSES, FASHION_SLICE
+from ..convention import IDENTITY, InputConvention
+from ..errors import DfkdError, UsageError
 
 SPLITS = ("train", "test")
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2 luma, Pillow's RGB -> L
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,8 @@ class Feed:
 
     ``model_shape`` None keeps the data's shape; a model taking flat vectors gets images flattened
     in C order; one-channel images fed to a model taking C channels of the same size get their channel
-    repeated C times (grayscale as RGB, as image libraries convert it). Other mismatches are a one-line error.
+    repeated C times, and RGB images fed to a one-channel model their luminance (as image libraries
+    convert between grayscale and RGB). Other mismatches are a one-line error.
     """
 
     convention: InputConvention = IDENTITY
@@ -47,9 +51,11 @@ class Feed:
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         shape = tuple(self.model_shape) if self.model_shape is not None else None
-        if shape is not None and raw.ndim == 4 and len(shape) == 3 and raw.shape[1] == 1 < shape[0] \
-                and tuple(raw.shape[2:]) == shape[1:]:
-            raw = np.repeat(raw, shape[0], axis=1)
+        if shape is not None and raw.ndim == 4 and len(shape) == 3 and tuple(raw.shape[2:]) == shape[1:]:
+            if raw.shape[1] == 1 < shape[0]:
+                raw = np.repeat(raw, shape[0], axis=1)
+            elif raw.shape[1] == 3 and shape[0] == 1:  # RGB to luminance, as image libraries convert it (ITU-R 601)
+                raw = np.tensordot(LUMA, raw, axes=([0], [1]))[:, None].astype(raw.dtype, copy=False)
         x = self.convention.apply(raw)
         if shape is None or tuple(x.shape[1:]) == shape:
             return x
@@ -187,7 +193,7 @@ class DataSource:
         if scale != 1.0:
             x *= np.float32(1.0 / scale)
         if self.resize:
-            x = _resize(x, self.resize)  # pads with raw 0 (a black pixel)
+            x = resize_images(x, self.resize)  # pads with raw 0 (a black pixel)
         return x
 
     def batches(self, split: str = "train", batch_size: int = 256, *, feed: Feed, shuffle: bool = False,
@@ -215,7 +221,9 @@ def fits(data_shape: tuple[int, ...], model_shape: tuple[int, ...] | None) -> bo
         len(model_shape) == 1 and model_shape[0] == int(np.prod(data_shape)))
 
 
-def _resize(x: np.ndarray, size: int) -> np.ndarray:
+def resize_images(x: np.ndarray, size: int) -> np.ndarray:
+    """Images [N, C, H, W] to [N, C, size, size]: zero padding when growing by an even margin (28 -> 32, as
+    classic LeNet does), else bilinear interpolation."""
     h, w = x.shape[-2:]
     if size >= h and size >= w and (size - h) % 2 == 0 and (size - w) % 2 == 0:
         ph, pw = (size - h) // 2, (size - w) // 2
@@ -369,7 +377,8 @@ def load_fashion_slice() -> DataSource:
 # --- the --data syntax ---------------------------------------------------------------------------
 
 def load_data(spec: str, resize: int | None = None) -> DataSource:
-    """Parse ``digits``, ``fashion-demo``, ``mnist:DIR`` or ``npz:FILE`` and load it (raw values; see ``Feed``)."""
+    """Parse ``digits``, ``fashion-demo``, ``mnist:DIR``, ``npz:FILE`` or ``imagefolder:DIR`` and load it (raw values;
+    see ``Feed``; image folders are decoded batch by batch)."""
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
         src = load_digits_source()
@@ -379,8 +388,12 @@ def load_data(spec: str, resize: int | None = None) -> DataSource:
         src = load_mnist_source(arg)
     elif kind == "npz" and arg:
         src = load_npz_source(arg)
+    elif kind == "imagefolder" and arg:
+        from .imagefolder import load_imagefolder_source
+
+        src = load_imagefolder_source(arg)
     else:
-        raise UsageError(f"{{data}} {spec!r}: expected digits, fashion-demo, mnist:DIR or npz:FILE")
+        raise UsageError(f"{{data}} {spec!r}: expected digits, fashion-demo, mnist:DIR, npz:FILE or imagefolder:DIR")
     if resize is not None:
         if resize < 1:
             raise UsageError(f"{{resize}} {resize}: must be a positive size")

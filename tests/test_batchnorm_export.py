@@ -73,3 +73,29 @@ def test_with_validation_carves_a_fixed_disjoint_split():
         carved.with_validation(10)
     with pytest.raises(Exception, match="needs 0 < size"):
         data.with_validation(1000)
+
+
+class _ViewNet(torch.nn.Module):
+    """A CIFAR-style head, ``out.view(out.size(0), -1)``: without constant folding the graph keeps
+    Shape -> Gather(scalar index) -> Unsqueeze -> Concat -> Reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        out = torch.relu(self.bn(self.conv(x)))
+        out = torch.nn.functional.avg_pool2d(out, 2)
+        return self.fc(out.view(out.size(0), -1))
+
+
+def test_a_teacher_that_reshapes_by_its_own_shape_runs_with_batchnorm_kept(tmp_path):
+    """A scalar Gather from a Shape (kept when constant folding is off) gives a scalar, as ONNX says."""
+    torch.manual_seed(0)
+    model = _ViewNet().eval()
+    path = export_onnx(model, (3, 10, 10), tmp_path / "view.onnx", keep_batchnorm=True)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Shape", "Gather", "BatchNormalization"} <= ops
+    x = torch.rand(6, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(OnnxModule(load_onnx(path))(x), model(x), rtol=1e-4, atol=1e-5)

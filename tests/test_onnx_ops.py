@@ -76,6 +76,7 @@ CASES = [
     ("Split", f32(2, 6, 3), [i64(2, 4)], {"axis": 1}, 2), ("Identity", X4, [], {}),
     ("Shape", X4, [], {}), ("Shape", X4, [], {"start": 1, "end": -1}), ("Size", X4, [], {}),
     ("Gather", X4, [i64(2, 0, -1)], {"axis": 3}), ("Gather", X4, [np.array([[0, 1], [1, 0]])], {"axis": 0}),
+    ("Gather", f32(4), [np.int64(2)], {}), ("Gather", X4, [np.int64(-1)], {"axis": 1}),  # scalar indices
     ("Slice", X4, [i64(1, 0), i64(100, -1), i64(3, 1), i64(2, 1)], {}),
     ("Slice", X4, [i64(-1), i64(-100), i64(2), i64(-2)], {}),
     ("Slice", X4, [i64(5, 0), i64(1, 2)], {}),

@@ -122,7 +122,8 @@ def gather(i, a):
     idx = idx.long()
     idx = torch.where(idx < 0, idx + data.shape[axis], idx)
     out = data.index_select(axis, idx.reshape(-1))
-    return out.reshape(*data.shape[:axis], *idx.shape, *data.shape[axis + 1:])
+    # a tuple, not unpacked: a scalar index into a vector gives a scalar, reshape(()) (Shape -> Gather of a dim)
+    return out.reshape(tuple(data.shape[:axis]) + tuple(idx.shape) + tuple(data.shape[axis + 1:]))
 
 
 @op("Slice")

@@ -61,7 +61,7 @@ def test_batches_cover_the_split_once_and_shuffle_by_seed():
 
 @pytest.mark.parametrize("spec", ["", "mnist", "npz", "cifar:x", "digits:x"])
 def test_bad_data_specs_are_usage_errors(spec):
-    with pytest.raises(UsageError, match="expected digits, fashion-demo, mnist:DIR or npz:FILE"):
+    with pytest.raises(UsageError, match="expected digits, fashion-demo, mnist:DIR, npz:FILE or imagefolder:DIR"):
         load_data(spec)
 
 

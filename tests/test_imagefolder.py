@@ -109,7 +109,7 @@ def test_images_of_another_size_need_resize(tmp_path):
     _write(tmp_path, x, y, ["a", "b", "c"])
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "c" / "zz-odd.png")
     src = load_data(f"imagefolder:{tmp_path}")
-    with pytest.raises(DfkdError, match=r"zz-odd.png: 12x10 pixels, other images 8x8; pass resize to bring every image to one square size"):
+    with pytest.raises(DfkdError, match=r"zz-odd.png: 12x10 pixels, other images 8x8; pass resize to bring every image"):
         src.arrays("train", feed=RAW)
     resized = load_data(f"imagefolder:{tmp_path}", resize=8)
     assert resized.arrays("train", feed=RAW)[0].shape == (7, 1, 8, 8)

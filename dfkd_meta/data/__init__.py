@@ -22,7 +22,7 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,35 +126,18 @@ class DataSource:
         return mean.copy(), std.copy()
 
     def _compute_channel_stats(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        x = self._split(split)[0]
-        scale = 255.0 if x.dtype == np.uint8 else 1.0
-        channels = x.shape[1]
-        total, sq, n = np.zeros(channels), np.zeros(channels), 0
-        axes = (0,) + tuple(range(2, x.ndim))
-        for start in range(0, len(x), 8192):
-            block = x[start:start + 8192].astype(np.float64) / scale
-            total += block.sum(axis=axes)
-            sq += np.square(block).sum(axis=axes)
-            n += math.prod(block.shape[i] for i in axes)
-        mean = total / n
-        var = np.maximum(sq / n - mean * mean, 0.0)
-        std = np.sqrt(var)
-        # a constant channel (a border pixel, a constant feature) would divide by ~0: leave it unscaled
-        std = np.where(std > 1e-6 * max(1.0, float(np.abs(mean).max())), std, 1.0)
-        return mean, std
+        return channel_moments(self._raw_blocks(split))
 
     def scalar_stats(self, split: str = "train") -> tuple[float, float]:
         """Mean and std of all raw values of the split together (what earlier `dfkd-meta train` normalised by)."""
+        return scalar_moments(self._raw_blocks(split))
+
+    def _raw_blocks(self, split: str) -> Iterator[np.ndarray]:
+        """The split's raw values in float64 blocks, as stored (not resized), for the statistics above."""
         x = self._split(split)[0]
         scale = 255.0 if x.dtype == np.uint8 else 1.0
-        total, sq, n = 0.0, 0.0, 0
         for start in range(0, len(x), 8192):
-            block = x[start:start + 8192].astype(np.float64) / scale
-            total += block.sum()
-            sq += np.square(block).sum()
-            n += block.size
-        mean = total / n
-        return float(mean), float(max(np.sqrt(max(sq / n - mean * mean, 0.0)), 1e-6))
+            yield x[start:start + 8192].astype(np.float64) / scale
 
     def size(self, split: str = "train") -> int:
         return len(self._split(split)[1])
@@ -211,6 +194,36 @@ class DataSource:
         """The whole split at once (small data sets and tests)."""
         xs, ys = zip(*self.batches(split, 4096, feed=feed, limit=limit))
         return np.concatenate(xs), np.concatenate(ys)
+
+
+def channel_moments(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis 1) mean and std, float64, of raw blocks [B, C, ...] streamed once; a constant channel (a
+    border pixel, a constant feature) gets std 1 rather than dividing by ~0."""
+    total = sq = None
+    n = 0
+    for block in blocks:
+        block = np.asarray(block, np.float64)
+        axes = (0,) + tuple(range(2, block.ndim))
+        s1, s2 = block.sum(axis=axes), np.square(block).sum(axis=axes)
+        total, sq = (s1, s2) if total is None else (total + s1, sq + s2)
+        n += block.size // block.shape[1]
+    if total is None:
+        raise DfkdError("no examples to take statistics of")
+    mean = total / n
+    std = np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
+    return mean, np.where(std > 1e-6 * max(1.0, float(np.abs(mean).max())), std, 1.0)
+
+
+def scalar_moments(blocks: Iterable[np.ndarray]) -> tuple[float, float]:
+    """Mean and std of every raw value of the blocks together."""
+    total, sq, n = 0.0, 0.0, 0
+    for block in blocks:
+        block = np.asarray(block, np.float64)
+        total, sq, n = total + block.sum(), sq + np.square(block).sum(), n + block.size
+    if n == 0:
+        raise DfkdError("no examples to take statistics of")
+    mean = total / n
+    return float(mean), float(max(np.sqrt(max(sq / n - mean * mean, 0.0)), 1e-6))
 
 
 def fits(data_shape: tuple[int, ...], model_shape: tuple[int, ...] | None) -> bool:

@@ -209,29 +209,10 @@ class ImageFolderSource(DataSource):
             yield feed(self._raw_files([files.paths[i] for i in idx])), files.labels[idx]
 
     def _raw_blocks(self, split: str):
+        """Decoded (and resized) raw values, 256 files at a time, for the inherited statistics."""
         files = self._files(split)
         for start in range(0, len(files.paths), 256):
             yield self._raw_files(files.paths[start:start + 256])
-
-    def _compute_channel_stats(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        total, sq, n = np.zeros(self.channels), np.zeros(self.channels), 0
-        for block in self._raw_blocks(split):
-            block = block.astype(np.float64)
-            total += block.sum(axis=(0, 2, 3))
-            sq += np.square(block).sum(axis=(0, 2, 3))
-            n += block.shape[0] * block.shape[2] * block.shape[3]
-        mean = total / n
-        std = np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
-        std = np.where(std > 1e-6 * max(1.0, float(np.abs(mean).max())), std, 1.0)
-        return mean, std
-
-    def scalar_stats(self, split: str = "train") -> tuple[float, float]:
-        total, sq, n = 0.0, 0.0, 0
-        for block in self._raw_blocks(split):
-            block = block.astype(np.float64)
-            total, sq, n = total + block.sum(), sq + np.square(block).sum(), n + block.size
-        mean = total / n
-        return float(mean), float(max(np.sqrt(max(sq / n - mean * mean, 0.0)), 1e-6))
 
 
 def load_imagefolder_source(folder: str | os.PathLike) -> ImageFolderSource:

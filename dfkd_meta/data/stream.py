@@ -116,33 +116,11 @@ class BatchStreamSource(DataSource):
         raise UsageError(f"{self.name}: batches from Python cannot be split; hold out the validation examples in "
                          "your own loader")
 
-    def _raw_blocks(self):
+    def _raw_blocks(self, split: str):
+        """Raw values one batch at a time (resized when asked), for the inherited statistics."""
+        self._check_split(split)
         for x, _ in self._pass():
             yield resize_images(x, self.resize) if self.resize and x.ndim == 4 else x
-
-    def _compute_channel_stats(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        self._check_split(split)
-        total = sq = None
-        n = 0
-        for block in self._raw_blocks():
-            block = block.astype(np.float64)
-            axes = (0,) + tuple(range(2, block.ndim))
-            s, q = block.sum(axis=axes), np.square(block).sum(axis=axes)
-            total, sq = (s, q) if total is None else (total + s, sq + q)
-            n += block.size // block.shape[1]
-        mean = total / n
-        std = np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
-        std = np.where(std > 1e-6 * max(1.0, float(np.abs(mean).max())), std, 1.0)
-        return mean, std
-
-    def scalar_stats(self, split: str = "train") -> tuple[float, float]:
-        self._check_split(split)
-        total, sq, n = 0.0, 0.0, 0
-        for block in self._raw_blocks():
-            block = block.astype(np.float64)
-            total, sq, n = total + block.sum(), sq + np.square(block).sum(), n + block.size
-        mean = total / n
-        return float(mean), float(max(np.sqrt(max(sq / n - mean * mean, 0.0)), 1e-6))
 
     def batches(self, split="train", batch_size=256, *, feed, shuffle=False, seed=0, limit=None):
         """(model inputs through ``feed``, labels) re-batched to ``batch_size``; ``shuffle`` keeps the stream's own

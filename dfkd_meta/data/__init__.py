@@ -181,14 +181,19 @@ class DataSource:
 
     def batches(self, split: str = "train", batch_size: int = 256, *, feed: Feed, shuffle: bool = False,
                 seed: int = 0, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(model inputs float32 [B, ...] through ``feed``, labels int64 [B]) batches, streamed from memory."""
-        x, y = self._split(split)
+        """(model inputs float32 [B, ...] through ``feed``, labels int64 [B]) batches; only one batch's raw values
+        are made at a time (``_take``)."""
+        y = self.labels(split)
         order = np.random.default_rng(seed).permutation(len(y)) if shuffle else np.arange(len(y))
         if limit is not None:
             order = order[:limit]
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            yield feed(self._raw_batch(x[idx])), y[idx]
+            yield feed(self._take(split, idx)), y[idx]
+
+    def _take(self, split: str, idx: np.ndarray) -> np.ndarray:
+        """The raw float32 batch of the split's examples ``idx`` (resized when asked)."""
+        return self._raw_batch(self._split(split)[0][idx])
 
     def arrays(self, split: str = "train", *, feed: Feed, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The whole split at once (small data sets and tests)."""

@@ -95,6 +95,11 @@ def _open(path: Path):
                         "file") from None
 
 
+def _is_gray(im) -> bool:
+    """Whether a Pillow image holds gray values (a palette counts when its colours are gray)."""
+    return im.mode in GRAY_MODES and not (im.mode == "P" and im.palette is not None and im.palette.mode != "L")
+
+
 def probe(files: ImageFiles, seed: int = 0) -> tuple[int, tuple[int, int]]:
     """Channel count (1 if every sampled file is grayscale, else 3) and the first file's size (H, W)."""
     rng = np.random.default_rng(seed)
@@ -104,7 +109,7 @@ def probe(files: ImageFiles, seed: int = 0) -> tuple[int, tuple[int, int]]:
         with _open(path) as im:
             if size is None:
                 size = (im.height, im.width)
-            if im.mode not in GRAY_MODES or (im.mode == "P" and im.palette is not None and im.palette.mode != "L"):
+            if not _is_gray(im):
                 channels = 3
     return channels, size
 
@@ -170,8 +175,7 @@ class ImageFolderSource(DataSource):
         with _open(path) as im:
             try:
                 im.load()
-                gray = im.mode in GRAY_MODES and not (im.mode == "P" and im.palette is not None
-                                                      and im.palette.mode != "L")
+                gray = _is_gray(im)
                 if im.mode in ("I", "I;16", "I;16B", "I;16L"):
                     x = np.asarray(im, dtype=np.float32) / 65535.0
                     x = x[None] if self.channels == 1 else np.repeat(x[None], 3, axis=0)
@@ -197,16 +201,10 @@ class ImageFolderSource(DataSource):
                 return np.stack(list(pool.map(self._decode, files)))
         return np.stack([self._decode(p) for p in files])
 
-    def batches(self, split="train", batch_size=256, *, feed, shuffle=False, seed=0, limit=None):
-        """(model inputs float32 [B, ...] through ``feed``, labels int64 [B]), decoding one batch of files at a time."""
-        files = self._files(split)
-        n = len(files.labels)
-        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-        if limit is not None:
-            order = order[:limit]
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            yield feed(self._raw_files([files.paths[i] for i in idx])), files.labels[idx]
+    def _take(self, split: str, idx: np.ndarray) -> np.ndarray:
+        """Decode the files of one batch (what the inherited ``batches`` asks for)."""
+        paths = self._files(split).paths
+        return self._raw_files([paths[i] for i in idx])
 
     def _raw_blocks(self, split: str):
         """Decoded (and resized) raw values, 256 files at a time, for the inherited statistics."""

@@ -330,3 +330,25 @@ def reference_speed(res: Results) -> str:
     return _table(["method", "reference code", "teacher; student; batch", "per", "reference s", "ours s",
                    "ours / reference"], rows, right={4, 5, 6}) + \
         f"\n\nMeasured {r['date']} on {r['machine']['threads']} threads, torch {r['machine']['torch']}, one after the other."
+
+
+# --- real-size releases (benchmarks/scale.py) --------------------------------------------------------------------
+
+@renderer("scale")
+def scale_table(res: Results) -> str:
+    r = res["scale"]
+    rows = []
+    for name, x in r["rows"].items():
+        kinds = ", ".join(f"{n} {g}" for g, n in sorted(x["granularity"].items()))
+        rows.append([name, f"{x['architecture']} {'x'.join(map(str, x['input_shape']))}", f"{x['classes']:,}",
+                     f"{x['examples']:,}", f"{x['export_seconds']:.0f}", _pct(x["planning_share"], 0),
+                     f"{x['export_examples_per_second']:,.0f} / {x['ort_examples_per_second']:,.0f} "
+                     f"({x['throughput_vs_ort']:.2f}x)", f"{x['export_peak_mb']:,.0f}",
+                     f"{x['sidecar_bytes'] / 2 ** 20:,.1f} / {x['model_bytes'] / 2 ** 20:,.1f}", kinds,
+                     f"{x['spectral_blocks']} ({x['spectral_omitted']} left out)",
+                     f"{x['validate_seconds']:.1f} s, {x['validate_child_peak_mb']:,.0f} MB"])
+    m = r["machine"]
+    return _table(["row", "model", "classes", "examples", "export s", "planning", "export / ORT examples/s",
+                   "export peak MB", "sidecar / model MB", "layers by granularity", "spectral blocks",
+                   "validate"], rows, right={2, 3, 4, 5, 7}) + \
+        f"\n\nRandom weights and images (seed 0), default settings; {m['cpus']} CPUs, {m['torch_threads']} threads."

@@ -94,16 +94,23 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
                    "needs them on the first layer (32 is a good start).")
 @click.option("--spectral-k", type=click.IntRange(min=0), default=None,
               help="Eigenvectors per spectral block (default 64 for all layers, 32 per pair; 0: no spectral stats).")
+@click.option("--spectral-max-nodes", type=click.IntRange(min=2), default=ExportConfig.spectral_max_nodes,
+              show_default=True, help="Units of one spectral block at most: larger blocks (a ResNet's early maps) are "
+                                      "left out and listed, since their graph costs a forward pass per 256 units.")
 @click.option("--split", type=click.Choice(["train", "test"]), default=ExportConfig.split, show_default=True,
               help="The split the statistics are taken from.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N examples.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=ExportConfig.batch_size, show_default=True,
-              help="Examples per ONNX Runtime call.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Examples per ONNX Runtime call (default: up to 512, "
+              "fewer for wide models, so that a batch's tapped activations stay within 128 MB).")
+@click.option("--max-size", type=click.FloatRange(min=0, min_open=True), metavar="MB",
+              help="Size budget of the sidecar in MB (default: the larger of twice the model's size and 64 MB). "
+                   "Layers that do not fit per unit and class are stored per channel and class, the largest first; "
+                   "the choice is printed and recorded in the sidecar.")
 @click.option("--name", help="Release file stem (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (sizes, time, samples/s).")
 @QUIET
 def export(model, data, resize, output, input_norm, value_range, min_accuracy, force, overwrite, layers, temperature,
-           cov_rank, spectral_k, split, limit, batch_size, name, as_json, quiet):
+           cov_rank, spectral_k, spectral_max_nodes, split, limit, batch_size, max_size, name, as_json, quiet):
     """Write a release folder: the ONNX teacher and its statistics sidecar.
 
     The teacher is fed its own input convention and must be right on most of the examples it is
@@ -123,7 +130,8 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
     cfg = ExportConfig(layers=[x.strip() for x in layers.split(",") if x.strip()] if layers else None,
                        temperature=temperature, cov_rank=cov_rank, spectral_k=spectral_k, split=split,
                        batch_size=batch_size, limit=limit, input_norm=input_norm,
-                       value_range=pair(value_range, "value_range"), min_accuracy=min_accuracy, force=force)
+                       value_range=pair(value_range, "value_range"), min_accuracy=min_accuracy, force=force,
+                       max_size=max_size, spectral_max_nodes=spectral_max_nodes)
     result = export_release(model, source, output, cfg, name=name, progress=not quiet, overwrite=overwrite)
     s = result.summary
     if as_json:
@@ -142,8 +150,15 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
                f"({', '.join(x['key'] for x in s['layers'])}), {len(s['spectral_blocks'])} spectral blocks")
     click.echo(f"  {s['seconds']:.1f} s ({s['samples_per_second']:.0f} examples/s in the statistics pass)")
     if s.get("spectral_omitted"):
-        click.echo(f"  note: spectral blocks left out (no weight graph between their layers): "
-                   f"{'; '.join(s['spectral_omitted'])}")
+        click.echo(f"  note: spectral blocks left out: {'; '.join(s['spectral_omitted'])}"
+                   + (" (--spectral-max-nodes raises the limit)" if "planning limit" in str(s["spectral_omitted"])
+                      else ""))
+    coarse = {k: g for k, g in s["granularity"].items() if g != "unit"}
+    click.echo(f"  size budget {s['size_budget_bytes'] / 2 ** 20:.1f} MB: "
+               + (f"per channel for {', '.join(f'{k} ({g})' for k, g in coarse.items())}; the other layers per unit"
+                  if coarse else "every layer per unit and class"))
+    if s["covariance_dropped_for_budget"]:
+        click.echo(f"  note: covariance factors left out to fit the budget: {s['covariance_dropped_for_budget']}")
     if s["cov_skipped_layers"]:
         click.echo(f"  note: no covariance for layers too large for the covariance sketch: {s['cov_skipped_layers']}")
 

@@ -80,19 +80,25 @@ class ExportConfig:
     cov_rank: int = 0  # per-class low-rank covariance factors (0: none)
     spectral_k: int | None = None  # eigenvectors per spectral block (None: 64 all layers, 32 per pair; 0: none)
     split: str = "train"
-    batch_size: int = 512
+    batch_size: int | None = None  # None: up to 512, fewer when the tapped activations would pass TAP_BYTES
     limit: int | None = None  # only the first N examples of the split
     input_norm: Any = None  # str or InputConvention; None: the teacher's metadata, else raw values
     value_range: tuple[float, float] | None = None  # raw value range; None: the convention's, else the data's
     min_accuracy: float | None = None  # None: halfway between chance and 1, at least 0.5
     force: bool = False  # export even when the teacher fails the accuracy check
+    max_size: float | None = None  # sidecar size budget in MB; None: the larger of 2x the model and 64 MB
+    spectral_max_nodes: int = 1 << 13  # units of one spectral block at most; larger blocks are left out (recorded)
 
     def check(self) -> None:
+        if self.max_size is not None and not (math.isfinite(self.max_size) and self.max_size > 0):
+            raise UsageError(f"{{max_size}} {self.max_size}: must be a positive number of megabytes")
         if not self.temperature > 0:
             raise UsageError(f"{{temperature}} {self.temperature}: must be > 0")
         if self.cov_rank < 0 or (self.spectral_k is not None and self.spectral_k < 0):
             raise UsageError("{cov_rank} and {spectral_k} must be >= 0")
-        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+        if self.spectral_max_nodes < 2:
+            raise UsageError(f"{{spectral_max_nodes}} {self.spectral_max_nodes}: must be >= 2")
+        if (self.batch_size is not None and self.batch_size < 1) or (self.limit is not None and self.limit < 1):
             raise UsageError("{batch_size} and {limit} must be >= 1")
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
             raise UsageError(f"{{min_accuracy}} {self.min_accuracy}: must be in [0, 1]")

@@ -59,6 +59,82 @@ class BNNet(nn.Module):
         return self.head(self.body(x))
 
 
+class BasicBlock(nn.Module):
+    """Two conv3x3-BN layers with an identity (or 1x1 conv-BN) shortcut; ``preact``: BN-ReLU before each conv
+    (the wide ResNets of Zagoruyko & Komodakis 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, preact: bool = False):
+        super().__init__()
+        self.preact = preact
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin if preact else cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            self.shortcut = conv if preact else nn.Sequential(conv, nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preact:
+            o = torch.relu(self.bn1(x))
+            skip = self.shortcut(o) if self.shortcut is not None else x
+            return self.conv2(torch.relu(self.bn2(self.conv1(o)))) + skip
+        skip = self.shortcut(x) if self.shortcut is not None else x
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + skip)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride) -> 1x1 (x4 channels) conv-BN, with a projection shortcut where the shape changes."""
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = 4 * width
+        self.body = nn.Sequential(nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) \
+            if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + (self.shortcut(x) if self.shortcut is not None else x))
+
+
+class ResNet(nn.Module):
+    """Residual networks: CIFAR-style (a 3x3 stem, ``widths`` per stage, no stem pooling) or ImageNet-style
+    (``imagenet``: 7x7 stride-2 stem and max pooling); global average pooling and one dense layer."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, blocks: list[int], widths: list[int], *,
+                 block: str = "basic", preact: bool = False, imagenet: bool = False):
+        super().__init__()
+        c = input_shape[0]
+        stem = widths[0] if block == "basic" and not preact else (16 if preact else 64)
+        if imagenet:
+            layers: list[nn.Module] = [nn.Conv2d(c, stem, 7, 2, 3, bias=False), nn.BatchNorm2d(stem), nn.ReLU(),
+                                       nn.MaxPool2d(3, 2, 1)]
+        elif preact:
+            layers = [nn.Conv2d(c, stem, 3, 1, 1, bias=False)]
+        else:
+            layers = [nn.Conv2d(c, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU()]
+        cin = stem
+        for stage, (n, width) in enumerate(zip(blocks, widths)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                if block == "bottleneck":
+                    layers.append(Bottleneck(cin, width, stride))
+                    cin = 4 * width
+                else:
+                    layers.append(BasicBlock(cin, width, stride, preact))
+                    cin = width
+        if preact:
+            layers += [nn.BatchNorm2d(cin), nn.ReLU()]
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
 MODELS: dict[str, Factory] = {
     "hinton1200": _hinton(1200, 0.2, 0.5),
     "hinton800": _hinton(800, 0.2, 0.5),
@@ -71,6 +147,12 @@ MODELS: dict[str, Factory] = {
     "lenet5": lambda s, k: LeNet5(s, k),
     "lenet5-half": lambda s, k: LeNet5(s, k, c1=3, c2=8),
     "bn-cnn": lambda s, k: BNNet(s, k),
+    # residual students and teachers (He et al. 2016; CIFAR-style for 28-32 px inputs, ImageNet-style for 224 px)
+    "resnet8": lambda s, k: ResNet(s, k, [1, 1, 1], [16, 32, 64]),
+    "resnet20": lambda s, k: ResNet(s, k, [3, 3, 3], [16, 32, 64]),
+    "wrn16-2": lambda s, k: ResNet(s, k, [2, 2, 2], [32, 64, 128], preact=True),
+    "resnet18": lambda s, k: ResNet(s, k, [2, 2, 2, 2], [64, 128, 256, 512]),
+    "resnet50": lambda s, k: ResNet(s, k, [3, 4, 6, 3], [64, 128, 256, 512], block="bottleneck", imagenet=True),
 }
 
 

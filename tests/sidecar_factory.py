@@ -42,6 +42,18 @@ def layer(rng: np.random.Generator, key: str, order: int, shape: tuple[int, ...]
                       dropout_keep_prob=keep, cov_factors=cov, channel=ch)
 
 
+def coarsen(rng: np.random.Generator, x: LayerStats, granularity: str) -> LayerStats:
+    """``x`` stored at ``granularity`` (SPEC §8.1): channel statistics, plus pooled unit statistics for channel_unit."""
+    if granularity == "unit":
+        return x
+    c, ch = len(x.count), x.shape[0]
+    channel = ChannelStats(rng.normal(0, 1, (c, ch)).astype(np.float32), rng.uniform(0, 1, (c, ch)).astype(np.float32))
+    pooled = granularity == "channel_unit"
+    return dataclasses.replace(x, mean=None, std=None, cov_factors=None, channel=channel, granularity=granularity,
+                               pooled_mean=rng.normal(0, 1, x.units).astype(np.float32) if pooled else None,
+                               pooled_std=rng.uniform(0, 1, x.units).astype(np.float32) if pooled else None)
+
+
 def spectral(rng: np.random.Generator, key: str, scope: str, layers: list[LayerStats], k: int, c: int) -> SpectralStats:
     n = sum(x.units for x in layers)
     q, _ = np.linalg.qr(rng.normal(0, 1, (n, k)))
@@ -84,6 +96,8 @@ def sidecars(draw) -> Sidecar:
                             draw(st.sampled_from(["pre_activation", "post_activation"])),
                             cov_rank=draw(st.integers(0, 2)), channel=len(shape) > 1 and draw(st.booleans()),
                             keep=draw(st.none() | st.floats(0.05, 1.0))))
+        if len(shape) > 1:  # format 2.0: a map may be stored per channel
+            layers[-1] = coarsen(rng, layers[-1], draw(st.sampled_from(["unit", "channel_unit", "channel"])))
     names = draw(st.none() | st.lists(st.text(TEXT, min_size=0, max_size=12), min_size=c, max_size=c))
     spec = []
     if draw(st.booleans()):

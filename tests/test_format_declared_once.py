@@ -32,6 +32,7 @@ def _extended():
                 "dataset_provenance": dataclasses.replace(ELEMENTS["dataset_provenance"], cls=dataset_cls),
                 "layer_stats": dataclasses.replace(ELEMENTS["layer_stats"], cls=layer_cls)}
     sc = full_example()
+    sc.format_version = schema.format_version  # the extended schema is the newest one's copy
     sc.dataset = dataset_cls(**{f.name: getattr(sc.dataset, f.name) for f in dataclasses.fields(sc.dataset)},
                              collection_period="2025-01/2025-06")
     sc.layers = [layer_cls(**{f.name: getattr(x, f.name) for f in dataclasses.fields(x)},

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dfkd_meta.sidecar.schema import ATTR_KINDS, DATASET_DTYPES, SEVERITIES, load_schema, schema_path
-from dfkd_meta.sidecar.types import FORMAT_VERSION
+from dfkd_meta.sidecar.types import FORMAT_VERSION, LEGACY_FORMAT_VERSION
 
 from .conftest import ROOT, corpus_expectations
 
@@ -84,7 +84,22 @@ def test_schema_matches_its_meta_schema(raw):
 
 
 def test_schema_version_is_the_format_version():
-    assert load_schema().format_version == FORMAT_VERSION == "1.1.0"
+    assert load_schema().format_version == FORMAT_VERSION == "2.0.0"
+    assert load_schema(1).format_version == LEGACY_FORMAT_VERSION == "1.1.0"
+
+
+def test_the_2_0_schema_is_the_1_x_schema_plus_the_granularities():
+    """What 2.0 changed, and nothing else: the layer element's granularity items, DM624, and the three warnings
+    consumers refused made errors (SPEC Appendix B)."""
+    old, new = load_schema(1), load_schema(2)
+    assert set(new.rules) - set(old.rules) == {"DM624"} and set(old.rules) <= set(new.rules)
+    changed = {r for r in old.rules if old.rules[r].severity != new.rules[r].severity}
+    assert changed == {"DM618", "DM619", "DM719"} and all(new.rules[r].severity == "error" for r in changed)
+    assert {t for t in new.types if new.types[t] != old.types[t]} == {"layer_stats"}
+    a, b = old.types["layer_stats"], new.types["layer_stats"]
+    assert set(b.attrs) - set(a.attrs) == {"granularity"} and set(b.datasets) - set(a.datasets) == {"pooled_mean",
+                                                                                                       "pooled_std"}
+    assert b.major == 2 and not b.datasets["mean"].required and a.datasets["mean"].required
 
 
 def test_every_rule_cites_an_existing_spec_section():

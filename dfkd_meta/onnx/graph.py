@@ -204,6 +204,38 @@ class OnnxModule(torch.nn.Module):
                     env.pop(name, None)
         return {name: env[name] for name in keep if name in env}
 
+    def path_nodes(self, src: str, dst: str) -> tuple[list[int], list[str]]:
+        """The nodes on some path from tensor ``src`` to tensor ``dst`` (graph order), and the non-constant tensors
+        they read that no such node computes (besides ``src``): the rest of the graph only feeds them."""
+        producer = {name: k for k, node in enumerate(self.nodes) for name in node.outputs if name}
+        upstream, todo = set(), [dst]
+        while todo:  # nodes dst depends on
+            k = producer.get(todo.pop())
+            if k is not None and k not in upstream:
+                upstream.add(k)
+                todo.extend(name for name in self.nodes[k].inputs if name)
+        reached, on_path = {src}, []
+        for k, node in enumerate(self.nodes):  # graph order is topological
+            if k in upstream and any(name in reached for name in node.inputs):
+                on_path.append(k)
+                reached.update(name for name in node.outputs if name)
+        made = {name for k in on_path for name in self.nodes[k].outputs if name}
+        frontier = sorted({name for k in on_path for name in self.nodes[k].inputs
+                           if name and name not in made and name != src and name not in self._const_names})
+        return on_path, frontier
+
+    def run_nodes(self, values: Mapping[str, torch.Tensor], nodes: Sequence[int], taps: Iterable[str]) -> dict:
+        """Run only ``nodes`` (indices in graph order) on ``values`` (every tensor they read that they do not
+        compute); returns the tensors named in ``taps``."""
+        env: dict[str, torch.Tensor] = {name: self._const(name) for name in self._const_names}
+        env.update(values)
+        for k in nodes:
+            node = self.nodes[k]
+            for name, value in zip(node.outputs, self._call(node, [env[n] if n else None for n in node.inputs])):
+                if name:
+                    env[name] = value
+        return {name: env[name] for name in taps}
+
     def forward(self, *inputs: torch.Tensor):
         values = self.run(dict(zip(self.input_names, inputs)))
         outs = tuple(values[name] for name in self.output_names)

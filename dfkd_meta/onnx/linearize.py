@@ -36,18 +36,39 @@ def linearised_module(model: onnx.ModelProto, source: str = "model") -> OnnxModu
 @torch.no_grad()
 def jacobian_block(module: OnnxModule, src: str, dst: str, src_shape: Sequence[int], input_shape: Sequence[int],
                    chunk: int = 256) -> sp.csr_matrix:
-    """|J| of the linearised path src -> dst as a sparse [units(dst), units(src)] matrix."""
+    """|J| of the linearised path src -> dst as a sparse [units(dst), units(src)] matrix.
+
+    The graph is run once (per chunk size) from the zero input with src held at zero; each chunk of unit
+    vectors then runs only the nodes on the paths from src to dst, reading every other tensor they need
+    (a skip connection from before src, a shape computed from the batch) from that run.
+    """
     units = math.prod(src_shape)
-    x0 = torch.zeros(1, *input_shape, dtype=torch.float64)
-    base = module.run(x0, taps=[dst], inject={src: torch.zeros(1, *src_shape, dtype=torch.float64)})[dst]
-    base = base.reshape(1, -1)
+    nodes, frontier = module.path_nodes(src, dst)
+    if not any(dst in module.nodes[k].outputs for k in nodes):
+        nodes = None  # dst does not depend on src through the graph: the full run says so (J = 0)
+    held: dict[int, dict[str, torch.Tensor]] = {}
+
+    def held_run(n: int) -> dict[str, torch.Tensor]:
+        """Every tensor the path reads besides src, and dst, at batch n from the zero input (src at zero)."""
+        if n not in held:
+            x0 = torch.zeros(n, *input_shape, dtype=torch.float64)
+            held[n] = module.run(x0, taps=[dst, *(frontier if nodes is not None else [])],
+                                 inject={src: torch.zeros(n, *src_shape, dtype=torch.float64)})
+        return held[n]
+
+    base = held_run(min(chunk, units))[dst][:1].reshape(1, -1)
     rows, cols, vals = [], [], []
     for start in range(0, units, chunk):
         n = min(chunk, units - start)
         basis = torch.zeros(n, units, dtype=torch.float64)
         basis[torch.arange(n), torch.arange(start, start + n)] = 1.0
-        x = x0.expand(n, *input_shape)
-        out = module.run(x, taps=[dst], inject={src: basis.reshape(n, *src_shape)})[dst].reshape(n, -1) - base
+        if nodes is None:
+            x = torch.zeros(n, *input_shape, dtype=torch.float64)
+            out = module.run(x, taps=[dst], inject={src: basis.reshape(n, *src_shape)})[dst]
+        else:
+            feed = {name: held_run(n)[name] for name in frontier}
+            out = module.run_nodes({**feed, src: basis.reshape(n, *src_shape)}, nodes, [dst])[dst]
+        out = out.reshape(n, -1) - base
         j, r = torch.nonzero(out, as_tuple=True)  # out[j, r] = J[r, start + j]
         rows.append(r.numpy())
         cols.append(j.numpy() + start)

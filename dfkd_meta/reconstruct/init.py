@@ -26,6 +26,10 @@ class FirstLayerGaussian:
 
     def __init__(self, sidecar: Sidecar, model: onnx.ModelProto, source: str = "sidecar"):
         first = sidecar.layers_in_order()[0]
+        if not first.per_unit:
+            raise DfkdError(f"{source}: {{init}} first-layer needs per-unit statistics on the first stored layer, and "
+                            f"{first.key!r} is stored per channel ({first.granularity}, to fit the sidecar's size "
+                            "budget); use {init} uniform")
         self.input_shape = tuple(sidecar.model.input_shape[1:])
         d, units = math.prod(self.input_shape), math.prod(first.shape)
         if d * units > MAX_JACOBIAN_ENTRIES:

@@ -131,11 +131,25 @@ def objective(cls: type[Objective]) -> type[Objective]:
 
 
 def _layer_scale(layer: LayerStats, ctx: Context) -> torch.Tensor:
-    return _t(np.mean(layer.std.astype(np.float64) ** 2, axis=1) + EPS, ctx)  # [C]
+    """Per class [C]: the mean recorded variance of the layer's units, or of its channels when stored per channel."""
+    std = layer.std if layer.per_unit else layer.channel.std
+    return _t(np.mean(std.astype(np.float64) ** 2, axis=1) + EPS, ctx)
+
+
+def channel_moments(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean and std [B, CH] of each channel over its positions (value: [B, CH, ...])."""
+    flat = value.flatten(2)
+    mean = flat.mean(2)
+    return mean, (flat.pow(2).mean(2) - mean ** 2).clamp_min(1e-8).sqrt()
 
 
 class _LayerMatching(Objective):
-    """Match sampled per-class targets on a set of layers."""
+    """Match sampled per-class targets on a set of layers.
+
+    A layer stored per unit gets a per-sample draw from its class's statistics; a layer stored per channel
+    (SPEC §8.1 granularities ``channel_unit`` and ``channel``) has no per-unit draw to offer, so each sample's
+    per-channel mean and spread over positions are matched to its class's recorded channel mean and std.
+    """
 
     def chosen(self) -> list[LayerStats]:
         raise NotImplementedError
@@ -151,13 +165,22 @@ class _LayerMatching(Objective):
     def start(self, classes: np.ndarray, rng: np.random.Generator) -> Batch:
         batch = super().start(classes, rng)
         for layer in self.chosen():
-            batch.targets[layer.key] = _t(sample_layer(layer, classes, rng), self.ctx)
+            if layer.per_unit:
+                batch.targets[layer.key] = _t(sample_layer(layer, classes, rng), self.ctx)
+            else:
+                batch.targets[layer.key] = _t(layer.channel.mean[classes], self.ctx)
+                batch.targets[layer.key + "/std"] = _t(layer.channel.std[classes], self.ctx)
         return batch
 
     def loss(self, acts, batch):
         terms = {}
         for layer in self.chosen():
             scale = self._scale[layer.key][batch.classes]
+            if not layer.per_unit:
+                mean, std = channel_moments(acts[layer.tensor_name])
+                terms[layer.key] = (self.term(mean, batch.targets[layer.key], scale)
+                                    + self.term(std, batch.targets[layer.key + "/std"], scale, rectify=False))
+                continue
             mask = batch.masks.get(layer.tensor_name)
             value = layer_value(layer, acts)
             if mask is not None:  # the tapped value is masked and rescaled: undo the scale, score kept units
@@ -232,6 +255,10 @@ class _SpectralMatching(Objective):
             raise DfkdError(f"{self.name}: the sidecar has no such spectral blocks; re-export it with "
                             "the export's {spectral_k} K (K > 0)")
         self.layer_keys = sorted({k for b in self.blocks() for k in b.layers})  # the blocks' layers, once each
+        coarse = [k for k in self.layer_keys if not ctx.sidecar.layer(k).per_unit]
+        if ctx.spectral_targets == "layers" and coarse:
+            raise DfkdError(f"{self.name}: {{spectral_targets}} 'layers' draws per-unit targets, and the layers {coarse} "
+                            "are stored per channel; use 'coefficients'")
         if ctx.spectral_targets == "layers" and all(ctx.sidecar.layer(k).cov_factors is None for k in self.layer_keys):
             # measured: independent per-unit draws projected are worse than the coefficient targets
             raise DfkdError(f"{self.name}: {{spectral_targets}} 'layers' needs covariance factors on the blocks' "

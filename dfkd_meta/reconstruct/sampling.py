@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DfkdError
 from ..sidecar.types import LayerStats, SpectralStats
 
 
 def sample_layer(layer: LayerStats, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Targets [B, U] for one layer: mean + std * z, or mean + F z1 + sqrt(psi) z2 with covariance factors.
 
-    With factors F the draw has covariance F F^T + diag(psi) = Sigma (not Sigma squared).
+    With factors F the draw has covariance F F^T + diag(psi) = Sigma (not Sigma squared). Needs the layer's
+    per-unit, per-class statistics (granularity ``unit``).
     """
+    if not layer.per_unit:
+        raise DfkdError(f"layer {layer.key!r} is stored per channel ({layer.granularity}), so per-unit targets cannot "
+                        "be drawn for it; use an objective that works from channels (all_layers, top_layer), or ask "
+                        "the publisher for a sidecar exported with a larger {max_size}")
     mean = layer.mean[classes].astype(np.float64)
     std = layer.std[classes].astype(np.float64)
     if layer.cov_factors is None:

@@ -103,6 +103,7 @@ training data, so that anyone can distil a smaller model from it **without the d
 - {facts['data']} ({sc.dataset.description or 'no description recorded'}), licence {facts['data_license']};
   {facts['samples']} examples.
 - Privacy: {facts['privacy']}.
+- Statistics: {_granularity_line(sc)}.
 
 ## Use it
 `RELEASE` is this folder:
@@ -114,6 +115,14 @@ dfkd-meta distill --teacher RELEASE/{facts['model']} --sidecar RELEASE/{facts['s
 `ARCH` is a reference architecture (`dfkd-meta train --help` lists them) or `module:factory`
 (which imports and runs that module's code). `dfkd-meta reconstruct` writes an offline transfer set instead.
 """
+
+
+def _granularity_line(sc: Sidecar) -> str:
+    coarse = [f"`{x.key}`" for x in sc.layers_in_order() if not x.per_unit]
+    if not coarse:
+        return f"{len(sc.layers)} layers, each per unit and class"
+    return (f"{len(sc.layers) - len(coarse)} of {len(sc.layers)} layers per unit and class; {', '.join(coarse)} per "
+            "channel and class, to fit the sidecar's size budget (objectives that need per-unit statistics refuse them)")
 
 
 # ------------------------------------------------------------------------------------------------ reading

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import DfkdError
 from ..fileio import PrivateFolder, atomic_path, require_file
 from .report import Report
-from .schema import AttrSpec, DatasetSpec, Schema, TypeSpec, schema_or_default
+from .schema import SCHEMA_FILES, AttrSpec, DatasetSpec, Schema, TypeSpec, package_schema_for, schema_or_default
 from .types import ELEMENTS, Element, Sidecar
 from .validator import disable_hdf5_plugins, validate_copy, validate_in_process
 
@@ -129,11 +129,26 @@ def write_element(parent: h5py.Group, name: str, obj, type_name: str, schema: Sc
             write_element(g, ref.name, value, ref.type, schema, registry, compression)
 
 
+def writer_schema(sidecar: Sidecar) -> Schema:
+    """The package's schema of ``sidecar.format_version``'s MAJOR, refusing a version too old for its content."""
+    needed = sidecar.needed_format_version()
+    major = int(str(sidecar.format_version).split(".")[0])
+    if major < int(needed.split(".")[0]):
+        raise DfkdError(f"sidecar: format {sidecar.format_version} cannot hold layers coarser than per unit "
+                        f"({', '.join(x.key for x in sidecar.layers if x.granularity != 'unit')}); write it as {needed}")
+    schema = package_schema_for(major)
+    if schema is None:
+        raise DfkdError(f"sidecar: format {sidecar.format_version} is not one this package writes "
+                        f"({', '.join(f'{m}.x' for m in sorted(SCHEMA_FILES))})")
+    return schema
+
+
 def write_h5(sidecar: Sidecar, f: h5py.File, compression: str | None = None, *, schema: Schema | None = None,
              registry: Mapping[str, Element] | None = None) -> None:
-    """Write ``sidecar`` into an open, empty HDF5 file (no validation, not atomic)."""
+    """Write ``sidecar`` into an open, empty HDF5 file (no validation, not atomic), following the schema of
+    its format version (``schema`` overrides: tests pass extended copies)."""
     _refuse_bad_text(sidecar)
-    write_element(f, "/", sidecar, "sidecar", schema_or_default(schema), registry or ELEMENTS, compression)
+    write_element(f, "/", sidecar, "sidecar", schema or writer_schema(sidecar), registry or ELEMENTS, compression)
 
 
 def write_sidecar(sidecar: Sidecar, path: str | os.PathLike, *, compression: str | None = None,
@@ -287,4 +302,6 @@ def load_validated(path: str | os.PathLike, *, schema: Schema | None = None,
     that was validated, ``validator.validate_copy``)."""
     disable_hdf5_plugins()
     with h5py.File(path, "r", locking=False) as f:
+        if schema is None:  # the file's own MAJOR (validated: one this package reads)
+            schema = package_schema_for(int(_s(f.attrs["dfkd_meta_version"]).split(".")[0]))
         return read_element(f, schema_or_default(schema), registry or ELEMENTS)

@@ -1,4 +1,8 @@
-"""Load the machine-readable schema (spec/dfkd-meta-1.0.schema.yaml) into typed objects."""
+"""Load the machine-readable schemas (spec/dfkd-meta-<MAJOR>.0.schema.yaml) into typed objects.
+
+One schema per format MAJOR (SPEC §2): the newest drives the writer for files that need it and the
+validator's defaults; a file of an older MAJOR this package still reads is checked against its own.
+"""
 from __future__ import annotations
 
 import functools
@@ -10,7 +14,9 @@ from typing import Any
 
 import yaml
 
-SCHEMA_FILE = "dfkd-meta-1.0.schema.yaml"
+SCHEMA_FILES = {1: "dfkd-meta-1.0.schema.yaml", 2: "dfkd-meta-2.0.schema.yaml"}  # format MAJOR -> its schema
+CURRENT_MAJOR = max(SCHEMA_FILES)
+SCHEMA_FILE = SCHEMA_FILES[CURRENT_MAJOR]
 SEVERITIES = ("error", "warning", "info")
 ATTR_KINDS = ("str", "int", "float", "str_list", "int_list", "float_list")
 DATASET_DTYPES = ("float32", "float64", "int64", "str")
@@ -98,15 +104,16 @@ class Schema:
         return int(self.format_version.split(".")[1])
 
 
-def schema_path() -> Path:
-    """The schema file: installed package data, else the source checkout's spec/ folder."""
+def schema_path(major: int = CURRENT_MAJOR) -> Path:
+    """The schema file of format ``major``: installed package data, else the source checkout's spec/ folder."""
+    name = SCHEMA_FILES[major]
     try:
-        p = resources.files("dfkd_meta.spec") / SCHEMA_FILE
+        p = resources.files("dfkd_meta.spec") / name
         if p.is_file():
             return Path(str(p))
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parents[2] / "spec" / SCHEMA_FILE
+    return Path(__file__).resolve().parents[2] / "spec" / name
 
 
 def _attr(name: str, d: dict) -> AttrSpec:
@@ -149,11 +156,25 @@ def parse_schema(raw: dict) -> Schema:
     )
 
 
+def load_schema(major: int = CURRENT_MAJOR) -> Schema:
+    """The schema of format ``major`` (default: the newest) the validator, the writer and the reader run on
+    (parsed once per process: the same object on every call)."""
+    return _load(major)
+
+
 @functools.cache
-def load_schema() -> Schema:
-    """The schema the validator, the writer and the reader run on (parsed once per process)."""
-    with open(schema_path(), encoding="utf-8") as f:
+def _load(major: int) -> Schema:
+    with open(schema_path(major), encoding="utf-8") as f:
         return parse_schema(yaml.safe_load(f))
+
+
+def package_schema_for(major: int) -> Schema | None:
+    """The package's schema of format ``major``, or None when this package does not implement it."""
+    return load_schema(major) if major in SCHEMA_FILES else None
+
+
+def is_package_schema(schema: Schema) -> bool:
+    return any(schema is load_schema(m) for m in SCHEMA_FILES)
 
 
 def schema_or_default(schema: Schema | None) -> Schema:

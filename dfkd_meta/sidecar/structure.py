@@ -15,7 +15,7 @@ import numpy as np
 
 from . import values
 from .rules import run_rules
-from .schema import AttrSpec, DatasetSpec
+from .schema import SCHEMA_FILES, AttrSpec, DatasetSpec, is_package_schema, package_schema_for
 from .state import GroupContext, ValidationState
 
 SEMVER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
@@ -55,8 +55,12 @@ def check_format_version(state: ValidationState) -> bool:
         return True
     major, minor = int(m.group(1)), int(m.group(2))
     schema = state.schema
+    if major != schema.format_major and is_package_schema(schema) and package_schema_for(major) is not None:
+        schema = state.schema = package_schema_for(major)  # an older MAJOR this package still reads: its own rules
     if major != schema.format_major:
-        state.add("DM310", "/@dfkd_meta_version", f"format {v}; this validator implements {schema.format_major}.x")
+        known = "/".join(f"{m}.x" for m in sorted(SCHEMA_FILES)) if is_package_schema(schema) \
+            else f"{schema.format_major}.x"
+        state.add("DM310", "/@dfkd_meta_version", f"format {v}; this validator implements {known}")
         return False
     if minor > schema.format_minor:
         state.add("DM311", "/@dfkd_meta_version", f"format {v} is newer than {schema.format_version}")

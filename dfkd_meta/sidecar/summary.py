@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DfkdError
 from ..plotting import pyplot, save_png
 from .schema import Schema, schema_or_default
 from .types import ELEMENTS, Element, Sidecar, forced_reason
@@ -85,12 +86,16 @@ CURATED = {
     "dataset_provenance": {"name", "description", "license", "sample_count", "class_counts"},
     "teacher_check": {"split", "samples", "accuracy", "mean_confidence", "min_accuracy", "forced"},
     "layer_stats": {"tensor_name", "order", "kind", "shape", "temperature", "dropout_keep_prob", "mean", "std",
-                    "count", "cov_factors"},
+                    "count", "cov_factors", "granularity", "pooled_mean", "pooled_std"},
     "channel_stats": {"mean", "std"},
     "spectral_stats": {"scope", "layers", "graph", "graph_version", "k", "weight_tensors", "eigenvalues", "basis",
                        "coef_mean", "coef_std"},
     "privacy": {"mechanism", "epsilon", "delta", "clip_norm", "applies_to", "description"},
 }
+
+
+GRANULARITY_TEXT = {"unit": "channel stats", "channel_unit": "per channel and class, units pooled over classes",
+                    "channel": "per channel and class only"}
 
 
 def _also(d: dict | None, type_name: str, schema: Schema) -> str:
@@ -137,7 +142,8 @@ def format_summary(info: dict, schema: Schema | None = None) -> str:
         rank = (cov["shape"][2] if isinstance(cov, dict) else np.asarray(cov).shape[2]) if cov is not None else None
         extra = [f"T={x['temperature']:g}" if x.get("temperature") else "",
                  f"keep={x['dropout_keep_prob']:g}" if x.get("dropout_keep_prob") else "",
-                 f"cov rank {rank}" if rank else "", "channel stats" if x.get("channel") else ""]
+                 f"cov rank {rank}" if rank else "",
+                 GRANULARITY_TEXT.get(x.get("granularity", "unit")) if x.get("channel") else ""]
         lines.append(f"  {x['order']:>2} {x['key']:<28} {x['kind']:<16} {str(x['shape']):<14} "
                      f"{x.get('bytes', 0) / 1e6:7.2f} MB  {' '.join(e for e in extra if e)}  [{x['tensor_name']}]"
                      + _also(x, "layer_stats", schema))
@@ -168,7 +174,11 @@ def plot_top_layer(sidecar: Sidecar, path: str | os.PathLike) -> Path:
     """Per-class means +- std of the top (logits) layer, one panel per class."""
     plt = pyplot()
 
-    top = next((x for x in sidecar.layers_in_order()[::-1] if x.kind == "logits"), sidecar.layers_in_order()[-1])
+    per_unit = [x for x in sidecar.layers_in_order() if x.per_unit]
+    if not per_unit:
+        raise DfkdError(f"{path}: no layer of this sidecar is stored per unit and class, so there is no top layer "
+                        "to plot; `dfkd-meta show` without the plot lists its layers")
+    top = next((x for x in per_unit[::-1] if x.kind == "logits"), per_unit[-1])
     c = sidecar.num_classes
     names = sidecar.model.class_names or [str(i) for i in range(c)]
     cols = min(5, c)

@@ -1,7 +1,7 @@
 """Typed, in-memory form of a sidecar (SPEC.md §5-§10). No HDF5 here: see io.py.
 
 Each dataclass is registered (``@element``) as the Python form of one element type of the schema
-(spec/dfkd-meta-1.0.schema.yaml). Its fields carry the schema's item names; the registration only
+(spec/dfkd-meta-2.0.schema.yaml). Its fields carry the schema's item names; the registration only
 names the exceptions (a field stored as two parallel lists, a constant, the group's own name). The
 writer, the reader and ``show`` walk the schema with this registry, so an optional item is added by
 declaring it in the schema, describing it in SPEC.md and adding the field here.
@@ -15,7 +15,9 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 FORMAT_NAME = "dfkd-meta"
-FORMAT_VERSION = "1.1.0"
+FORMAT_VERSION = "2.0.0"  # the newest; a file that needs nothing of 2.0 is written as LEGACY_FORMAT_VERSION (SPEC §2)
+LEGACY_FORMAT_VERSION = "1.1.0"
+GRANULARITIES = ("unit", "channel_unit", "channel")  # finest first (SPEC §8.1)
 LAYER_KINDS = ("pre_activation", "post_activation", "logits")
 SPECTRAL_GRAPH = "abs_weight_normalized_laplacian"
 SPECTRAL_GRAPH_VERSION = 1
@@ -197,24 +199,38 @@ class ChannelStats:
 @element("layer_stats", key="key")
 @dataclass
 class LayerStats:
-    """Per-class, per-unit statistics of one ONNX tensor (SPEC §8)."""
+    """Statistics of one ONNX tensor over the examples of each class, at one granularity (SPEC §8.1):
+
+    - ``unit``: per unit and class (``mean``, ``std`` [C, U]; optional ``cov_factors`` and ``channel``);
+    - ``channel_unit``: per channel and class (``channel``) and per unit over all classes
+      (``pooled_mean``, ``pooled_std`` [U]);
+    - ``channel``: per channel and class only.
+    """
 
     key: str  # group name under /layers
     tensor_name: str
     order: int
     kind: str
     shape: tuple[int, ...]  # per example, batch removed
-    mean: np.ndarray  # float32 [C, U]
-    std: np.ndarray  # float32 [C, U]
     count: np.ndarray  # int64 [C]
+    mean: np.ndarray | None = None  # float32 [C, U] (unit granularity)
+    std: np.ndarray | None = None  # float32 [C, U]
     temperature: float | None = None
     dropout_keep_prob: float | None = None
-    cov_factors: np.ndarray | None = None  # float32 [C, U, R]
+    cov_factors: np.ndarray | None = None  # float32 [C, U, R] (unit granularity)
     channel: ChannelStats | None = None
+    granularity: str = "unit"
+    pooled_mean: np.ndarray | None = None  # float32 [U] (channel_unit granularity)
+    pooled_std: np.ndarray | None = None
 
     @property
     def units(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def per_unit(self) -> bool:
+        """Per-unit, per-class statistics are stored (what per-unit targets and draws need)."""
+        return self.granularity == "unit"
 
 
 @element("spectral_stats", key="key")
@@ -261,7 +277,11 @@ class Sidecar:
     writer_name: str = "dfkd-meta"
     writer_version: str = field(default_factory=_package_version)
     created_utc: str = field(default_factory=utc_now)
-    format_version: str = FORMAT_VERSION
+    format_version: str | None = None  # None: the oldest format that holds it (needed_format_version)
+
+    def __post_init__(self):
+        if self.format_version is None:
+            self.format_version = self.needed_format_version()
 
     @property
     def num_classes(self) -> int:
@@ -275,3 +295,7 @@ class Sidecar:
 
     def layers_in_order(self) -> list[LayerStats]:
         return sorted(self.layers, key=lambda x: x.order)
+
+    def needed_format_version(self) -> str:
+        """The oldest format that holds this sidecar: 2.0.0 once a layer is coarser than per unit (SPEC §2)."""
+        return FORMAT_VERSION if any(layer.granularity != "unit" for layer in self.layers) else LEGACY_FORMAT_VERSION

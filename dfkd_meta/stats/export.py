@@ -48,7 +48,8 @@ from ..sidecar import (
 from ..sidecar.binding import model_binding
 from ..sidecar.card import CARD_NAME, render_card
 from ..sidecar.types import ConventionRecord, InputDomain
-from .moments import ClassMoments, pool_positions, sketch_width
+from .budget import LAYER_OVERHEAD, MB, LayerChoice, default_budget, plan_budget
+from .moments import ChannelMoments, ClassMoments, PooledUnitMoments, pool_positions, sketch_width
 from .spectral import LayerRef, plan_spectral
 from .teacher_check import (
     PRECHECK_EXAMPLES,
@@ -60,6 +61,10 @@ from .teacher_check import (
     require_no_better_rival,
 )
 
+MAX_BATCH = 512
+# tapped activations of one batch at most (float32): a batch is held twice (inference one batch ahead) plus ONNX
+# Runtime's own buffers, so export's peak memory follows the batch, not the model's width times 512
+TAP_BYTES = 128 << 20
 MAX_SKETCH_ENTRIES = 2 ** 25  # float64 covariance-sketch entries per layer (256 MiB); larger layers get none
 
 
@@ -148,7 +153,7 @@ def _precheck(plan: _Plan, data: DataSource, cfg: ExportConfig) -> ConventionCom
     runner = OrtModel(plan.proto)
     comparison = compare_conventions(lambda x: runner.run(x)[plan.logits], data, cfg.split, plan.convention,
                                      tuple(plan.facts.inputs[0].per_example_shape),
-                                     limit=min(n, PRECHECK_EXAMPLES), batch_size=cfg.batch_size)
+                                     limit=min(n, PRECHECK_EXAMPLES), batch_size=cfg.batch_size or MAX_BATCH)
     if comparison.chosen.out_of_range:  # before any accuracy: the cause is the numbers, not the labels
         bad = comparison.chosen
         raise _not_finite(plan, plan.logits, f"; {bad.out_of_range} of {bad.total} sampled examples")
@@ -277,12 +282,18 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     model_shape = tuple(facts.inputs[0].per_example_shape)
     refs = [LayerRef(key, tensor, shape) for key, tensor, _, shape in chosen]
     omitted: list[str] = []
-    plans = plan_spectral(proto, refs, model_shape, cfg.spectral_k, cfg.spectral_k, progress, omitted) \
+    t_plan = time.perf_counter()
+    plans = plan_spectral(proto, refs, model_shape, cfg.spectral_k, cfg.spectral_k, progress, omitted,
+                          max_nodes=cfg.spectral_max_nodes) \
         if cfg.spectral_k != 0 else []
-    t_graph = time.perf_counter() - t0
+    t_graph = time.perf_counter() - t0  # everything before the statistics pass: the checks and the planning
+    t_spectral = time.perf_counter() - t_plan
 
-    moments = {key: ClassMoments(c, math.prod(shape), cov_rank=cfg.cov_rank if _sketch_fits(c, shape, cfg.cov_rank)
-                                 else 0) for key, _, _, shape in chosen}
+    budget = plan_budget([(key, tuple(shape), min(cfg.cov_rank, math.prod(shape)) if _sketch_fits(c, shape, cfg.cov_rank)
+                           else 0) for key, _, _, shape in chosen], c,
+                         budget=int(cfg.max_size * MB) if cfg.max_size is not None else default_budget(_model_bytes(plan)),
+                         fixed_bytes=sum(_spectral_bytes(p, c) for p in plans), where=str(plan.source))
+    moments = {key: _accumulator(budget.choices[key], c, cfg.cov_rank) for key, _, _, _ in chosen}
     coef = {p.key: ClassMoments(c, p.k) for p in plans}
     bases = {p.key: p.basis.astype(np.float32) for p in plans}
     runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen], spin=False)  # see _inference_ahead
@@ -290,15 +301,17 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     n_total = min(data.size(cfg.split), cfg.limit) if cfg.limit else data.size(cfg.split)
     seen, t1 = 0, time.perf_counter()
     bar = progress_bar(total=n_total, desc="statistics", unit="ex", enabled=progress)
-    for out, y in _inference_ahead(runner, data.batches(cfg.split, cfg.batch_size, feed=plan.feed, limit=cfg.limit)):
+    batch_size = cfg.batch_size or auto_batch_size(chosen, model_shape)
+    for out, y in _inference_ahead(runner, data.batches(cfg.split, batch_size, feed=plan.feed, limit=cfg.limit)):
         meter.update(out[plan.logits], y)
         values = {}
         for key, tensor, kind, _ in chosen:
             v = out[tensor].reshape(len(y), -1)
             values[key] = v / np.float32(cfg.temperature) if kind == "logits" else v
-            moments[key].update(values[key], y)
-            if not (np.isfinite(moments[key].mean).all() and np.isfinite(moments[key].m2).all()):
-                raise _not_finite(plan, tensor)
+            for m in moments[key]:
+                m.update(values[key], y)
+                if not (np.isfinite(m.mean).all() and np.isfinite(m.m2).all()):
+                    raise _not_finite(plan, tensor)
         for p in plans:
             signal = np.concatenate([values[r.key] for r in p.layers], axis=1)
             coef[p.key].update(signal @ bases[p.key], y)
@@ -315,16 +328,9 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
         meter.accuracy < plan.min_accuracy or comparison.clearly_better() is not None))
 
     onnx_path = _place_model(plan.source, out_dir, name)
-    stats = []
-    for order, (key, tensor, kind, shape) in enumerate(chosen):
-        m = moments[key]
-        stats.append(LayerStats(
-            key=key, tensor_name=tensor, order=order, kind=kind, shape=tuple(shape),
-            mean=m.mean.astype(np.float32), std=m.std().astype(np.float32), count=m.count.copy(),
-            temperature=cfg.temperature if kind == "logits" else None, dropout_keep_prob=keep.get(tensor),
-            cov_factors=m.low_rank_factors(min(cfg.cov_rank, m.mean.shape[1])).astype(np.float32)
-            if m.sketch is not None else None,
-            channel=_channel_stats(m, shape[0]) if len(shape) >= 2 else None))
+    stats = [_layer_stats(budget.choices[key], moments[key], tensor=tensor, order=order, kind=kind,
+                          temperature=cfg.temperature if kind == "logits" else None, dropout_keep=keep.get(tensor))
+             for order, (key, tensor, kind, _) in enumerate(chosen)]
     blocks = [SpectralStats(key=p.key, scope=p.scope, layers=[r.key for r in p.layers], k=p.k,
                             eigenvalues=p.eigenvalues, basis=p.basis.astype(np.float32),
                             coef_mean=coef[p.key].mean.astype(np.float32),
@@ -343,7 +349,8 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     if not report.valid:
         raise SidecarInvalidError(sidecar_path, report, action="export")
     (out_dir / CARD_NAME).write_text(render_card(sidecar, sidecar_path), encoding="utf-8")
-    skipped_cov = [k for k, m in moments.items() if cfg.cov_rank and m.sketch is None]
+    skipped_cov = [k for k, _, _, shape in chosen if cfg.cov_rank and budget.choices[k].granularity == "unit"
+                   and not _sketch_fits(c, shape, cfg.cov_rank)]
     recorded = settings(replace(cfg, input_norm=plan.convention.name))
     summary = {
         "model": str(onnx_path), "sidecar": str(sidecar_path), "sidecar_bytes": sidecar_path.stat().st_size,
@@ -359,9 +366,15 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
                           "mean_confidence": round(check.mean_confidence, 6), "min_accuracy": check.min_accuracy,
                           "forced": check.forced, "sample_accuracy": round(comparison.chosen.accuracy, 6),
                           "rival_conventions": comparison.accuracies()},
+        "batch_size": batch_size,
         "cov_rank": cfg.cov_rank, "cov_skipped_layers": skipped_cov, "temperature": cfg.temperature,
+        "size_budget_bytes": budget.budget, "estimated_bytes": budget.nbytes(c),
+        "granularity": {k: ch.granularity for k, ch in budget.choices.items()},
+        "covariance_dropped_for_budget": [k for k, ch in budget.choices.items() if cfg.cov_rank and not ch.cov_rank
+                                          and _sketch_fits(c, ch.shape, cfg.cov_rank)],
         "settings": recorded,
         "seconds": round(time.perf_counter() - t0, 3), "graph_seconds": round(t_graph, 3),
+        "spectral_planning_seconds": round(t_spectral, 3),
         "pass_seconds": round(t_pass, 3), "samples_per_second": round(seen / max(t_pass, 1e-9), 1),
     }
     return ExportResult(onnx_path, sidecar_path, summary)
@@ -413,6 +426,50 @@ def _inference_ahead(runner: OrtModel, batches) -> Iterator[tuple[dict[str, np.n
 def _channel_stats(moments: ClassMoments, channels: int) -> ChannelStats:
     pooled = pool_positions(moments, channels)
     return ChannelStats(pooled.mean.astype(np.float32), pooled.std().astype(np.float32))
+
+
+def auto_batch_size(chosen: list[tuple], input_shape) -> int:
+    """Examples per ONNX Runtime call: up to MAX_BATCH, fewer when the tapped tensors of a batch would pass TAP_BYTES."""
+    per_example = 4 * (math.prod(input_shape) + sum(math.prod(shape) for _, _, _, shape in chosen))
+    return int(min(MAX_BATCH, max(8, TAP_BYTES // per_example)))
+
+
+def _accumulator(choice: LayerChoice, classes: int, cov_rank: int) -> tuple[ClassMoments, ...]:
+    """What the statistics pass keeps for one layer at its granularity: memory follows what is stored."""
+    if choice.granularity == "unit":
+        return (ClassMoments(classes, choice.units, cov_rank=cov_rank if choice.cov_rank else 0),)
+    channels = ChannelMoments(classes, choice.channels, choice.units // choice.channels)
+    return (channels, PooledUnitMoments(choice.units)) if choice.granularity == "channel_unit" else (channels,)
+
+
+def _layer_stats(choice: LayerChoice, moments: tuple[ClassMoments, ...], **fields) -> LayerStats:
+    common = dict(key=choice.key, tensor_name=fields["tensor"], order=fields["order"], kind=fields["kind"],
+                  shape=choice.shape, temperature=fields["temperature"], dropout_keep_prob=fields["dropout_keep"],
+                  granularity=choice.granularity)
+    if choice.granularity == "unit":
+        m = moments[0]
+        return LayerStats(**common, mean=m.mean.astype(np.float32), std=m.std().astype(np.float32),
+                          count=m.count.copy(),
+                          cov_factors=m.low_rank_factors(choice.cov_rank).astype(np.float32)
+                          if m.sketch is not None else None,
+                          channel=_channel_stats(m, choice.channels) if choice.channels else None)
+    channels = moments[0]
+    stored = ChannelStats(channels.mean.astype(np.float32), channels.std().astype(np.float32))
+    pooled = moments[1] if choice.granularity == "channel_unit" else None
+    return LayerStats(**common, count=channels.examples.copy(), channel=stored,
+                      pooled_mean=pooled.mean[0].astype(np.float32) if pooled else None,
+                      pooled_std=pooled.std()[0].astype(np.float32) if pooled else None)
+
+
+def _model_bytes(plan: _Plan) -> int:
+    """The teacher's size on disk: its file and its external data."""
+    locations = external_data_locations(onnx.load(str(plan.source), load_external_data=False))
+    return plan.source.stat().st_size + sum((plan.source.parent / loc).stat().st_size for loc in locations)
+
+
+def _spectral_bytes(block, classes: int) -> int:
+    nodes, k = block.basis.shape
+    return LAYER_OVERHEAD + nodes * k * 4 + 2 * classes * k * 4 + 8 * k
 
 
 def _logits_name(facts, path: Path) -> str:

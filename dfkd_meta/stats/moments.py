@@ -148,3 +148,48 @@ def pool_positions(moments: ClassMoments, channels: int) -> ClassMoments:
     pooled.m2 = (moments.m2.reshape(classes, channels, positions).sum(axis=2)
                  + moments.count[:, None] * ((mean_u - pooled.mean[:, :, None]) ** 2).sum(axis=2))
     return pooled
+
+
+class ChannelMoments(ClassMoments):
+    """Per-class moments of each channel pooled over its positions, accumulated directly from [B, CH * P] values
+    (channels first, as ONNX lays tensors out): memory classes x channels, whatever the map's size.
+
+    Equals ``pool_positions`` of the per-unit moments (the same law of total variance, one batch at a
+    time); ``count`` counts values (examples x positions), ``examples`` the examples of each class.
+    """
+
+    def __init__(self, num_classes: int, channels: int, positions: int):
+        super().__init__(num_classes, channels)
+        self.positions = positions
+        self.examples = np.zeros(num_classes, np.int64)
+
+    def update(self, values: np.ndarray, labels: np.ndarray) -> None:
+        labels = np.asarray(labels)
+        if len(labels) > 1 and (labels[1:] < labels[:-1]).any():
+            order = np.argsort(labels, kind="stable")
+            values, labels = values[order], labels[order]
+        channels, positions = self.mean.shape[1], self.positions
+        classes, starts = np.unique(labels, return_index=True)
+        for c, lo, hi in zip(classes, starts, [*starts[1:], len(labels)]):
+            v = values[lo:hi].reshape(hi - lo, channels, positions)
+            shift = (self.mean[c] if self.count[c] else v[0].mean(axis=1)).astype(v.dtype)
+            d = v - shift[None, :, None]  # shifted, as in ClassMoments.update: no cancellation in float32
+            s1 = d.sum(axis=(0, 2), dtype=np.float64)
+            n_b = (hi - lo) * positions
+            m2_b = np.maximum(np.einsum("ncp,ncp->c", d, d).astype(np.float64) - s1 * s1 / n_b, 0.0)
+            self._merge(int(c), n_b, shift + s1 / n_b, m2_b, None)
+            self.examples[c] += hi - lo
+
+    def merge(self, other: ChannelMoments) -> None:
+        super().merge(other)
+        self.examples += other.examples
+
+
+class PooledUnitMoments(ClassMoments):
+    """Moments of each unit over the examples of every class together (the ``channel_unit`` layout)."""
+
+    def __init__(self, units: int):
+        super().__init__(1, units)
+
+    def update(self, values: np.ndarray, labels: np.ndarray) -> None:
+        super().update(values, np.zeros(len(values), np.int64))

@@ -31,7 +31,7 @@ def recheck_release(sidecar: Sidecar, model: str, data: DataSource, *, split: st
               "convention": dom.convention.name if dom.convention else None}
     recorded = from_domain(domain)
     feed = Feed(recorded, tuple(binding.input_shape[1:]))
-    logits_layer = next((x for x in sidecar.layers if x.kind == "logits"), None)
+    logits_layer = next((x for x in sidecar.layers if x.kind == "logits" and x.per_unit), None)
     runner = OrtModel(model)
     meter = AccuracyMeter()
     moments = ClassMoments(binding.num_classes, binding.num_classes)

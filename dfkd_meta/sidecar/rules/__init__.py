@@ -35,8 +35,11 @@ def rule(rule_id: str, *, on: str):
 
 
 def run_rules(ctx: GroupContext) -> None:
+    """Every rule registered on the group's type that the file's schema declares (a rule added by a newer
+    MAJOR does not apply to files of an older one)."""
     for check in RULES.get(ctx.type_name, []):
-        check.fn(replace(ctx, rule=check.rule))
+        if check.rule in ctx.state.schema.rules:
+            check.fn(replace(ctx, rule=check.rule))
 
 
 def registered_rule_ids() -> set[str]:

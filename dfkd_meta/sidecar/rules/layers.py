@@ -29,6 +29,35 @@ def channel_stats_need_a_channel_axis(ctx: GroupContext) -> None:
         ctx.report(f"{ctx.path}/channel", f"layer shape {shape} has no channel axis")
 
 
+# what each granularity stores (SPEC §8.1): item -> required (True) or forbidden (False); others optional
+GRANULARITY_ITEMS = {
+    "unit": {"mean": True, "std": True, "pooled_mean": False, "pooled_std": False},
+    "channel_unit": {"channel": True, "pooled_mean": True, "pooled_std": True, "mean": False, "std": False,
+                     "cov_factors": False},
+    "channel": {"channel": True, "mean": False, "std": False, "pooled_mean": False, "pooled_std": False,
+                "cov_factors": False},
+}
+
+
+@rule("DM624", on="layer_stats")
+def items_match_the_granularity(ctx: GroupContext) -> None:
+    """A layer holds the items its @granularity stores and none it does not; a vector layer is per unit."""
+    granularity, shape, p = ctx.attrs.get("granularity"), ctx.attrs.get("shape"), ctx.path
+    if granularity is None:
+        return  # absent (DM601) or invalid (DM604): already reported
+    if granularity != "unit" and shape is not None and len(shape) < 2:
+        ctx.report(f"{p}@granularity", f"{granularity!r} on a layer of shape {shape}, which has no channel axis; "
+                                       "vector layers are stored per unit")
+        return
+    present = {name for name in ("mean", "std", "pooled_mean", "pooled_std", "cov_factors", "channel")
+               if ctx.state.kinds.get(f"{p}/{name}") is not None}
+    for name, required in GRANULARITY_ITEMS[granularity].items():
+        if required and name not in present:
+            ctx.report(f"{p}/{name}", f"granularity {granularity!r} stores {name}, and it is missing")
+        elif not required and name in present:
+            ctx.report(f"{p}/{name}", f"granularity {granularity!r} does not store {name}")
+
+
 @rule("DM616", on="layer_stats")
 def covariance_factors_stay_below_the_variance(ctx: GroupContext) -> None:
     """rowsum(F*F) <= std^2 (1 + 1e-3) + 1e-6, read in bounded [units, R] slabs."""

@@ -11,7 +11,9 @@ teacher is at chance). Every measurement runs in its own child process so that i
   pass's examples/s, the sidecar's bytes and the granularity the size budget chose for each layer;
 - ``ort``: plain ONNX Runtime inference of the same batches (a session returning only the logits, the same
   thread count): the throughput export is compared with;
-- ``validate``: the release's validation (isolated child, against the model): time and the child's peak memory.
+- ``validate``: the release's validation (isolated child, against the model): time and the child's peak memory;
+- ``online`` (the resnet18-c100 row): every online method for a minute on the release, with and without its
+  per-channel sidecar, a resnet8 student on the 3-channel inputs: seconds per student update.
 The ``*-x10`` rows repeat a row with ten times the examples: export's memory must not grow with the data.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ ROWS = {
     "resnet18-c10": ("resnet18", (3, 32, 32), 10, 2000),
     "resnet18-c10-x10": ("resnet18", (3, 32, 32), 10, 20000),
     "resnet18-c100": ("resnet18", (3, 32, 32), 100, 2000),
-    "resnet50-c1000": ("resnet50", (3, 224, 224), 1000, 1000),
+    "resnet50-c1000": ("resnet50", (3, 224, 224), 1000, 500),
 }
 SEED = 0
 
@@ -132,7 +134,7 @@ def run_child(step: str, row: str, folder: Path, *extra: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(row: str) -> dict:
+def measure(row: str, online: bool = False) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"dfkd-scale-{row}-"))
     try:
         out = {"architecture": ROWS[row][0], "input_shape": list(ROWS[row][1]), "classes": ROWS[row][2],
@@ -141,6 +143,14 @@ def measure(row: str) -> dict:
         out.update(run_child("export", row, folder))
         out.update(run_child("ort", row, folder, "--batch", str(out["batch_size"])))
         out.update(run_child("validate", row, folder))
+        if online and row == CONSUMER_ROW:  # the consumer side on this release: every method, with and without it
+            from dfkd_meta.synthesis import METHODS
+
+            out["online"] = {f"{m} {'sidecar' if side else 'none'}": run_child("online", row, folder, "--method", m,
+                                                                                *(["--sidecar"] if side else []))
+                             for m in sorted(METHODS) for side in (False, True)}
+            out["online_setting"] = {"student": CONSUMER_STUDENT, "minutes": CONSUMER_MINUTES,
+                                     "batch_size": CONSUMER_BATCH, "device": "cpu"}
         out["throughput_vs_ort"] = round(out["export_examples_per_second"] / out["ort_examples_per_second"], 3)
         out["planning_share"] = round(out["planning_seconds"] / out["export_seconds"], 3)
         out["sidecar_vs_model"] = round(out["sidecar_bytes"] / out["model_bytes"], 3)
@@ -150,6 +160,29 @@ def measure(row: str) -> dict:
 
 
 REAL_MINUTES = 3
+CONSUMER_ROW, CONSUMER_STUDENT, CONSUMER_MINUTES, CONSUMER_BATCH = "resnet18-c100", "resnet8", 1.0, 64
+
+
+def child_online(row: str, folder: Path, method: str, with_sidecar: bool) -> dict:
+    """One online method on the row's release (its per-channel sidecar, or none) for CONSUMER_MINUTES: seconds per
+    student update and teacher examples per second on 3-channel inputs, a residual student."""
+    import torch
+
+    from dfkd_meta.config import OnlineConfig
+    from dfkd_meta.distill import distill_online
+    from dfkd_meta.models import build_model
+
+    arch, shape, classes, _ = ROWS[row]
+    torch.manual_seed(SEED)
+    student = build_model(CONSUMER_STUDENT, shape, classes)
+    cfg = OnlineConfig(method=method, iterations=10_000_000, minutes=CONSUMER_MINUTES, batch_size=CONSUMER_BATCH)
+    rel = folder / "release"
+    r = distill_online(rel / f"{arch}.onnx", student, cfg, sidecar=rel / f"{arch}.dfkd.h5" if with_sidecar else None,
+                       device="cpu", progress=False).report
+    return {"iterations": r["iterations"], "seconds": r["distill_seconds"],
+            "seconds_per_iteration": round(r["distill_seconds"] / max(r["iterations"], 1), 3),
+            "teacher_examples_per_second": round(r["teacher_forward_examples"] / r["distill_seconds"], 1),
+            "moment_layers": len(r["context"]["moment_layers"]), "peak_mb": round(_peak_mb(), 1)}
 
 
 def write_png_folder(data, folder: Path) -> Path:
@@ -219,15 +252,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
     ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--online", action="store_true", help=f"on the {CONSUMER_ROW} row, also every online method for "
+                    f"{CONSUMER_MINUTES:g} minute with and without the sidecar")
     ap.add_argument("--real", action="store_true", help="the real-data row: a Fashion-MNIST residual teacher, its "
                     "images as a PNG folder, dfad with and without the sidecar (3 minutes each)")
-    ap.add_argument("--child", choices=["model", "export", "ort", "validate"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["model", "export", "ort", "validate", "online"], help=argparse.SUPPRESS)
+    ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--sidecar", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         fn = {"model": child_model, "export": child_export, "validate": child_validate,
-              "ort": lambda r, f: child_ort(r, f, args.batch)}[args.child]
+              "ort": lambda r, f: child_ort(r, f, args.batch),
+              "online": lambda r, f: child_online(r, f, args.method, args.sidecar)}[args.child]
         print(json.dumps(fn(args.rows[0], args.folder)))
         return 0
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
@@ -245,7 +283,7 @@ def main(argv=None) -> int:
         if row in results["rows"] and not args.rerun:
             continue
         print(f"{row}: measuring", flush=True)
-        results["rows"][row] = {**measure(row), "date": dt.date.today().isoformat()}
+        results["rows"][row] = {**measure(row, args.online), "date": dt.date.today().isoformat()}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         print(json.dumps(results["rows"][row], indent=1), flush=True)

@@ -314,8 +314,22 @@ def test_the_path_only_jacobian_equals_the_full_network_run_on_a_residual_net(tm
         units = math.prod(a.shape)
         eye = torch.eye(units, dtype=torch.float64).reshape(units, *a.shape)
         zeros = torch.zeros(units, 3, 8, 8, dtype=torch.float64)
-        run = lambda inj: module.run(zeros, taps=[b.name], inject={a.name: inj})[b.name].reshape(units, -1)  # noqa: E731
-        want = (run(eye) - run(torch.zeros_like(eye))).abs().T.numpy()
+        ran = [module.run(zeros, taps=[b.name], inject={a.name: inj})[b.name].reshape(units, -1)
+               for inj in (eye, torch.zeros_like(eye))]
+        want = (ran[0] - ran[1]).abs().T.numpy()
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
         checked += int(np.count_nonzero(want))
     assert checked > 0 and isinstance(proto, onnx.ModelProto)
+
+
+def test_show_and_the_model_card_say_which_layers_are_per_channel(cnn_releases):
+    from cli.main import main as cli_main
+
+    _, coarse, moved = cnn_releases
+    res = CliRunner().invoke(cli_main, ["show", str(coarse.sidecar_path)])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if moved in x and "pre_activation" in x)
+    assert "per channel and class, units pooled over classes" in line
+    assert "dfkd-meta 2.0.0 sidecar" in res.output
+    card = (coarse.sidecar_path.parent / "README.md").read_text()
+    assert f"`{moved}` per channel and class" in card

@@ -151,9 +151,10 @@ def _precheck(plan: _Plan, data: DataSource, cfg: ExportConfig) -> ConventionCom
     """The teacher on a seeded sample of the split, fed its convention and each rival, before anything is written."""
     n = min(data.size(cfg.split), cfg.limit or data.size(cfg.split))
     runner = OrtModel(plan.proto)
+    model_shape = tuple(plan.facts.inputs[0].per_example_shape)
     comparison = compare_conventions(lambda x: runner.run(x)[plan.logits], data, cfg.split, plan.convention,
-                                     tuple(plan.facts.inputs[0].per_example_shape),
-                                     limit=min(n, PRECHECK_EXAMPLES), batch_size=cfg.batch_size or MAX_BATCH)
+                                     model_shape, limit=min(n, PRECHECK_EXAMPLES),
+                                     batch_size=cfg.batch_size or auto_batch_size(plan.chosen, model_shape))
     if comparison.chosen.out_of_range:  # before any accuracy: the cause is the numbers, not the labels
         bad = comparison.chosen
         raise _not_finite(plan, plan.logits, f"; {bad.out_of_range} of {bad.total} sampled examples")

@@ -21,6 +21,18 @@ def sketch_width(units: int, rank: int) -> int:
     return min(units, 2 * rank + 16)
 
 
+def class_slices(values: np.ndarray, labels: np.ndarray):
+    """(class, its rows of ``values``) for each class in the batch: sorted by label first (stable), so each class
+    is one contiguous slice and no per-class copy is made."""
+    labels = np.asarray(labels)
+    if len(labels) > 1 and (labels[1:] < labels[:-1]).any():
+        order = np.argsort(labels, kind="stable")
+        values, labels = values[order], labels[order]
+    classes, starts = np.unique(labels, return_index=True)
+    for c, lo, hi in zip(classes, starts, [*starts[1:], len(labels)]):
+        yield c, values[lo:hi]
+
+
 class ClassMoments:
     """Per-class count, mean and sum of squared deviations (M2) of vectors of ``units`` values.
 
@@ -44,13 +56,7 @@ class ClassMoments:
 
     def update(self, values: np.ndarray, labels: np.ndarray) -> None:
         """Add a batch: ``values`` [B, units] (float32 or float64), ``labels`` [B]."""
-        labels = np.asarray(labels)
-        if len(labels) > 1 and (labels[1:] < labels[:-1]).any():
-            order = np.argsort(labels, kind="stable")
-            values, labels = values[order], labels[order]
-        classes, starts = np.unique(labels, return_index=True)
-        for c, lo, hi in zip(classes, starts, [*starts[1:], len(labels)]):
-            v = values[lo:hi]
+        for c, v in class_slices(values, labels):
             # Shifted sums: with the shift near the class mean, float32 sums lose nothing that
             # matters, and sum(d^2) - sum(d)^2/n (in float64) has no cancellation.
             shift = (self.mean[c] if self.count[c] else v[0]).astype(v.dtype)
@@ -58,7 +64,7 @@ class ClassMoments:
                 self._scratch = np.empty((max(len(v), len(self._scratch)), v.shape[1]), v.dtype)
             d = np.subtract(v, shift, out=self._scratch[:len(v)])
             s1 = d.sum(axis=0).astype(np.float64)
-            n_b = hi - lo
+            n_b = len(v)
             mean_b = shift + s1 / n_b
             m2_b = np.maximum(np.einsum("ij,ij->j", d, d).astype(np.float64) - s1 * s1 / n_b, 0.0)
             sk_b = None
@@ -164,21 +170,17 @@ class ChannelMoments(ClassMoments):
         self.examples = np.zeros(num_classes, np.int64)
 
     def update(self, values: np.ndarray, labels: np.ndarray) -> None:
-        labels = np.asarray(labels)
-        if len(labels) > 1 and (labels[1:] < labels[:-1]).any():
-            order = np.argsort(labels, kind="stable")
-            values, labels = values[order], labels[order]
         channels, positions = self.mean.shape[1], self.positions
-        classes, starts = np.unique(labels, return_index=True)
-        for c, lo, hi in zip(classes, starts, [*starts[1:], len(labels)]):
-            v = values[lo:hi].reshape(hi - lo, channels, positions)
+        for c, v in class_slices(values, labels):
+            examples = len(v)
+            v = v.reshape(examples, channels, positions)
             shift = (self.mean[c] if self.count[c] else v[0].mean(axis=1)).astype(v.dtype)
             d = v - shift[None, :, None]  # shifted, as in ClassMoments.update: no cancellation in float32
             s1 = d.sum(axis=(0, 2), dtype=np.float64)
-            n_b = (hi - lo) * positions
+            n_b = examples * positions
             m2_b = np.maximum(np.einsum("ncp,ncp->c", d, d).astype(np.float64) - s1 * s1 / n_b, 0.0)
             self._merge(int(c), n_b, shift + s1 / n_b, m2_b, None)
-            self.examples[c] += hi - lo
+            self.examples[c] += examples
 
     def merge(self, other: ChannelMoments) -> None:
         super().merge(other)

@@ -135,7 +135,7 @@ def writer_schema(sidecar: Sidecar) -> Schema:
     major = int(str(sidecar.format_version).split(".")[0])
     if major < int(needed.split(".")[0]):
         raise DfkdError(f"sidecar: format {sidecar.format_version} cannot hold layers coarser than per unit "
-                        f"({', '.join(x.key for x in sidecar.layers if x.granularity != 'unit')}); write it as {needed}")
+                        f"({', '.join(x.key for x in sidecar.layers if not x.per_unit)}); write it as {needed}")
     schema = package_schema_for(major)
     if schema is None:
         raise DfkdError(f"sidecar: format {sidecar.format_version} is not one this package writes "

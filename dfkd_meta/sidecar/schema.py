@@ -16,7 +16,6 @@ import yaml
 
 SCHEMA_FILES = {1: "dfkd-meta-1.0.schema.yaml", 2: "dfkd-meta-2.0.schema.yaml"}  # format MAJOR -> its schema
 CURRENT_MAJOR = max(SCHEMA_FILES)
-SCHEMA_FILE = SCHEMA_FILES[CURRENT_MAJOR]
 SEVERITIES = ("error", "warning", "info")
 ATTR_KINDS = ("str", "int", "float", "str_list", "int_list", "float_list")
 DATASET_DTYPES = ("float32", "float64", "int64", "str")

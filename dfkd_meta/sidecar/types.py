@@ -17,7 +17,6 @@ import numpy as np
 FORMAT_NAME = "dfkd-meta"
 FORMAT_VERSION = "2.0.0"  # the newest; a file that needs nothing of 2.0 is written as LEGACY_FORMAT_VERSION (SPEC §2)
 LEGACY_FORMAT_VERSION = "1.1.0"
-GRANULARITIES = ("unit", "channel_unit", "channel")  # finest first (SPEC §8.1)
 LAYER_KINDS = ("pre_activation", "post_activation", "logits")
 SPECTRAL_GRAPH = "abs_weight_normalized_laplacian"
 SPECTRAL_GRAPH_VERSION = 1
@@ -298,4 +297,4 @@ class Sidecar:
 
     def needed_format_version(self) -> str:
         """The oldest format that holds this sidecar: 2.0.0 once a layer is coarser than per unit (SPEC §2)."""
-        return FORMAT_VERSION if any(layer.granularity != "unit" for layer in self.layers) else LEGACY_FORMAT_VERSION
+        return FORMAT_VERSION if any(not layer.per_unit for layer in self.layers) else LEGACY_FORMAT_VERSION

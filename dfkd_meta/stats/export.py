@@ -424,9 +424,9 @@ def _inference_ahead(runner: OrtModel, batches) -> Iterator[tuple[dict[str, np.n
             yield pending.result()
 
 
-def _channel_stats(moments: ClassMoments, channels: int) -> ChannelStats:
-    pooled = pool_positions(moments, channels)
-    return ChannelStats(pooled.mean.astype(np.float32), pooled.std().astype(np.float32))
+def _channel_stats(moments: ClassMoments) -> ChannelStats:
+    """Stored per-channel statistics from per-channel moments (streamed, or pooled from per-unit ones)."""
+    return ChannelStats(moments.mean.astype(np.float32), moments.std().astype(np.float32))
 
 
 def auto_batch_size(chosen: list[tuple], input_shape) -> int:
@@ -453,9 +453,9 @@ def _layer_stats(choice: LayerChoice, moments: tuple[ClassMoments, ...], **field
                           count=m.count.copy(),
                           cov_factors=m.low_rank_factors(choice.cov_rank).astype(np.float32)
                           if m.sketch is not None else None,
-                          channel=_channel_stats(m, choice.channels) if choice.channels else None)
+                          channel=_channel_stats(pool_positions(m, choice.channels)) if choice.channels else None)
     channels = moments[0]
-    stored = ChannelStats(channels.mean.astype(np.float32), channels.std().astype(np.float32))
+    stored = _channel_stats(channels)
     pooled = moments[1] if choice.granularity == "channel_unit" else None
     return LayerStats(**common, count=channels.examples.copy(), channel=stored,
                       pooled_mean=pooled.mean[0].astype(np.float32) if pooled else None,

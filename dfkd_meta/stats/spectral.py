@@ -78,7 +78,7 @@ def plan_spectral(model: onnx.ModelProto, layers: list[LayerRef], input_shape: t
         a, b = pairs[i]
         blocks[i] = jacobian_block(module, a.tensor, b.tensor, a.shape, input_shape)
     plans = []
-    skipped = [f"pair_{a.key}__{b.key}"[:64] + f": no weight connects {a.key} to {b.key}"
+    skipped = [f"{_pair_key(a, b)}: no weight connects {a.key} to {b.key}"
                for (a, b), w in zip(pairs, weights) if not w]
     if not any(weights):
         skipped.insert(0, "all_layers: no weight connects any two consecutive layers")
@@ -92,7 +92,7 @@ def plan_spectral(model: onnx.ModelProto, layers: list[LayerRef], input_shape: t
     for i, (a, b) in enumerate(pairs):
         if not weights[i]:
             continue
-        name = f"pair_{a.key}__{b.key}"[:64]
+        name = _pair_key(a, b)
         if a.units + b.units > max_nodes:
             skipped.append(f"{name}: {a.units + b.units:,} units, over the planning limit of {max_nodes:,}")
             continue
@@ -103,3 +103,6 @@ def plan_spectral(model: onnx.ModelProto, layers: list[LayerRef], input_shape: t
         omitted.extend(skipped)
     return plans
 
+
+def _pair_key(a: LayerRef, b: LayerRef) -> str:
+    return f"pair_{a.key}__{b.key}"[:64]

@@ -352,3 +352,41 @@ def scale_table(res: Results) -> str:
                    "export peak MB", "sidecar / model MB", "layers by granularity", "spectral blocks",
                    "validate"], rows, right={2, 3, 4, 5, 7}) + \
         f"\n\nRandom weights and images (seed 0), default settings; {m['cpus']} CPUs, {m['torch_threads']} threads."
+
+
+# --- INT8 teachers from the sidecar (benchmarks/quantize.py) -----------------------------------------------------
+
+@renderer("quantize")
+def quantize_table(res: Results) -> str:
+    r = res["quantize"]["rows"]
+    teachers = list(dict.fromkeys(x["teacher"] for x in r.values()))
+    rows = []
+    for t in teachers:
+        f = r[f"{t}|float|none|channel"]
+        rows.append([t, "float teacher", "", f"{_pct(f['test_accuracy'], 2)} ({_pct(f['val_accuracy'], 2)})", "", ""])
+        for weights in ("channel", "tensor"):
+            for corr in ("none", "bias", "equalise", "equalise+bias"):
+                cells = []
+                for cal in ("data", "noise", "sidecar"):
+                    x = r.get(f"{t}|{cal}|{corr}|{weights}")
+                    cells.append("" if x is None else f"{_pct(x['test_accuracy'], 2)} ({_pct(x['val_accuracy'], 2)})")
+                if any(cells):
+                    rows.append([t, f"INT8, per {weights}", corr, *cells])
+    return _table(["teacher", "model", "corrections", "real data", "noise", "sidecar"], rows, right={3, 4, 5}) + \
+        f"\n\nTest accuracy (validation accuracy in brackets); {SAMPLES_NOTE}"
+
+
+SAMPLES_NOTE = ("512 class-balanced calibration inputs, ONNX Runtime static quantisation (QDQ, uint8 activations, "
+                "int8 weights, MinMax calibration).")
+
+
+@renderer("quantize-speed")
+def quantize_speed(res: Results) -> str:
+    q = res["quantize"]
+    rows = [[t, f"{s['float']['latency_ms']:.3f} / {s['int8']['latency_ms']:.3f}",
+             f"{s['float']['examples_per_second']:,.0f} / {s['int8']['examples_per_second']:,.0f}",
+             f"{s['float_bytes'] / 1024:,.0f} / {s['int8_bytes'] / 1024:,.0f}"] for t, s in q["speed"].items()]
+    m = q["machine"]
+    return _table(["teacher", "latency, batch 1 (ms): float / INT8", "examples/s, batch 256: float / INT8",
+                   "file KB: float / INT8"], rows, right={1, 2, 3}) + \
+        f"\n\nONNX Runtime on the CPU, {m['threads']} threads ({m['platform']})."

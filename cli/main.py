@@ -9,6 +9,7 @@ from .check import inspect, show, validate
 from .common import Group
 from .consume import demo, distill, reconstruct
 from .publish import export, train
+from .quantize import quantize
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +18,7 @@ def main() -> None:
     """Data-free knowledge distillation from model-release metadata."""
 
 
-for command in (validate, inspect, show, train, export, reconstruct, distill, demo):
+for command in (validate, inspect, show, train, export, reconstruct, distill, quantize, demo):
     main.add_command(command)
 
 

@@ -225,3 +225,32 @@ class OnlineConfig:
             raise UsageError(f"{{gaussian_mix}} {self.gaussian_mix}: must be in [0, 1)")
         if (self.lr is not None and not self.lr > 0) or (self.temperature is not None and not self.temperature > 0):
             raise UsageError("{lr} and {temperature} must be > 0")
+
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators
+CORRECTIONS = ("equalise", "bias")  # DFQ's corrections (Nagel et al. 2019), applied in this order
+
+
+@dataclass
+class QuantizeConfig:
+    """Static INT8 quantisation of a teacher, calibrated without its data (``dfkd-meta quantize``)."""
+
+    calibration: str = "sidecar"  # a name in quantize.calibration.CALIBRATIONS, or data:SPEC (real data, for comparison)
+    samples: int = 512  # calibration inputs, class-balanced
+    batch_size: int = 64
+    method: str = "minmax"  # ONNX Runtime's calibration method, CALIBRATION_METHODS
+    per_channel: bool = True  # weights quantised per output channel (else one scale per tensor)
+    corrections: tuple[str, ...] = ()  # CORRECTIONS to apply before quantising (measured: benchmarks/quantize.py)
+    reconstruct_steps: int = 100  # input-optimisation steps when calibration inputs are reconstructed
+    seed: int = 0
+    input_norm: str | None = None  # how the teacher takes raw values (convention spec); None: sidecar, else metadata
+
+    def check(self) -> None:
+        if self.samples < 1 or self.batch_size < 1 or self.reconstruct_steps < 0:
+            raise UsageError("{samples} and {batch_size} must be >= 1, {reconstruct_steps} >= 0")
+        if self.method not in CALIBRATION_METHODS:
+            raise UsageError(f"{{method}} {self.method!r}: expected one of {', '.join(CALIBRATION_METHODS)}")
+        unknown = [c for c in self.corrections if c not in CORRECTIONS]
+        if unknown or len(set(self.corrections)) != len(self.corrections):
+            raise UsageError(f"{{corrections}} {list(self.corrections)}: expected distinct names from "
+                             f"{', '.join(CORRECTIONS)}")

@@ -265,6 +265,17 @@ def test_a_time_budget_stops_the_run_and_anneals_the_rate_to_zero(release, monke
         OnlineConfig(minutes=0.0).check()
 
 
+@pytest.mark.parametrize("name", ["deepinversion", "cmi", "fast"])
+def test_minutes_budget_ends_a_synthesis_round_early(release, name):
+    # a round of a million steps would run for hours: the deadline must cut the round, not wait for its end
+    cfg = OnlineConfig(method=name, iterations=1000, minutes=0.02, batch_size=16,
+                       options={**SMALL[name], "steps": 10**6})
+    r = distill_online(release.model_path, build_model("hinton-tiny", (1, 8, 8), 10), cfg, device="cpu",
+                       sidecar=release.sidecar_path, progress=False).report
+    assert r["iterations"] >= 1 and r["budget_minutes"] == 0.02
+    assert 1.2 <= r["distill_seconds"] < 60
+
+
 def test_cli_minutes_budget_ends_the_run_early(release, tmp_path):
     r = CliRunner().invoke(cli_main, ["distill", "--teacher", str(release.model_path), "--student", "hinton-tiny",
                                       "-o", str(tmp_path / "s.onnx"), "-q", "--device", "cpu", "--method", "dfad",

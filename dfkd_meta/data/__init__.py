@@ -191,6 +191,10 @@ class DataSource:
             idx = order[start:start + batch_size]
             yield feed(self._take(split, idx)), y[idx]
 
+    def take(self, split: str, idx: np.ndarray, *, feed: Feed) -> np.ndarray:
+        """Model inputs (through ``feed``) of the split's examples ``idx``, in that order."""
+        return feed(self._take(split, idx))
+
     def _take(self, split: str, idx: np.ndarray) -> np.ndarray:
         """The raw float32 batch of the split's examples ``idx`` (resized when asked)."""
         return self._raw_batch(self._split(split)[0][idx])

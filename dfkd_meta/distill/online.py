@@ -129,6 +129,8 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     last_saved = start if resume else None
     stopped_on_stall = False  # this run ended on the monitor's alarm (not an alarm restored from a checkpoint)
     for it in (() if out_of_time else bar):
+        if budget is not None:  # recomputed each step: evaluation pauses move t0
+            method.deadline = t0 + budget - seconds_before
         try:
             x, t = method.next_batch(student, cfg.batch_size - n_gauss)
             if n_gauss:

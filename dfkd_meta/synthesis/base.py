@@ -1,6 +1,9 @@
 """The interface of an online synthesis method, and what its methods share."""
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -25,7 +28,9 @@ class Method:
     method runs its own synthesis in between (a generator step, input optimisation, a memory bank),
     reading the student where the method puts it in the loop. ``defaults`` are the method's
     settings, each overridable by name (``OnlineConfig.options``); ``student`` says how the paper
-    trains the student (loss, optimiser, learning rate, temperature).
+    trains the student (loss, optimiser, learning rate, temperature). ``deadline`` (a
+    ``time.perf_counter`` reading, set by the loop under ``--minutes``) ends a synthesis round early:
+    on a large teacher one round of input optimisation takes minutes, longer than a short budget.
     """
 
     name = ""
@@ -38,6 +43,15 @@ class Method:
             raise UsageError(f"{{options}} {unknown}: {self.name} has the settings {sorted(self.defaults)}")
         self.ctx, self.gen = ctx, gen
         self.opt = {**self.defaults, **options}
+        self.deadline: float | None = None
+
+    def synthesis_steps(self, steps: int) -> Iterator[int]:
+        """The step indices of one synthesis round of ``steps``: all of them or, once ``deadline`` has passed, those
+        begun so far (at least one: the round's batch is then less optimised, and the loop ends the run after it)."""
+        for step in range(steps):
+            if step and self.deadline is not None and time.perf_counter() >= self.deadline:
+                return
+            yield step
 
     def next_batch(self, student: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` inputs and the teacher's logits on them, for the next student update."""

@@ -59,7 +59,7 @@ class CMI(BankMethod):
             params += list(self._head(dim.shape[1]).parameters())
         opt = torch.optim.Adam(params, lr=self.opt["lr_g"], betas=(0.5, 0.999))
         self.generator.train()
-        for _ in range(int(self.opt["steps"])):
+        for _ in self.synthesis_steps(int(self.opt["steps"])):
             x = self.ctx.clip(self.generator(z))
             views = torch.cat([self.jitter(x, int(self.opt["jitter"])), self.jitter(x, int(self.opt["jitter"]))])
             acts = self.ctx.run(views, self.taps)

@@ -42,7 +42,7 @@ class DeepInversion(BankMethod):
         x = (x0 if x0 is not None else self.ctx.random_inputs(n, self.gen)).clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=self.opt["lr_x"], betas=(0.5, 0.9))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(self.opt["steps"])))
-        for _ in range(int(self.opt["steps"])):
+        for _ in self.synthesis_steps(int(self.opt["steps"])):
             xa = self.jitter(x, int(self.opt["jitter"]))
             acts = self.ctx.run(xa, self.taps)
             t = acts[self.ctx.logits]

@@ -42,7 +42,7 @@ class FastDFKD(BankMethod):
         z = self.noise(n, int(self.opt["nz"])).requires_grad_(True)
         opt = torch.optim.Adam([{"params": fast.parameters()}, {"params": [z], "lr": self.opt["lr_z"]}],
                                lr=self.opt["lr_g"], betas=(0.5, 0.999))
-        for _ in range(int(self.opt["steps"])):
+        for _ in self.synthesis_steps(int(self.opt["steps"])):
             x = self.ctx.clip(fast(z))
             xa = self.jitter(x, int(self.opt["jitter"]))
             acts = self.ctx.run(xa, self.taps)

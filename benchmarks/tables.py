@@ -390,3 +390,13 @@ def quantize_speed(res: Results) -> str:
     return _table(["teacher", "latency, batch 1 (ms): float / INT8", "examples/s, batch 256: float / INT8",
                    "file KB: float / INT8"], rows, right={1, 2, 3}) + \
         f"\n\nONNX Runtime on the CPU, {m['threads']} threads ({m['platform']})."
+
+
+@renderer("quantize-headline")
+def quantize_headline(res: Results) -> str:
+    r = res["quantize"]["rows"]
+    teachers = list(dict.fromkeys(x["teacher"] for x in r.values()))
+    rows = [[t] + [_pct(r[f"{t}|{c}|none|channel"]["test_accuracy"], 2) if f"{t}|{c}|none|channel" in r else ""
+                   for c in ("float", "data", "noise", "sidecar")] for t in teachers]
+    return _table(["teacher", "float", "INT8, real-data calibration", "INT8, noise", "INT8, sidecar (default)"],
+                  rows, right={1, 2, 3, 4}) + "\n\nTest accuracy; per-channel weights, no corrections; " + SAMPLES_NOTE

@@ -206,11 +206,13 @@ def test_bias_correction_removes_the_expected_weight_error_by_hand():
 class _Inputs:
     """A calibration stand-in: fixed batches (the toy network's inputs)."""
 
+    num_batches = 4
+
     def __init__(self, x, cfg):
         self.x, self.cfg = x, cfg
 
-    def batches(self):
-        yield from np.split(self.x, 4)
+    def checked_batch(self, b):
+        return np.split(self.x, self.num_batches)[b]
 
 
 def test_bias_correction_moves_each_channels_mean_error_towards_zero_in_onnxruntime():
@@ -255,6 +257,19 @@ def test_quantize_release_from_the_sidecar(mlp, tmp_path):
     assert r["on_calibration_inputs"]["top1_agreement"] >= 0.95
     assert r["int8_bytes"] < 0.5 * r["float_bytes"]
     assert abs(_accuracy(out, mlp) - _accuracy(mlp.model_path, mlp)) <= 0.02
+
+
+def test_calibrating_one_batch_at_a_time_gives_the_ranges_of_all_at_once(mlp, tmp_path, monkeypatch):
+    """ORT's memory is bounded by one batch (strided calibration); the ranges, hence every scale, are the same."""
+    def scales(path):
+        return {t.name: numpy_helper.to_array(t).tolist() for t in onnx.load(path).graph.initializer
+                if t.name.endswith("_scale")}
+    cfg = QuantizeConfig(samples=96, batch_size=16)
+    quantize_release(mlp.model_path, tmp_path / "strided.onnx", cfg, sidecar=mlp.sidecar_path, device="cpu")
+    monkeypatch.setattr(quantize_module, "ONE_BATCH_AT_A_TIME", {})
+    quantize_release(mlp.model_path, tmp_path / "whole.onnx", cfg, sidecar=mlp.sidecar_path, device="cpu")
+    strided, whole = scales(tmp_path / "strided.onnx"), scales(tmp_path / "whole.onnx")
+    assert len(strided) >= 4 and strided == whole
 
 
 def test_corrections_on_a_conv_teacher(cnn, tmp_path):

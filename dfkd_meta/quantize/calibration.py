@@ -76,12 +76,15 @@ class Calibration:
     def batch(self, b: int) -> np.ndarray:
         raise NotImplementedError
 
+    def checked_batch(self, b: int) -> np.ndarray:
+        x = np.ascontiguousarray(self.batch(b), np.float32)
+        if not np.isfinite(x).all():
+            raise DfkdError(f"{self.name}: calibration batch {b} has non-finite values; nothing was written")
+        return x
+
     def batches(self) -> Iterator[np.ndarray]:
         for b in range(self.num_batches):
-            x = self.batch(b)
-            if not np.isfinite(x).all():
-                raise DfkdError(f"{self.name}: calibration batch {b} has non-finite values; nothing was written")
-            yield x
+            yield self.checked_batch(b)
 
     def describe(self) -> dict:
         return {"calibration": self.name, "samples": self.cfg.samples, "seed": self.cfg.seed}

@@ -30,6 +30,7 @@ from .corrections import correct_bias, equalise, layer_inputs
 
 METADATA_KEY = "dfkd_meta.quantization"
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+ONE_BATCH_AT_A_TIME = {"CalibStridedMinMax": 1}  # ORT calibrates batch by batch, merging ranges (any calibrator)
 
 
 @dataclass
@@ -39,14 +40,23 @@ class QuantizeResult:
 
 
 class _Reader:
-    """ONNX Runtime's calibration data reader over a calibration source's batches (made on demand)."""
+    """ONNX Runtime's calibration data reader over a calibration source's batches, each made when it is read.
+    ``set_range`` lets ONNX Runtime calibrate one batch at a time (``CalibStridedMinMax``), merging the ranges as it
+    goes, so that its memory is one batch's activations, not every batch's."""
 
     def __init__(self, calib: Calibration, input_name: str):
-        self.batches, self.input_name = calib.batches(), input_name
+        self.calib, self.input_name = calib, input_name
+        self.set_range(0, len(self))
+
+    def __len__(self) -> int:
+        return self.calib.num_batches
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.pending = iter(range(start_index, min(end_index, len(self))))
 
     def get_next(self) -> dict | None:
-        x = next(self.batches, None)
-        return None if x is None else {self.input_name: np.ascontiguousarray(x, np.float32)}
+        b = next(self.pending, None)
+        return None if b is None else {self.input_name: self.calib.checked_batch(b)}
 
 
 def _quantise(float_proto: onnx.ModelProto, calib: Calibration, cfg: QuantizeConfig, folder: PrivateFolder,
@@ -66,7 +76,8 @@ def _quantise(float_proto: onnx.ModelProto, calib: Calibration, cfg: QuantizeCon
         # QUInt8 activations, QInt8 weights: ONNX Runtime's advice for x86 CPUs (QDQ, no range reduction)
         quantize_static(str(prepared), str(dst), _Reader(calib, input_name), quant_format=QuantFormat.QDQ,
                         per_channel=cfg.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, ORT_METHODS[cfg.method]))
+                        calibrate_method=getattr(CalibrationMethod, ORT_METHODS[cfg.method]),
+                        extra_options=dict(ONE_BATCH_AT_A_TIME))
     except DfkdError:
         raise
     except Exception as exc:
@@ -137,7 +148,7 @@ def _agreement(int8_path: Path, ctx: SynthesisContext, calib: Calibration, input
     session = ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"])
     agree, n, worst, spread = 0, 0, 0.0, []
     for x in calib.batches():
-        q = session.run(None, {input_name: np.ascontiguousarray(x, np.float32)})[0]
+        q = session.run(None, {input_name: x})[0]
         f = ctx.teacher_logits(torch.as_tensor(x, device=ctx.device)).cpu().numpy()
         if q.shape != f.shape or not np.isfinite(q).all():
             raise DfkdError(f"the INT8 model gives outputs of shape {list(q.shape)} or non-finite values on the "

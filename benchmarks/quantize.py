@@ -74,16 +74,20 @@ def speed(path: Path, example: np.ndarray) -> dict:
         s.run(None, {name: one})
         times.append(time.perf_counter() - t0)
     s.run(None, {name: batch})
-    t0 = time.perf_counter()
-    for _ in range(20):
-        s.run(None, {name: batch})
-    return {"latency_ms": 1000 * float(np.median(times)), "examples_per_second": 20 * 256 / (time.perf_counter() - t0)}
+    rates = []
+    for _ in range(5):  # the best of five: a shared machine's other work only ever slows a trial down
+        t0 = time.perf_counter()
+        for _ in range(20):
+            s.run(None, {name: batch})
+        rates.append(20 * 256 / (time.perf_counter() - t0))
+    return {"latency_ms": 1000 * float(np.median(times)), "examples_per_second": max(rates)}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teachers", nargs="+", default=TEACHERS, choices=sorted(claim.TEACHERS))
-    ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--rerun", action="store_true", help="measure every row again")
+    ap.add_argument("--rerun-speed", action="store_true", help="measure latency and throughput again")
     args = ap.parse_args(argv)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}, "speed": {}}
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -111,15 +115,22 @@ def main(argv=None) -> int:
                        "val_accuracy": accuracy(out, *splits["val"]), "test_accuracy": accuracy(out, *splits["test"]),
                        "bytes": out.stat().st_size, "seconds": report.get("seconds"),
                        "agreement_on_calibration": report.get("on_calibration_inputs", {}).get("top1_agreement"),
+                       "max_logit_error_in_spreads": report.get("on_calibration_inputs", {}).get(
+                           "max_logit_error_in_spreads"),
                        "equalised_pairs": len(report.get("equalised_pairs", [])),
                        "bias_corrected_layers": len(report.get("bias_corrected_layers", [])),
                        "bias_means_from": sorted(set(report.get("bias_means_from", {}).values())),
                        "date": dt.date.today().isoformat()}
                 results["rows"][key] = row
                 log(f"{key}: val {row['val_accuracy']:.4f} test {row['test_accuracy']:.4f}")
-                if calibration == "sidecar" and not corrections and per_channel:
-                    results["speed"][name] = {"float": speed(model, splits["val"][0]), "int8": speed(out, splits["val"][0]),
-                                              "float_bytes": model.stat().st_size, "int8_bytes": out.stat().st_size}
+                RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            if name not in results["speed"] or args.rerun or args.rerun_speed:  # the default INT8 model
+                out = Path(tmp) / "speed.int8.onnx"
+                quantize_release(model, out, QuantizeConfig(samples=SAMPLES), sidecar=sidecar, device="cpu")
+                x = splits["val"][0]
+                results["speed"][name] = {"float": speed(model, x), "int8": speed(out, x),
+                                          "float_bytes": model.stat().st_size, "int8_bytes": out.stat().st_size}
+                log(f"{name}: {results['speed'][name]}")
                 RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                           "processor": platform.processor() or "unknown"}

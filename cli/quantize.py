@@ -22,7 +22,8 @@ from .common import CONVENTION_HELP, DATA_HELP, DEVICE, QUIET, Command, read_lim
                    "domain), or data:SPEC (real data, for comparison; SPEC is " + DATA_HELP + ")")
 @click.option("--samples", type=click.IntRange(min=1), default=QuantizeConfig.samples, show_default=True,
               help="Calibration inputs, class-balanced.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=QuantizeConfig.batch_size, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=QuantizeConfig.batch_size, show_default=True,
+              help="Calibration inputs per batch (ONNX Runtime calibrates one batch at a time).")
 @click.option("--calibrate-method", "method", type=click.Choice(list(CALIBRATION_METHODS)),
               default=QuantizeConfig.method, show_default=True, help="ONNX Runtime's calibrator of activation ranges.")
 @click.option("--per-channel/--per-tensor", default=QuantizeConfig.per_channel, show_default=True,
@@ -33,7 +34,8 @@ from .common import CONVENTION_HELP, DATA_HELP, DEVICE, QUIET, Command, read_lim
                    "worth.")
 @click.option("--reconstruct-steps", type=click.IntRange(min=0), default=QuantizeConfig.reconstruct_steps,
               show_default=True, help="Steps of the short reconstruction, where calibration inputs are reconstructed.")
-@click.option("--seed", type=int, default=QuantizeConfig.seed, show_default=True)
+@click.option("--seed", type=int, default=QuantizeConfig.seed, show_default=True,
+              help="Seed of the calibration inputs (each batch is made from the seed and its index).")
 @click.option("--input-norm", help="How the teacher takes raw values, for a teacher whose metadata does not say: "
                                    + CONVENTION_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -45,8 +47,10 @@ def quantize(model, sidecar, output, calibration, samples, batch_size, method, p
     """Quantise a teacher to INT8 without its data (ONNX Runtime static quantisation, QDQ).
 
     \b
-    Example:
+    Examples:
       dfkd-meta quantize --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 -o teacher.int8.onnx
+      dfkd-meta quantize --model release/teacher.onnx --calibration data:mnist:DATA/mnist --per-tensor \\
+          --correct equalise --correct bias -o teacher.int8.onnx --json
     """
     from dfkd_meta.quantize import quantize_release
 

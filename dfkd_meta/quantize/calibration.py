@@ -15,7 +15,6 @@ Classes are balanced: batch ``b`` holds classes ``b * batch_size + i`` modulo th
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ..convention import from_domain
 from ..data import DataSource, Feed, load_data
 from ..errors import DfkdError, UsageError
 from ..fileio import PrivateFolder
+from ..reconstruct.synthesize import batch_generator
 from ..synthesis.context import SynthesisContext
 
 CALIBRATIONS: dict[str, type[Calibration]] = {}
@@ -43,11 +43,6 @@ def calibration(name: str):
 def balanced_classes(b: int, size: int, batch_size: int, num_classes: int) -> np.ndarray:
     """The classes of batch ``b``: every class equally often over the whole set (round robin)."""
     return (b * batch_size + np.arange(size)) % num_classes
-
-
-def batch_generator(seed: int, b: int) -> torch.Generator:
-    """The generator of batch ``b``: the same inputs on every pass and every machine."""
-    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{b}".encode()).digest()[:7], "big"))
 
 
 class Calibration:

@@ -41,6 +41,12 @@ def _batch_classes(b: int, size: int, num_classes: int, rng: np.random.Generator
     return rng.permutation((np.arange(size) + b * size) % num_classes)
 
 
+def batch_generator(seed: int, b: int) -> torch.Generator:
+    """The generator of batch ``b``: made from the seed and the index alone, so a batch is the same however many
+    batches ran before it (resume, a second pass) and on every machine."""
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{b}".encode()).digest()[:7], "big"))
+
+
 def input_domain_record(binding) -> dict:
     """The sidecar's input domain as the transfer file records it (SPEC §6.1, TRANSFER.md)."""
     dom = binding.input_domain
@@ -115,8 +121,7 @@ def _reconstruct(model, sidecar, out, cfg: ReconstructConfig, *, device, resume,
         for b in range(first, n_batches):
             size = min(cfg.batch_size, cfg.samples - b * cfg.batch_size)
             rng = np.random.default_rng([cfg.seed, b])
-            gen = torch.Generator().manual_seed(
-                int.from_bytes(hashlib.sha256(f"{cfg.seed}/{b}".encode()).digest()[:7], "big"))
+            gen = batch_generator(cfg.seed, b)
             classes = _batch_classes(b, size, c, rng)
             batch = obj.start(classes, rng)
             if start is not None:

@@ -56,7 +56,7 @@ class Calibration:
         if self.needs_sidecar and ctx.sidecar is None:
             raise UsageError(f"{{calibration}} {self.name} needs a sidecar; pass {{sidecar}}, or calibrate on noise "
                              "or data:SPEC")
-        self.ctx, self.cfg, self.folder, self.spec, self.data = ctx, cfg, folder, spec, data
+        self.ctx, self.cfg, self.folder, self.spec = ctx, cfg, folder, spec
 
     @property
     def num_batches(self) -> int:

@@ -23,6 +23,7 @@ from ..errors import DfkdError, UsageError
 from ..fileio import PrivateFolder, atomic_path, output_lock, require_file
 from ..onnx.graph import load_onnx
 from ..onnx.inspect import copy_model
+from ..onnx.runtime import OrtModel
 from ..sidecar.types import Sidecar
 from ..synthesis.context import SynthesisContext
 from .calibration import Calibration, build_calibration
@@ -138,17 +139,13 @@ def _layer_means(ctx: SynthesisContext, calib: Calibration, proto: onnx.ModelPro
     return means, source
 
 
-def _agreement(int8_path: Path, ctx: SynthesisContext, calib: Calibration, input_name: str) -> dict:
+def _agreement(quantised: onnx.ModelProto, ctx: SynthesisContext, calib: Calibration) -> dict:
     """The INT8 model against the float teacher on the calibration inputs: top-1 agreement and the largest logit
     error in units of the teacher's logit spread (its standard deviation over those inputs)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"])
+    runner = OrtModel(quantised)
     agree, n, worst, spread = 0, 0, 0.0, []
     for x in calib.batches():
-        q = session.run(None, {input_name: x})[0]
+        q = runner.run_checked(x, "the INT8 model")[runner.output_names[0]]
         f = ctx.teacher_logits(torch.as_tensor(x, device=ctx.device)).cpu().numpy()
         if q.shape != f.shape or not np.isfinite(q).all():
             raise DfkdError(f"the INT8 model gives outputs of shape {list(q.shape)} or non-finite values on the "
@@ -205,11 +202,9 @@ def quantize_release(model: str | os.PathLike, out: str | os.PathLike, cfg: Quan
             onnx.checker.check_model(quantised)
         except Exception as exc:
             raise DfkdError(f"the INT8 model fails onnx.checker ({exc}); nothing was written") from None
-        staged = Path(folder.path) / "final.int8.onnx"
-        onnx.save(quantised, staged)
-        check = _agreement(staged, ctx, calib, input_name)
+        check = _agreement(quantised, ctx, calib)
         with atomic_path(out) as tmp:
-            tmp.write_bytes(staged.read_bytes())
+            onnx.save(quantised, tmp)
     result = {"output": str(out), "teacher": str(model), "sidecar": str(sidecar) if sidecar else None,
               "settings": settings(cfg), "quantization": record, **report, "on_calibration_inputs": check,
               "float_bytes": src.stat().st_size, "int8_bytes": Path(out).stat().st_size,

@@ -8,6 +8,7 @@ Numbers reach the prose only through these functions.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -354,7 +355,48 @@ def scale_table(res: Results) -> str:
         f"\n\nRandom weights and images (seed 0), default settings; {m['cpus']} CPUs, {m['torch_threads']} threads."
 
 
-# --- INT8 teachers from the sidecar (benchmarks/quantize.py) -----------------------------------------------------
+@renderer("scale-online")
+def scale_online(res: Results) -> str:
+    """Every online method on the 3-channel residual release (``scale.py --online``): speed and memory."""
+    row_name = next((n for n, x in res["scale"]["rows"].items() if "online" in x), None)
+    if row_name is None:
+        return "Not measured yet: `python benchmarks/scale.py --rows resnet18-c100 --rerun --online`."
+    x = res["scale"]["rows"][row_name]
+    st = x["online_setting"]
+    rows = []
+    for method in sorted({k.split()[0] for k in x["online"]}):
+        none, side = x["online"][f"{method} none"], x["online"][f"{method} sidecar"]
+        rows.append([method, f"{none['seconds_per_iteration']:.3f} / {side['seconds_per_iteration']:.3f}",
+                     f"{none['iterations']:,} / {side['iterations']:,}",
+                     f"{none['teacher_examples_per_second']:,.0f} / {side['teacher_examples_per_second']:,.0f}",
+                     str(side["moment_layers"]), f"{max(none['peak_mb'], side['peak_mb']):,.0f}"])
+    return _table(["method", "s per iteration (none / sidecar)", "iterations", "teacher examples/s",
+                   "moment layers (sidecar)", "peak MB"], rows, right={4, 5}) + \
+        (f"\n\nThe {row_name} release ({x['architecture']}, {'x'.join(map(str, x['input_shape']))}, {x['classes']} "
+         f"classes, random weights); student {st['student']}, batch {st['batch_size']}, {st['minutes']:g} minute per "
+         f"row on {st['device']}, measured {x['date']}. Speed only: the teacher is at chance, so accuracy means "
+         "nothing here (the real-data row below measures it).")
+
+
+@renderer("scale-real")
+def scale_real(res: Results) -> str:
+    """The real-data row (``scale.py --real``): a residual teacher exported from a PNG image folder."""
+    r = res["scale"].get("real")
+    if r is None:
+        return "Not measured yet: `python benchmarks/scale.py --real`."
+    tc = r["teacher_check"]
+    head = (f"{r['teacher']}: {r['png_files']:,} PNG files, exported from `imagefolder:` in {r['export_seconds']:.0f} s "
+            f"(teacher check {_pct(tc['accuracy'], 2)} on {tc['samples']:,} {tc['split']} examples; layers "
+            + ", ".join(f"{n} {g}" for g, n in sorted(Counter(r["granularity"].values()).items()))
+            + f"); its statistics differ from the in-memory export of the same examples by at most "
+            f"{r['stats_vs_in_memory_max_diff_in_stds']:.1e} standard deviations.")
+    rows = [[v, _pct(x["accuracy"], 2), f"{x['minutes']:.2f}", f"{x['iterations']:,}",
+             f"{x['teacher_forward_examples']:,}", "yes" if x["stalled"] else "no"] for v, x in r["rows"].items()]
+    return head + "\n\n" + _table(["dfad", "student test accuracy", "minutes", "iterations", "teacher examples",
+                                    "stalled"], rows, right={1, 2, 3, 4}) + \
+        f"\n\nStudent lenet5-half, seed 0, {r['online_minutes']} minutes each, measured {r['date']}."
+
+
 
 @renderer("quantize")
 def quantize_table(res: Results) -> str:

@@ -60,7 +60,7 @@ def objectives():
 def losses():
     from dfkd_meta.distill.losses import LOSSES
 
-    return LOSSES
+    return {name: unit for name, unit in LOSSES.items() if unit.uses == "logits"}  # what distill's loops compare
 
 
 def methods():

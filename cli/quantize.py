@@ -38,17 +38,22 @@ from .common import CONVENTION_HELP, DATA_HELP, DEVICE, QUIET, Command, read_lim
               help="Seed of the calibration inputs (each batch is made from the seed and its index).")
 @click.option("--input-norm", help="How the teacher takes raw values, for a teacher whose metadata does not say: "
                                    + CONVENTION_HELP)
+@click.option("--list-in-card", is_flag=True,
+              help="List the INT8 model in the release's model card (its README.md; the output must be in the "
+                   "teacher's release folder), so that validate checks it belongs to the release.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @DEVICE
 @QUIET
 @read_limit_options
 def quantize(model, sidecar, output, calibration, samples, batch_size, method, per_channel, corrections,
-             reconstruct_steps, seed, input_norm, as_json, device, quiet):
+             reconstruct_steps, seed, input_norm, list_in_card, as_json, device, quiet):
     """Quantise a teacher to INT8 without its data (ONNX Runtime static quantisation, QDQ).
 
     \b
     Examples:
       dfkd-meta quantize --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 -o teacher.int8.onnx
+      dfkd-meta quantize --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 \\
+          -o release/teacher.int8.onnx --list-in-card
       dfkd-meta quantize --model release/teacher.onnx --calibration data:mnist:DATA/mnist --per-tensor \\
           --correct equalise --correct bias -o teacher.int8.onnx --json
     """
@@ -58,11 +63,13 @@ def quantize(model, sidecar, output, calibration, samples, batch_size, method, p
                          per_channel=per_channel, corrections=tuple(corrections), reconstruct_steps=reconstruct_steps,
                          seed=seed, input_norm=input_norm)
     log = None if quiet or as_json else (lambda msg: click.echo(msg, err=True))
-    r = quantize_release(model, output, cfg, sidecar=sidecar, device=device, log=log).report
+    r = quantize_release(model, output, cfg, sidecar=sidecar, device=device, list_in_card=list_in_card,
+                         log=log).report
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
     c = r["on_calibration_inputs"]
     click.echo(f"wrote {r['output']}: INT8 ({r['quantization']['calibration']}, {samples} inputs, {method}), "
                f"{r['int8_bytes'] / 1e6:.2f} MB from {r['float_bytes'] / 1e6:.2f} MB; agrees with the float teacher on "
-               f"{c['top1_agreement']:.1%} of the calibration inputs, {r['seconds']:.1f} s")
+               f"{c['top1_agreement']:.1%} of the calibration inputs, {r['seconds']:.1f} s"
+               + ("; listed in the release's model card" if list_in_card else ""))

@@ -54,6 +54,15 @@ def test_a_rising_loss_raises_the_rising_alarm():
     assert raised[0]["iteration"] == 160 and raised[0]["loss"] == pytest.approx(3.0)
 
 
+def test_a_loss_low_only_in_the_warmup_is_not_a_rise():
+    """An adversarial loss starts low, before the generator has learned to find disagreement, then settles higher:
+    the lowest that counts is the lowest after the warm-up."""
+    m = StallMonitor(10, window=20, warmup_windows=2, patience=3)
+    assert _feed(m, 400, lambda i: 0.8, lambda i: 0.4 if i < 40 else 1.4) == []
+    m = StallMonitor(10, window=20, warmup_windows=2, patience=3)  # the same rise after the warm-up is one
+    assert [a["kind"] for a in _feed(m, 400, lambda i: 0.8, lambda i: 0.4 if i < 60 else 1.4)] == ["rising"]
+
+
 @settings(max_examples=25, deadline=None)
 @given(start=st.floats(0.3, 0.9), seed=st.integers(0, 1000))
 def test_a_learning_student_never_raises_an_alarm(start, seed):

@@ -26,7 +26,9 @@ from dfkd_meta.quantize import quantize as quantize_module
 from dfkd_meta.quantize.calibration import balanced_classes
 from dfkd_meta.quantize.corrections import correct_bias, equalise
 from dfkd_meta.quantize.quantize import METADATA_KEY
+from dfkd_meta import validate_release
 from dfkd_meta.sidecar import SidecarInvalidError
+from dfkd_meta.sidecar.card import CARD_NAME, check_derived, read_card
 from dfkd_meta.synthesis.context import SynthesisContext
 
 from .conftest import digits_release
@@ -317,3 +319,119 @@ def test_cli_quantize(mlp, tmp_path):
     assert r.exit_code != 0 and len(r.stderr.strip().splitlines()) == 1 and not out.exists()
     with pytest.raises(UsageError, match="overwrite"):
         quantize_release(mlp.model_path, mlp.model_path, QuantizeConfig(), sidecar=mlp.sidecar_path)
+
+
+# --- an INT8 model listed in the release's model card (SPEC §13, derived models) -------------------------
+
+def _release_copy(release, tmp_path):
+    folder = tmp_path / "release"
+    shutil.copytree(release.model_path.parent, folder)
+    return folder, folder / release.model_path.name, folder / release.sidecar_path.name
+
+
+def _rewrite_front(card, change):
+    """The card with its front matter changed by ``change(front)`` (a forger's edit); the body kept."""
+    import yaml
+
+    front, body = read_card(card)
+    change(front)
+    card.write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n{body}", encoding="utf-8")
+
+
+def _findings(report, rule):
+    return [f for f in report.findings if f.rule == rule]
+
+
+def test_an_int8_model_listed_in_the_card_belongs_to_the_release(mlp, cnn, tmp_path):
+    folder, model, sidecar = _release_copy(mlp, tmp_path)
+    card = folder / CARD_NAME
+    out = folder / "teacher.int8.onnx"
+    cfg = QuantizeConfig(samples=64)
+    quantize_release(model, out, cfg, sidecar=sidecar, device="cpu", list_in_card=True)
+    front, body = read_card(card)
+    [entry] = front["dfkd_meta"]["derived"]
+    assert entry == {"model": out.name, "model_sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "kind": "int8",
+                     "calibration": "sidecar (sidecar-gaussian)", "samples": 64}
+    assert "## Derived models" in body and f"`{out.name}`" in body and "## Use it" in body  # the rest is kept
+    report = validate_release(folder)
+    assert report.valid and not _findings(report, "DM954") and not _findings(report, "DM955"), report.findings
+    # listed again (another calibration): one entry, replaced, and one row in the table
+    quantize_release(model, out, QuantizeConfig(samples=32, calibration="noise"), sidecar=sidecar, device="cpu",
+                     list_in_card=True)
+    front, body = read_card(card)
+    assert [d["samples"] for d in front["dfkd_meta"]["derived"]] == [32] and body.count(f"| `{out.name}` |") == 1
+    assert validate_release(folder).valid
+    # the file replaced by another INT8 model of the same teacher: its hash and calibration contradict the card
+    quantize_release(model, tmp_path / "other.onnx", QuantizeConfig(samples=48), sidecar=sidecar, device="cpu")
+    shutil.copyfile(tmp_path / "other.onnx", out)
+    bad = {f.path.rsplit(".", 1)[-1] for f in _findings(validate_release(folder), "DM955")}
+    assert bad == {"model_sha256", "samples", "calibration"}
+    # an INT8 model of another teacher, its hash forged into the card: it was not made from this release
+    quantize_release(cnn.model_path, out, QuantizeConfig(samples=32, calibration="noise"), sidecar=cnn.sidecar_path,
+                     device="cpu")
+    forged = hashlib.sha256(out.read_bytes()).hexdigest()
+    _rewrite_front(card, lambda f: f["dfkd_meta"]["derived"][0].update(model_sha256=forged))
+    report = validate_release(folder)
+    made_from = {f.path.rsplit(".", 1)[-1] for f in _findings(report, "DM955")}
+    assert not report.valid and made_from == {"teacher_sha256", "sidecar_sha256"}
+    assert _findings(report, "DM955")[0].severity == "error"
+    # listed but gone; a link instead of a file; a name that leaves the folder
+    out.unlink()
+    assert "no such file" in _findings(validate_release(folder), "DM955")[0].message
+    out.symlink_to(tmp_path / "other.onnx")
+    assert "not a regular file" in _findings(validate_release(folder), "DM955")[0].message
+    out.unlink()
+    _rewrite_front(card, lambda f: f["dfkd_meta"]["derived"][0].update(model="../other.onnx"))
+    report = validate_release(folder)
+    assert _findings(report, "DM952") and not _findings(report, "DM955")
+
+
+@settings(max_examples=60, deadline=None)
+@given(listed=st.one_of(
+    st.none(), st.integers(), st.text(max_size=20),
+    st.lists(st.one_of(st.none(), st.text(max_size=10), st.dictionaries(
+        st.sampled_from(["model", "model_sha256", "kind", "calibration", "samples", "x"]),
+        st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=30), st.lists(st.integers(), max_size=3)),
+        max_size=6)), max_size=20)))
+def test_hostile_derived_entries_give_findings_never_a_crash(mlp, listed):
+    """Whatever the card's derived list holds, the check answers with DM952/DM955 findings and file names."""
+    import tempfile
+    from pathlib import Path
+
+    from dfkd_meta.sidecar import read_sidecar
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, model, sidecar = _release_copy(mlp, Path(tmp))
+        (folder / "x.onnx").write_bytes(b"\x08\x07junk")
+        _rewrite_front(folder / CARD_NAME, lambda f: f["dfkd_meta"].update(derived=listed))
+        sc = read_sidecar(sidecar, model)
+        found, names = check_derived(folder, sc, hashlib.sha256(sidecar.read_bytes()).hexdigest())
+    assert {f.rule for f in found} <= {"DM952", "DM955"}
+    assert all(isinstance(n, str) and "/" not in n and not n.startswith(".") for n in names)
+    if listed:
+        assert found  # nothing random is a genuine INT8 model of this release
+
+
+def test_listing_in_the_card_is_refused_before_any_work_where_it_cannot_hold(mlp, cnn, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("calibration began before the card was checked")
+    monkeypatch.setattr(quantize_module, "build_calibration", no_work)
+    folder, model, sidecar = _release_copy(mlp, tmp_path)
+    before = sorted(p.name for p in folder.iterdir())
+    card_text = (folder / CARD_NAME).read_text()
+    cases = [(tmp_path / "elsewhere.int8.onnx", sidecar, "release folder"),
+             (folder / CARD_NAME, sidecar, "not a name for a model"),
+             (folder / "t.int8.onnx", cnn.sidecar_path, None)]  # another model's sidecar: the binding refuses it
+    for out, sc, text in cases:
+        with pytest.raises((UsageError, SidecarInvalidError), match=text):
+            quantize_release(model, out, QuantizeConfig(), sidecar=sc, device="cpu", list_in_card=True)
+    _rewrite_front(folder / CARD_NAME, lambda f: f["dfkd_meta"].update(model_sha256="0" * 64))
+    with pytest.raises(UsageError, match="describes another model"):
+        quantize_release(model, folder / "t.int8.onnx", QuantizeConfig(), sidecar=sidecar, device="cpu",
+                         list_in_card=True)
+    (folder / CARD_NAME).unlink()
+    r = CliRunner().invoke(cli_main, ["quantize", "--model", str(model), "--sidecar", str(sidecar), "--device", "cpu",
+                                      "-o", str(folder / "t.int8.onnx"), "--list-in-card"])
+    assert r.exit_code != 0 and "--list-in-card" in r.output and "Traceback" not in r.output, r.output
+    assert sorted(p.name for p in folder.iterdir()) == sorted(set(before) - {CARD_NAME})
+    assert not (tmp_path / "elsewhere.int8.onnx").exists() and card_text.startswith("---")

@@ -71,6 +71,7 @@ NOT_IN_CORPUS = {
     "DM952": "about a release folder's card: test_release_card.py (hostile cards, links, fifos, oversize)",
     "DM953": "about a release folder's card: test_release_card.py (a card contradicting its release)",
     "DM954": "about a release folder: test_release_card.py (stray files)",
+    "DM955": "about a release folder's derived models: test_quantize.py (an INT8 model listed in the card)",
 }
 
 

@@ -28,7 +28,7 @@ from ..onnx.torch_export import model_metadata
 from ..progress import progress as progress_bar
 from ..stats.teacher_check import AccuracyMeter, default_min_accuracy, require_fit
 from ..transfer import TransferSet
-from .losses import Outputs, combined, get_loss
+from .losses import Outputs, combined
 from .student import evaluate_pair, predict, teacher_logits
 
 
@@ -113,7 +113,6 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or not 0 <= cfg.alpha <= 1:
         raise UsageError("{epochs} and {batch_size} must be >= 1, {lr} > 0 and 0 <= {alpha} <= 1")
     objective = combined(cfg.loss, cfg.alpha)
-    get_loss(cfg.loss)
     teacher = copy.path
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)

@@ -22,15 +22,24 @@ from ..transfer import TransferSet, read_transfer
 
 def teacher_logits(teacher: str | Path, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """The teacher's logits on model inputs ``x`` through ONNX Runtime (flattened first if the teacher takes vectors)."""
+    run = _teacher_runner(teacher)
+    return np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _teacher_runner(teacher: str | Path):
+    """One ONNX Runtime session over ``teacher``: a function from a batch of model inputs to its logits."""
     runner = OrtModel(teacher)
     name = runner.output_names[0]
     shape = tuple(runner.session.get_inputs()[0].shape[1:])
-    if all(isinstance(d, int) for d in shape) and tuple(x.shape[1:]) != shape:
-        if not fits(tuple(x.shape[1:]), shape):
-            raise DfkdError(f"{teacher}: takes inputs of shape {list(shape)}, the data has {list(x.shape[1:])}; "
-                            "pass {resize} N or the matching data set")
-        x = x.reshape(len(x), *shape)
-    return np.concatenate([runner.run(x[i:i + batch_size])[name] for i in range(0, len(x), batch_size)])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if all(isinstance(d, int) for d in shape) and tuple(x.shape[1:]) != shape:
+            if not fits(tuple(x.shape[1:]), shape):
+                raise DfkdError(f"{teacher}: takes inputs of shape {list(shape)}, the data has {list(x.shape[1:])}; "
+                                "pass {resize} N or the matching data set")
+            x = x.reshape(len(x), *shape)
+        return runner.run(x)[name]
+    return run
 
 
 @torch.no_grad()
@@ -56,13 +65,20 @@ class ScaledLogits(nn.Module):
 
 def evaluate_pair(teacher: str | Path, student: nn.Module, data: DataSource, split: str, device: torch.device,
                   feed: Feed) -> dict:
-    """Top-1 accuracy of teacher and student on labelled data fed through ``feed``, and their agreement."""
-    x, y = data.arrays(split, feed=feed)
-    t = teacher_logits(teacher, x).argmax(1)
-    s = predict(student, x, device)
-    return {"eval_data": data.spec or data.name, "eval_split": split, "eval_samples": int(len(y)),
-            "teacher_accuracy": float((t == y).mean()), "student_accuracy": float((s == y).mean()),
-            "agreement": float((t == s).mean())}
+    """Top-1 accuracy of teacher and student on labelled data fed through ``feed``, and their agreement; the split
+    is streamed one batch at a time (an image folder's test split need not fit in memory)."""
+    run = _teacher_runner(teacher)
+    n = teacher_right = student_right = agree = 0
+    for x, y in data.batches(split, 512, feed=feed):
+        t, s = run(x).argmax(1), predict(student, x, device)
+        n += len(y)
+        teacher_right, student_right, agree = (teacher_right + int((t == y).sum()), student_right + int((s == y).sum()),
+                                               agree + int((t == s).sum()))
+    if n == 0:
+        raise DfkdError(f"{data.spec or data.name}: its {split} split has no examples to evaluate on; pass data with "
+                        "labelled examples")
+    return {"eval_data": data.spec or data.name, "eval_split": split, "eval_samples": n,
+            "teacher_accuracy": teacher_right / n, "student_accuracy": student_right / n, "agreement": agree / n}
 
 
 def write_student(student: nn.Module, input_shape: tuple[int, ...], path: str | Path, report: dict | None = None,

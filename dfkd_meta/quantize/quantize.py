@@ -4,6 +4,7 @@ the INT8 model checked (onnx.checker, one ORT pass over the calibration inputs a
 teacher) and written atomically with what it was calibrated on in its metadata."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,16 +21,19 @@ from ..config import QuantizeConfig, settings
 from ..data import DataSource
 from ..device import resolve_device
 from ..errors import DfkdError, UsageError
-from ..fileio import PrivateFolder, atomic_path, output_lock, require_file
+from ..fileio import PrivateFolder, atomic_path, output_lock, require_file, sha256_file
 from ..onnx.graph import load_onnx
 from ..onnx.inspect import copy_model
 from ..onnx.runtime import OrtModel
+from ..sidecar.card import (CARD_KEY, CARD_NAME, QUANTIZATION_KEY, CardError, card_with_derived, derived_entry,
+                            read_card)
+from ..sidecar.release import SIDECAR_SUFFIX
 from ..sidecar.types import Sidecar
 from ..synthesis.context import SynthesisContext
 from .calibration import Calibration, build_calibration
 from .corrections import correct_bias, equalise, layer_inputs
 
-METADATA_KEY = "dfkd_meta.quantization"
+METADATA_KEY = QUANTIZATION_KEY  # what the INT8 model was made from; the release validator reads it
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 ONE_BATCH_AT_A_TIME = {"CalibStridedMinMax": 1}  # ORT calibrates batch by batch, merging ranges (any calibrator)
 
@@ -139,6 +143,34 @@ def _layer_means(ctx: SynthesisContext, calib: Calibration, proto: onnx.ModelPro
     return means, source
 
 
+def _card_to_list_in(src: Path, out: Path) -> Path:
+    """The model card an INT8 model at ``out`` is listed in: the teacher's release folder's, with ``out`` in it."""
+    card = src.parent / CARD_NAME
+    if out.resolve().parent != src.resolve().parent:
+        raise UsageError(f"{out}: {{list_in_card}} lists the INT8 model in the teacher's release folder; write it "
+                         f"there ({{output}} {src.parent / out.name})")
+    if out.name == CARD_NAME or out.name.endswith(SIDECAR_SUFFIX) or out.name.startswith("."):
+        raise UsageError(f"{out}: not a name for a model in a release folder; pass {{output}} "
+                         f"{src.parent / (src.stem + '.int8.onnx')}")
+    if not card.is_file():
+        raise UsageError(f"{card}: {{list_in_card}} needs the release's model card, and there is none; run dfkd-meta "
+                         "export to write the release, or leave out {list_in_card}")
+    return card
+
+
+def _card_describes(card: Path, src: Path, sha256: str) -> dict:
+    """The card's ``dfkd_meta`` block; refuses a card that is unreadable or describes another model."""
+    try:
+        front, _ = read_card(card)
+    except CardError as exc:
+        raise UsageError(f"{card}: the model card cannot be read safely ({exc}); re-export the release") from None
+    block = front.get(CARD_KEY)
+    if not isinstance(block, dict) or block.get("model") != src.name or block.get("model_sha256") != sha256:
+        raise UsageError(f"{card}: the model card describes another model than {src.name} (sha256 {sha256[:12]}…); "
+                         "re-export the release, or leave out {list_in_card}")
+    return block
+
+
 def _agreement(quantised: onnx.ModelProto, ctx: SynthesisContext, calib: Calibration) -> dict:
     """The INT8 model against the float teacher on the calibration inputs: top-1 agreement and the largest logit
     error in units of the teacher's logit spread (its standard deviation over those inputs)."""
@@ -160,20 +192,31 @@ def _agreement(quantised: onnx.ModelProto, ctx: SynthesisContext, calib: Calibra
 
 def quantize_release(model: str | os.PathLike, out: str | os.PathLike, cfg: QuantizeConfig, *,
                      sidecar: str | os.PathLike | None = None, data: DataSource | None = None, device: str = "auto",
-                     log=None) -> QuantizeResult:
+                     list_in_card: bool = False, log=None) -> QuantizeResult:
     """Write ``out``, ``model`` in INT8 (QDQ), calibrated as ``cfg.calibration`` says; see the package docstring.
-    ``data``: the source of calibration ``data`` (in Python, instead of a ``data:SPEC``).
+    ``data``: the source of calibration ``data`` (in Python, instead of a ``data:SPEC``). ``list_in_card``: ``out``
+    is written into the teacher's release folder and listed in its model card (SPEC §13, derived models).
 
-    ``out`` appears only when the quantised model has passed onnx.checker and run on every calibration input."""
+    ``out`` (and the card) change only when the quantised model has passed onnx.checker and run on every
+    calibration input."""
     cfg.check()
     src = require_file(model, "model")
     if Path(out).resolve() == src.resolve():
         raise UsageError(f"{out}: the output would overwrite the teacher; pass another {{output}}")
+    card = _card_to_list_in(src, Path(out)) if list_in_card else None
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
-    with output_lock(out), PrivateFolder() as folder:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(output_lock(out))
+        if card is not None:  # two runs listing models in one card would each write it from what they read
+            stack.enter_context(output_lock(card, "{list_in_card}"))
+        folder = stack.enter_context(PrivateFolder())
         copy = copy_model(folder, src)  # what is checked, calibrated and quantised is this copy
+        listed = _card_describes(card, src, copy.sha256) if card is not None else None
         ctx = SynthesisContext(copy.path, sidecar, resolve_device(device), cfg.input_norm)  # the sidecar: before work
+        if listed is not None and ctx.sidecar_sha256 not in (None, listed.get("sidecar_sha256")):
+            raise UsageError(f"{sidecar}: not the sidecar of the release in {card.parent} (the card names "
+                             f"{listed.get('sidecar')!r}); pass that sidecar, or leave out {{list_in_card}}")
         proto = load_onnx(copy.path)
         input_name = ctx.teacher.input_names[0]
         calib = build_calibration(ctx, cfg, folder, data)
@@ -205,6 +248,11 @@ def quantize_release(model: str | os.PathLike, out: str | os.PathLike, cfg: Quan
         check = _agreement(quantised, ctx, calib)
         with atomic_path(out) as tmp:
             onnx.save(quantised, tmp)
+            if card is not None:  # the card changes with the model: both or neither
+                text = card_with_derived(card, derived_entry(Path(out).name, sha256_file(tmp), record),
+                                         check["top1_agreement"])
+                with atomic_path(card) as tmp_card:
+                    tmp_card.write_text(text, encoding="utf-8")
     result = {"output": str(out), "teacher": str(model), "sidecar": str(sidecar) if sidecar else None,
               "settings": settings(cfg), "quantization": record, **report, "on_calibration_inputs": check,
               "float_bytes": src.stat().st_size, "int8_bytes": Path(out).stat().st_size,

@@ -21,6 +21,10 @@ CARD_NAME = "README.md"
 MAX_CARD_BYTES = 256 << 10
 MAX_FRONT_MATTER_BYTES = 32 << 10
 CARD_KEY = "dfkd_meta"  # our block in the front matter; the rest is the hubs' vocabulary
+DERIVED_KEY = "derived"  # models made from the release (an INT8 teacher), listed in the block
+DERIVED_SECTION = "## Derived models"
+MAX_DERIVED = 16
+QUANTIZATION_KEY = "dfkd_meta.quantization"  # where an INT8 model records what it was made from (ONNX metadata)
 
 
 class CardError(ValueError):
@@ -125,6 +129,50 @@ def _granularity_line(sc: Sidecar) -> str:
             "channel and class, to fit the sidecar's size budget (objectives that need per-unit statistics refuse them)")
 
 
+def derived_entry(file_name: str, sha256: str, record: dict) -> dict:
+    """The card's entry for an INT8 model: what a reader checks against the file and its metadata ``record``."""
+    return {"model": file_name, "model_sha256": sha256, "kind": "int8", "calibration": record["calibration"],
+            "samples": int(record["samples"])}
+
+
+def card_with_derived(path: Path, entry: dict, agreement: float | None = None) -> str:
+    """The text of the card at ``path`` with ``entry`` listed (replacing an entry for the same file): in the
+    ``dfkd_meta`` block's ``derived`` list and in the body's derived-models table. The rest of the body is kept
+    as it is; the front matter is written again by YAML (comments in it are not kept)."""
+    front, body = read_card(path)
+    block = front.get(CARD_KEY)
+    if not isinstance(block, dict):
+        raise CardError(f"the front matter has no {CARD_KEY} block")
+    listed = block.get(DERIVED_KEY) or []
+    if not isinstance(listed, list):
+        raise CardError(f"{CARD_KEY}.{DERIVED_KEY} is a {type(listed).__name__}, not a list")
+    listed = [d for d in listed if not (isinstance(d, dict) and d.get("model") == entry["model"])] + [entry]
+    block[DERIVED_KEY] = listed
+    import yaml
+
+    what = (f"the teacher in INT8 (ONNX QDQ), calibrated on {entry['samples']} {entry['calibration']} inputs"
+            + (f"; agrees with the teacher on {agreement:.1%} of them" if agreement is not None else "")
+            + f" (sha256 `{entry['model_sha256']}`)")
+    rows = {line.split("`")[1]: line for line in _section(body)[1] if line.startswith("| `")}
+    rows[entry["model"]] = f"| `{entry['model']}` | {what} |"
+    table = [DERIVED_SECTION, "Made from this release's teacher; each records in its ONNX metadata "
+             f"(`{QUANTIZATION_KEY}`) the teacher's and the sidecar's SHA-256.", "",
+             "| file | what it is |", "| --- | --- |", *rows.values()]
+    head, _, tail = _section(body)
+    text = "\n".join(head).rstrip("\n") + "\n\n" + "\n".join(table) + "\n" + ("\n" + "\n".join(tail) if tail else "")
+    return f"---\n{yaml.safe_dump(front, sort_keys=False, allow_unicode=False, width=1000).rstrip()}\n---\n{text}"
+
+
+def _section(body: str) -> tuple[list[str], list[str], list[str]]:
+    """(lines before the derived-models section, its lines, lines after it)."""
+    lines = body.split("\n")
+    if DERIVED_SECTION not in lines:
+        return lines, [], []
+    start = lines.index(DERIVED_SECTION)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[:start], lines[start:end], lines[end:]
+
+
 # ------------------------------------------------------------------------------------------------ reading
 
 def read_card(path: str | os.PathLike) -> tuple[dict, str]:
@@ -212,6 +260,91 @@ def check_card(folder: Path, sc: Sidecar | None, sidecar_path: Path, *, sidecar_
             out.append(finding("DM953", f"{CARD_NAME}:{CARD_KEY}.{key}",
                                f"the card says {_short(block[key])}, the release has {_short(truth[key])}"))
     return out
+
+
+def check_derived(folder: Path, sc: Sidecar, sidecar_sha256: str) -> tuple[list[Finding], set[str]]:
+    """Findings on the derived models ``folder``'s card lists (DM952 a malformed entry, DM955 a model that is not
+    what the entry says or was not made from this release), and the file names listed.
+
+    Each listed file is copied once and what is checked (its hash, the record in its ONNX metadata) is read from
+    that copy. ``sc`` is the validated sidecar, ``sidecar_sha256`` the hash of the bytes it was read from."""
+    try:
+        front, _ = read_card(folder / CARD_NAME)
+    except (CardError, OSError):
+        return [], set()  # check_card reports it
+    block = front.get(CARD_KEY)
+    listed = block.get(DERIVED_KEY) if isinstance(block, dict) else None
+    if listed is None:
+        return [], set()
+    where = f"{CARD_NAME}:{CARD_KEY}.{DERIVED_KEY}"
+    if not isinstance(listed, list) or len(listed) > MAX_DERIVED:
+        return [finding("DM952", where, f"expected a list of at most {MAX_DERIVED} mappings")], set()
+    from ..fileio import PrivateFolder
+
+    out, names = [], set()
+    with PrivateFolder() as private:
+        for i, entry in enumerate(listed):
+            at = f"{where}[{i}]"
+            name = entry.get("model") if isinstance(entry, dict) else None
+            if not _plain_file_name(name):
+                out.append(finding("DM952", at, "expected a mapping whose model is a file name in the release folder "
+                                                "(no folders, no leading dot)"))
+                continue
+            names.add(name)
+            out += [finding("DM955", f"{at}.{key}", msg) for key, msg in _derived_problems(
+                folder / name, entry, private, sc.model.sha256, sidecar_sha256)]
+    return out, names
+
+
+def _plain_file_name(name) -> bool:
+    return (isinstance(name, str) and 0 < len(name) <= 255 and not name.startswith(".")
+            and not any(c in name for c in "/\\\x00"))
+
+
+def _derived_problems(path: Path, entry: dict, private, model_sha256: str, sidecar_sha256: str
+                      ) -> list[tuple[str, str]]:
+    """(key, problem) for one listed derived model, read from one private copy of its bytes."""
+    import json
+
+    from ..errors import DfkdError
+    from ..onnx.inspect import external_data_locations, load_model_proto
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return [("model", f"the card lists {path.name}, the release folder has no such file")]
+    if not stat.S_ISREG(st.st_mode):
+        return [("model", f"{path.name} is not a regular file (a link, folder, device or pipe)")]
+    snap = private.copy(path, "derived model", name=f"derived/{len(private.copies)}.onnx")
+    problems = []
+    if entry.get("model_sha256") != snap.sha256:
+        problems.append(("model_sha256", f"the card says {_short(entry.get('model_sha256'))}, "
+                                         f"{path.name} has {snap.sha256}"))
+    try:
+        proto = load_model_proto(snap.path)
+    except DfkdError:
+        return problems + [("model", f"{path.name} is not a readable ONNX model")]
+    if external_data_locations(proto):
+        problems.append(("model", f"{path.name} keeps tensors in external files; a derived model is one file"))
+    props = {p.key: p.value for p in proto.metadata_props}
+    try:
+        record = json.loads(props[QUANTIZATION_KEY]) if len(props.get(QUANTIZATION_KEY, "")) <= 1 << 16 else None
+    except (KeyError, ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict):
+        return problems + [("model", f"{path.name} has no readable {QUANTIZATION_KEY} record in its metadata; "
+                                     "it was not written by dfkd-meta quantize")]
+    made_from = [("teacher_sha256", model_sha256, "the release's model")]
+    if record.get("sidecar_sha256") is not None:  # noise or data calibration reads no sidecar
+        made_from.append(("sidecar_sha256", sidecar_sha256, "the release's sidecar"))
+    for key, truth, what in made_from:
+        if record.get(key) != truth:
+            problems.append((key, f"{path.name} was made from {_short(record.get(key))}, not {what} ({truth})"))
+    for key in ("kind", "calibration", "samples"):
+        actual = "int8" if key == "kind" else record.get(key)
+        if key in entry and not _same(entry[key], actual):
+            problems.append((key, f"the card says {_short(entry[key])}, {path.name} records {_short(actual)}"))
+    return problems
 
 
 def _same(claimed, actual) -> bool:

@@ -40,9 +40,10 @@ def locate_release(path: str | os.PathLike, model: str | os.PathLike | None = No
 
 def validate_release(folder: str | os.PathLike, model: str | os.PathLike | None = None) -> Report:
     """Validate a whole release folder (SPEC §11.3, §13): the sidecar against its model (external data
-    included), the model card as untrusted text checked against the release, and stray entries."""
+    included), the model card as untrusted text checked against the release, the derived models the card
+    lists against their files, and stray entries."""
     from ..fileio import PrivateFolder, require_file
-    from .card import CARD_NAME, check_card
+    from .card import CARD_NAME, check_card, check_derived
     from .io import load_validated
     from .validator import validate_copy
 
@@ -54,7 +55,10 @@ def validate_release(folder: str | os.PathLike, model: str | os.PathLike | None 
         sc = load_validated(snap.path) if report.valid else None
     report.findings += check_card(folder, sc, sidecar, sidecar_sha256=snap.sha256)
     if sc is not None:
+        derived_findings, derived = check_derived(folder, sc, snap.sha256)
+        report.findings += derived_findings
         known = {sidecar.name, CARD_NAME, sc.model.file_name} | {p.split("/")[0] for p in sc.model.external_data}
+        known |= derived
         stray = sorted(p.name for p in folder.iterdir() if p.name not in known)
         if stray:
             shown = ", ".join(stray[:10]) + (f" and {len(stray) - 10} more" if len(stray) > 10 else "")

@@ -9,8 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfkd_meta.distill.losses import (DKD, LOSSES, FeatureLoss, Objective, Outputs, get_loss, logit_loss,
-                                      parse_terms)
+from dfkd_meta.distill.losses import DKD, LOSSES, FeatureLoss, Objective, Outputs, get_loss, logit_loss, parse_terms
 from dfkd_meta.errors import UsageError
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from cli.main import main as cli_main
+from dfkd_meta import validate_release
 from dfkd_meta.config import QuantizeConfig
 from dfkd_meta.convention import from_domain
 from dfkd_meta.data import Feed, load_data
@@ -26,7 +27,6 @@ from dfkd_meta.quantize import quantize as quantize_module
 from dfkd_meta.quantize.calibration import balanced_classes
 from dfkd_meta.quantize.corrections import correct_bias, equalise
 from dfkd_meta.quantize.quantize import METADATA_KEY
-from dfkd_meta import validate_release
 from dfkd_meta.sidecar import SidecarInvalidError
 from dfkd_meta.sidecar.card import CARD_NAME, check_derived, read_card
 from dfkd_meta.synthesis.context import SynthesisContext

@@ -25,8 +25,7 @@ from ..fileio import PrivateFolder, atomic_path, output_lock, require_file, sha2
 from ..onnx.graph import load_onnx
 from ..onnx.inspect import copy_model
 from ..onnx.runtime import OrtModel
-from ..sidecar.card import (CARD_KEY, CARD_NAME, QUANTIZATION_KEY, CardError, card_with_derived, derived_entry,
-                            read_card)
+from ..sidecar.card import CARD_KEY, CARD_NAME, QUANTIZATION_KEY, CardError, card_with_derived, derived_entry, read_card
 from ..sidecar.release import SIDECAR_SUFFIX
 from ..sidecar.types import Sidecar
 from ..synthesis.context import SynthesisContext

@@ -80,6 +80,20 @@ def test_real_data_beats_noise_on_digits(setup):
     assert fake.report["source"]["objective"] == "noise" and fake.report["settings"]["temperature"] == 8.0
 
 
+def test_dkd_teaches_the_student_and_feature_losses_are_refused_where_only_logits_flow(setup):
+    data, release, _, _ = setup
+    r = distill(release.model_path, _student(), data, DistillConfig(epochs=30, loss="dkd"), device="cpu",
+                eval_data=data, progress=False).report
+    assert r["settings"]["loss"] == "dkd" and r["student_accuracy"] > 0.85
+    with pytest.raises(UsageError, match="compares logits"):
+        distill(release.model_path, _student(), data, DistillConfig(epochs=1, loss="at"), device="cpu", progress=False)
+    from click.testing import CliRunner
+
+    from cli.main import main as cli_main
+    help_text = CliRunner().invoke(cli_main, ["distill", "--help"]).output
+    assert "dkd:" in " ".join(help_text.split()) and "fitnet" not in help_text
+
+
 def test_wrong_teacher_for_a_transfer_set_is_refused(setup, tmp_path):
     data, _, noise, _ = setup
     other = export_onnx(build_model("hinton-tiny", (1, 8, 8), 10), (1, 8, 8), tmp_path / "other.onnx")

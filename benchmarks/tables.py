@@ -84,7 +84,7 @@ def claim_targets(res: Results) -> str:
 def claim_defaults(res: Results) -> str:
     """Which defaults chosen before the protocol were re-chosen or confirmed on the validation split."""
     import claim
-    return claim.DEFAULTS_STATUS
+    return claim.defaults_status(res["claim-val"])
 
 
 HEADLINE = [  # (label, old results key prefix in online.json, claim.json teacher, budget minutes)

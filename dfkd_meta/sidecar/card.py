@@ -297,8 +297,10 @@ def check_derived(folder: Path, sc: Sidecar, sidecar_sha256: str) -> tuple[list[
 
 
 def _plain_file_name(name) -> bool:
-    return (isinstance(name, str) and 0 < len(name) <= 255 and not name.startswith(".")
-            and not any(c in name for c in "/\\\x00"))
+    """A name for a file in the release folder itself, safe to print: no folders, no leading dot, no control
+    characters (a hostile card's name reaches the findings)."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and not name.startswith(".") and name.isprintable()
+            and not any(c in name for c in "/\\"))
 
 
 def _derived_problems(path: Path, entry: dict, private, model_sha256: str, sidecar_sha256: str

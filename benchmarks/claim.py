@@ -290,8 +290,8 @@ def teachers(test: dict) -> str:
         spec, _, student, source = TEACHERS[name]
         by, arch, exporter = (("plain torch code (benchmarks/foreign.py), " + source[2], source[1], source[3])
                               if source[0] == "foreign" else ("`dfkd-meta train`", source[1], "legacy"))
-        lines.append(f"| {name} | {by} | {arch} | {exporter} (BatchNorm folded; kept for the bn variants) | "
-                     f"{student} | {accuracy:.4f} |")
+        bn = "BatchNorm folded; kept for the bn variants" if source[0] == "foreign" else "no BatchNorm"
+        lines.append(f"| {name} | {by} | {arch} | {exporter} ({bn}) | {student} | {accuracy:.4f} |")
     return "\n".join(lines)
 
 

@@ -41,6 +41,25 @@ def _first_line(obj) -> str:
     return doc[0].rstrip(".") if doc else ""
 
 
+class WeightedRegistryChoice(RegistryChoice):
+    """``NAME`` or ``NAME:WEIGHT``, the name from a registry, the weight a number >= 0 (kept as typed)."""
+
+    def convert(self, value, param, ctx):
+        name, sep, weight = str(value).partition(":")
+        super().convert(name, param, ctx)
+        if sep:
+            try:
+                ok = float(weight) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                self.fail(f"{value!r}: the weight after ':' must be a number >= 0, e.g. {name}:1", param, ctx)
+        return str(value)
+
+    def get_metavar(self, param, ctx=None):
+        return "NAME[:WEIGHT]"
+
+
 class RegistryOption(click.Option):
     """An option over a ``RegistryChoice`` whose help lists every choice with its description."""
 
@@ -60,7 +79,7 @@ def objectives():
 def losses():
     from dfkd_meta.distill.losses import LOSSES
 
-    return {name: unit for name, unit in LOSSES.items() if unit.uses == "logits"}  # what distill's loops compare
+    return LOSSES
 
 
 def methods():

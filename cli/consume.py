@@ -31,6 +31,7 @@ from .common import (
     Command,
     RegistryChoice,
     RegistryOption,
+    WeightedRegistryChoice,
     losses,
     methods,
     objectives,
@@ -168,8 +169,15 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
               help="student.onnx to write (+ .json report).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
               help=f"Default: the transfer set's (else {ExportConfig.temperature:g}); with --method the method's.")
-@click.option("--loss", cls=RegistryOption, type=RegistryChoice(losses),
-              help=f"The distillation loss (default {DistillConfig.loss}; with --method the method's paper's).")
+@click.option("--loss", cls=RegistryOption, type=WeightedRegistryChoice(losses), multiple=True,
+              help=f"The distillation loss, repeatable to sum several, each NAME or NAME:WEIGHT (default weight: the "
+                   f"one its paper runs it at; default loss {DistillConfig.loss}; with --method the method's paper's). "
+                   "Feature losses (at, fitnet, nst, pkt, rkd, sp, cc) compare paired intermediate tensors, see "
+                   "--features; with --transfer or --data only.")
+@click.option("--features", multiple=True, metavar="TEACHER_TENSOR=STUDENT_MODULE",
+              help="A feature pair for the feature losses (repeatable): a tensor of the teacher's graph (dfkd-meta "
+                   "inspect lists them) and a student module path (':input' for its input). Default: the stages "
+                   "paired by spatial size, and the final dense layers' inputs.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=DistillConfig.alpha, show_default=True,
               help="Weight of cross-entropy on the teacher's argmax labels (the loss gets 1 - alpha).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DistillConfig.epochs, show_default=True,
@@ -193,7 +201,8 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
 @QUIET
 @read_limit_options
 def distill(teacher, transfer, data, method, sidecar, iterations, minutes, options, gaussian_mix, save_transfer, resize,
-            input_norm, student, output, temperature, loss, alpha, epochs, batch_size, lr, seed, eval_spec, force, resume,
+            input_norm, student, output, temperature, loss, features, alpha, epochs, batch_size, lr, seed, eval_spec, force,
+            resume,
             keep_checkpoint, stop_on_stall, as_json, device, quiet):
     """Train a student against the teacher's outputs: on a transfer set, on real data, or online.
 
@@ -214,6 +223,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
     from dfkd_meta.models import build_model
 
     require_file(teacher, "teacher")
+    loss = ",".join(loss) or None  # several --loss options: their sum
     if sum(x is not None for x in (transfer, data, method)) != 1:
         raise UsageError("pass exactly one of --transfer FILE (data-free, offline), --method NAME (data-free, online) "
                          "or --data SPEC (KD with real data)")
@@ -249,7 +259,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
             model = build_model(student, input_shape, num_classes)
             cfg = DistillConfig(temperature=temperature, loss=loss or DistillConfig.loss, alpha=alpha, epochs=epochs,
                                 batch_size=batch_size or DistillConfig.batch_size, lr=lr or DistillConfig.lr, seed=seed,
-                                force=force)
+                                force=force, features=tuple(features))
             result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
                          resume=resume, eval_data=eval_source, progress=not quiet)
         path = write_student(result.student, input_shape, output, {**result.report, "student": student},
@@ -275,7 +285,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
 
 # Which source each distill option applies to (an option given for another source is refused, never ignored).
 DISTILL_OPTION_MODES = {
-    "epochs": {"transfer", "data"}, "alpha": {"transfer", "data"},
+    "epochs": {"transfer", "data"}, "alpha": {"transfer", "data"}, "features": {"transfer", "data"},
     "force": {"data"},
     "iterations": {"method"}, "minutes": {"method"}, "options": {"method"}, "gaussian_mix": {"method"},
     "sidecar": {"method"}, "save_transfer": {"method"}, "stop_on_stall": {"method"},

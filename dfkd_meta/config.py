@@ -187,8 +187,9 @@ class DistillConfig:
     """Student training (``dfkd-meta distill``)."""
 
     temperature: float | None = None  # None: the transfer set's (the sidecar's), else DEFAULT_TEMPERATURE
-    loss: str = "kd"  # a name in distill.losses.LOSSES
+    loss: str = "kd"  # a name in distill.losses.LOSSES, or a composition "kd,at:1000" (name[:weight], comma-separated)
     alpha: float = 0.0  # weight of cross-entropy on the teacher's argmax
+    features: tuple[str, ...] = ()  # feature pairs TEACHER_TENSOR=STUDENT_MODULE for feature losses; () pairs by stage
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3  # Adam, cosine schedule

@@ -168,7 +168,7 @@ def test_terms_parse_with_their_papers_weights_and_refuse_bad_specs():
         parse_terms(["kd", "kd:2"])
     with pytest.raises(UsageError, match="feature maps"):
         Objective([("at", 1.0)]).bind({"fc": ((10,), (12,))})
-    with pytest.raises(UsageError, match="vectors onto vectors"):
+    with pytest.raises(UsageError, match="vectors with vectors"):
         Objective([("fitnet", 1.0)]).bind({"x": ((3, 2, 2), (12,))})
     with pytest.raises(UsageError, match="compares logits"):
         logit_loss("at")
@@ -182,3 +182,99 @@ def test_every_unit_is_documented_and_cites_its_source():
         assert first and cls.name == name and cls.uses in ("logits", "features")
         if name not in ("ce", "l1", "kd"):
             assert any(str(year) in (cls.__doc__ or "") for year in range(2014, 2024)), name
+
+
+# --- the features the feature losses compare: teacher tensors from the ONNX graph, student modules by path -----
+
+@pytest.fixture(scope="module")
+def lenet_pair(tmp_path_factory):
+    from dfkd_meta.models import build_model
+    from dfkd_meta.onnx.torch_export import export_onnx
+
+    torch.manual_seed(0)
+    path = export_onnx(build_model("lenet5", (1, 28, 28), 10), (1, 28, 28), tmp_path_factory.mktemp("feat") / "t.onnx")
+    return path, build_model("lenet5-half", (1, 28, 28), 10)
+
+
+def _teacher_features(path):
+    from dfkd_meta.distill.features import teacher_features
+    from dfkd_meta.onnx.inspect import load_model_proto, model_facts
+
+    proto = load_model_proto(path)
+    return teacher_features(model_facts(path, proto), proto)
+
+
+def test_automatic_pairs_join_the_stages_and_the_embeddings(lenet_pair):
+    from dfkd_meta.distill.features import pair_features, student_features
+
+    path, student = lenet_pair
+    teacher = _teacher_features(path)
+    shapes = [s for _, s in teacher]
+    assert shapes[:2] == [(6, 24, 24), (16, 8, 8)] and shapes[-1] == (84,)
+    found = student_features(student, (1, 28, 28))
+    assert found[-1] == ("classifier.4:input", (84,)) and ("features.1", (3, 24, 24)) in found
+    pairs = pair_features(teacher, found)
+    assert [(p.key, p.student, p.teacher_shape, p.student_shape) for p in pairs] == [
+        ("stage 24x24", "features.1", (6, 24, 24), (3, 24, 24)), ("stage 8x8", "features.4", (16, 8, 8), (8, 8, 8)),
+        ("embedding", "classifier.4:input", (84,), (84,))]
+    assert pairs[0].teacher == teacher[0][0] and pairs[-1].teacher == teacher[-1][0]
+
+
+def test_paired_features_flow_into_the_losses_and_train_the_student(lenet_pair):
+    """Teacher tensors through ONNX Runtime taps, student modules through hooks: an objective of KD, AT and FitNet
+    bound to their shapes; one step's gradient reaches the student's first convolution through AT alone."""
+    from dfkd_meta.distill.features import pair_features, student_features, student_taps
+    from dfkd_meta.onnx.runtime import OrtModel
+
+    path, student = lenet_pair
+    pairs = pair_features(_teacher_features(path), student_features(student, (1, 28, 28)))
+    runner = OrtModel(path, taps=[p.teacher for p in pairs])
+    x = torch.rand(8, 1, 28, 28)
+    ran = runner.run(x.numpy())
+    teacher = Outputs(torch.from_numpy(ran[runner.output_names[0]]),
+                      {p.key: torch.from_numpy(ran[p.teacher]) for p in pairs})
+    objective = Objective([("at", 1000.0), ("fitnet", 100.0)])
+    objective.bind({p.key: (p.student_shape, p.teacher_shape) for p in pairs if len(p.student_shape) == 3})
+    with student_taps(student, pairs) as feats:
+        logits = student(x)
+        captured = {k: v for k, v in feats.items()}
+    assert {k: tuple(v.shape[1:]) for k, v in captured.items()} == {p.key: p.student_shape for p in pairs}
+    maps = {k: v for k, v in captured.items() if v.dim() == 4}
+    terms = objective.terms(Outputs(logits, maps), Outputs(teacher.logits, {k: teacher.features[k] for k in maps}), 4.0)
+    assert set(terms) == {"at", "fitnet"} and all(torch.isfinite(v) and v > 0 for v in terms.values())
+    student.zero_grad()
+    terms["at"].backward()
+    assert student.features[0].weight.grad.abs().sum() > 0 and student.classifier[0].weight.grad is None
+    assert not feats  # the hooks are gone once the block ends: nothing is captured any more
+    student(x)
+    assert not feats
+
+
+def test_named_pairs_and_their_one_line_errors(lenet_pair):
+    from dfkd_meta.distill.features import pair_features, student_features
+
+    path, student = lenet_pair
+    teacher, found = _teacher_features(path), student_features(student, (1, 28, 28))
+    [pair] = pair_features(teacher, found, [f"{teacher[1][0]}=features.4"])
+    assert pair.teacher_shape == (16, 8, 8) and pair.student_shape == (8, 8, 8)
+    for spec, text in (("nonsense", "expected TEACHER_TENSOR=STUDENT_MODULE"), ("x=features.4", "no feature tensor"),
+                       (f"{teacher[1][0]}=features.99", "no module")):
+        with pytest.raises(UsageError, match=text):
+            pair_features(teacher, found, [spec])
+    with pytest.raises(UsageError, match="name the pairs"):
+        pair_features([("t", (4, 5, 5))], [("s", (4, 6, 6))])
+
+
+def test_residual_stages_pair_with_the_blocks_not_the_layers_inside_them(tmp_path):
+    from dfkd_meta.distill.features import pair_features, student_features
+    from dfkd_meta.models import build_model
+    from dfkd_meta.onnx.torch_export import export_onnx
+
+    torch.manual_seed(0)
+    path = export_onnx(build_model("resnet8", (3, 32, 32), 10), (3, 32, 32), tmp_path / "r.onnx")
+    student = build_model("resnet8", (3, 32, 32), 10)
+    pairs = pair_features(_teacher_features(path), student_features(student, (3, 32, 32)))
+    stages = [p for p in pairs if p.key.startswith("stage")]
+    assert [p.student_shape for p in stages] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    modules = dict(student.named_modules())
+    assert all(len(list(modules[p.student].children())) > 0 for p in stages[1:])  # a block or a stage, not a conv

@@ -1,10 +1,12 @@
 """The distillation loop: a student trained on a transfer set or real data against the teacher's outputs.
 
-Objective: ``(1 - alpha) * LOSSES[loss] + alpha * ce`` (losses.py; the default ``kd`` is Hinton et
-al. 2015, KL of temperature-softened outputs times T^2). Hard labels are the teacher's own
+Objective: ``(1 - alpha) * sum of the losses named + alpha * ce`` (losses.py; the default ``kd`` is
+Hinton et al. 2015, KL of temperature-softened outputs times T^2). Hard labels are the teacher's own
 predictions: no ground truth is assumed. The teacher runs through ONNX Runtime (no gradient is
-needed). One epoch is one pass over the inputs; a checkpoint after each records the whole config,
-the teacher and the source, so ``resume`` refuses a changed setting by name.
+needed); feature losses read its paired intermediate tensors (features.py) from a session that
+returns them, batch by batch, and the student's through hooks. One epoch is one pass over the
+inputs; a checkpoint after each records the whole config, the teacher and the source (and the
+loss's trainable parts), so ``resume`` refuses a changed setting by name.
 """
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ from ..device import resolve_device
 from ..errors import DfkdError, UsageError
 from ..fileio import PrivateFolder, atomic_path, require_file
 from ..onnx.inspect import copy_model, load_model_proto
+from ..onnx.runtime import OrtModel
 from ..onnx.torch_export import model_metadata
 from ..progress import progress as progress_bar
 from ..stats.teacher_check import AccuracyMeter, default_min_accuracy, require_fit
 from ..transfer import TransferSet
-from .losses import Outputs, combined
+from .features import FeaturePair, pair_features, student_features, student_taps, teacher_features
+from .losses import Objective, Outputs, build_objective
 from .student import evaluate_pair, predict, teacher_logits
 
 
@@ -61,13 +65,16 @@ def teacher_convention(teacher: str | Path, source: TransferSet | DataSource,
         raise
 
 
-def _save_checkpoint(path: Path, student: nn.Module, opt, sched, epoch: int, history: list, run: dict) -> None:
+def _save_checkpoint(path: Path, student: nn.Module, opt, sched, epoch: int, history: list, run: dict,
+                     objective: Objective | None = None) -> None:
     with atomic_path(path) as tmp:
         torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "objective": objective.state_dict() if objective is not None else {},
                     "epoch": epoch, "history": json.dumps(history), "run": json.dumps(run, sort_keys=True)}, tmp)
 
 
-def _load_checkpoint(path: Path, student: nn.Module, opt, sched, run: dict) -> tuple[int, list]:
+def _load_checkpoint(path: Path, student: nn.Module, opt, sched, run: dict,
+                     objective: Objective | None = None) -> tuple[int, list]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
         recorded = json.loads(state["run"]) if "run" in state else None
@@ -80,6 +87,8 @@ def _load_checkpoint(path: Path, student: nn.Module, opt, sched, run: dict) -> t
                          "settings, or delete the checkpoint to start over")
     try:
         student.load_state_dict(state["student"])
+        if objective is not None:  # the loss's trainable parts (FitNet's regressors) resume with the student
+            objective.load_state_dict(state.get("objective", {}))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         return int(state["epoch"]), json.loads(state["history"])
@@ -112,7 +121,10 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     teacher_sha256 = copy.sha256
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or not 0 <= cfg.alpha <= 1:
         raise UsageError("{epochs} and {batch_size} must be >= 1, {lr} > 0 and 0 <= {alpha} <= 1")
-    objective = combined(cfg.loss, cfg.alpha)
+    objective = build_objective(cfg.loss, cfg.alpha)
+    if cfg.features and not objective.uses_features:
+        raise UsageError("{features} pairs intermediate features, and {loss} names no feature loss; add one "
+                         "(at, fitnet, nst, pkt, rkd, sp, cc) or leave out {features}")
     teacher = copy.path
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
@@ -147,6 +159,9 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise UsageError(f"{{student}} {type(student).__name__}: the student has no trainable parameters")
+    pairs, tapped = bind_features(objective, teacher, student, tuple(x.shape[1:]), cfg.features)
+    objective.to(dev)
+    params += list(objective.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps_per_epoch = -(-len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
@@ -154,7 +169,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     run = {"config": settings(cfg), "teacher_sha256": teacher_sha256, "source": _source_identity(source)}
     start, history = 0, []
     if resume and ckpt is not None and ckpt.exists():
-        start, history = _load_checkpoint(ckpt, student, opt, sched, run)
+        start, history = _load_checkpoint(ckpt, student, opt, sched, run, objective)
     for epoch in range(start, cfg.epochs):
         student.train()
         order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(x)))
@@ -163,20 +178,32 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
                            enabled=progress)
         for i in bar:
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            loss = objective(Outputs(student(x_t[idx].to(dev))), Outputs(t_t[idx].to(dev)), temperature)
+            xb = x_t[idx]
+            with student_taps(student, pairs) as feats:
+                out = student(xb.to(dev))
+                s_feats = dict(feats)
+            t_feats = {}
+            if pairs:  # the teacher's paired tensors of this batch, from one more ONNX Runtime pass
+                ran = tapped.run(_teacher_shaped(tapped, xb.numpy()))
+                t_feats = {p.key: torch.from_numpy(ran[p.teacher]).to(dev) for p in pairs}
+            loss = objective(Outputs(out, s_feats), Outputs(t_t[idx].to(dev), t_feats), temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(loss.item())
-            bar.set_postfix({cfg.loss: f"{np.mean(losses[-20:]):.4f}"}, refresh=False)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
         if ckpt is not None:
-            _save_checkpoint(ckpt, student, opt, sched, epoch + 1, history, run)
+            _save_checkpoint(ckpt, student, opt, sched, epoch + 1, history, run, objective)
     student.eval()
     seconds = time.perf_counter() - t0
     agreement_on_inputs = float((predict(student, x, dev) == t_logits.argmax(1)).mean())
     report = {"settings": {**settings(cfg), "temperature": temperature}, "source": source_info,
+              "objective": dict(objective.weights),
+              "feature_pairs": [{"key": p.key, "teacher": p.teacher, "student": p.student,
+                                 "teacher_shape": list(p.teacher_shape), "student_shape": list(p.student_shape)}
+                                for p in pairs],
               "teacher": str(teacher), "teacher_sha256": teacher_sha256, "samples": int(len(x)),
               "input_convention": None if convention is None else {
                   "name": convention.name, "source": convention.source, "norm_mean": list(convention.norm_mean),
@@ -190,6 +217,29 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     return DistillResult(student, report, convention, tuple(image) if image and len(x.shape) == 2 else None)
 
 
+
+
+def bind_features(objective: Objective, teacher: str | Path, student: nn.Module, input_shape: tuple[int, ...],
+                  named: tuple[str, ...] = ()) -> tuple[list[FeaturePair], OrtModel | None]:
+    """The feature pairs an objective with feature losses compares (named, else by stage) and an ONNX Runtime
+    session that returns the teacher's paired tensors beside its logits; ([], None) for logit losses alone."""
+    if not objective.uses_features:
+        return [], None
+    from ..onnx.inspect import model_facts
+
+    proto = load_model_proto(teacher)
+    pairs = pair_features(teacher_features(model_facts(teacher, proto), proto), student_features(student, input_shape),
+                          named)
+    objective.bind({p.key: (p.student_shape, p.teacher_shape) for p in pairs})
+    return pairs, OrtModel(teacher, taps=[p.teacher for p in pairs])
+
+
+def _teacher_shaped(runner: OrtModel, x: np.ndarray) -> np.ndarray:
+    """``x`` in the teacher's input shape (a teacher of flat vectors fed images, as teacher_logits does)."""
+    shape = tuple(runner.session.get_inputs()[0].shape[1:])
+    if all(isinstance(d, int) for d in shape) and tuple(x.shape[1:]) != shape:
+        return x.reshape(len(x), *shape)
+    return x
 
 
 def _source_identity(source: TransferSet | DataSource) -> dict:

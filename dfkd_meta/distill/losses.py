@@ -132,17 +132,27 @@ class FeatureLoss(Loss):
 
     uses = "features"
     spatial: ClassVar[bool] = False  # needs maps [B, C, H, W] (per-channel or spatial structure), not vectors
+    needs: ClassVar[str] = "feature maps [C, H, W]"
+
+    def __init__(self):
+        super().__init__()
+        self.keys: list[str] | None = None  # the pairs this loss compares, once bound
+
+    def accepts(self, s: tuple[int, ...], t: tuple[int, ...]) -> bool:
+        return not self.spatial or (len(s) == 3 and len(t) == 3)
 
     def bind(self, shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> None:
-        """Check each pair's (student, teacher) shapes, without the batch axis; make trainable parts. A pair this
-        loss cannot compare is a UsageError naming it."""
-        for key, (s, t) in shapes.items():
-            if self.spatial and (len(s) != 3 or len(t) != 3):
-                raise UsageError(f"{{loss}} {self.name}: compares feature maps [C, H, W]; the pair {key} has student "
-                                 f"{list(s)} and teacher {list(t)}; pair it with convolutional layers")
+        """Keep the pairs (student, teacher shapes without the batch axis) this loss can compare; make trainable
+        parts. None it can compare is a UsageError."""
+        self.keys = [k for k, (s, t) in shapes.items() if self.accepts(s, t)]
+        if not self.keys:
+            listed = "; ".join(f"{k}: student {list(s)}, teacher {list(t)}" for k, (s, t) in shapes.items())
+            raise UsageError(f"{{loss}} {self.name}: compares {self.needs}, and no pair is one ({listed or 'none'}); "
+                             "name pairs it can compare with {features}")
 
     def forward(self, student, teacher, temperature):
-        keys = [k for k in student.features if k in teacher.features]
+        keys = [k for k in (self.keys if self.keys is not None else student.features)
+                if k in student.features and k in teacher.features]
         if not keys:
             raise UsageError(f"{{loss}} {self.name}: needs paired features of the student and the teacher, and "
                              "there are none; name them with {features}")
@@ -183,13 +193,16 @@ class FitNet(FeatureLoss):
     """Romero et al. 2015, hints: mean squared error between a learned regressor of the student's feature (1x1
     convolution on maps, linear on vectors) and the teacher's; weight 100 (Tian et al. 2020)."""
 
+    needs = "maps with maps or vectors with vectors"
+
+    def accepts(self, s, t):
+        return len(s) == len(t) and len(s) in (1, 3)
+
     def bind(self, shapes):
         super().bind(shapes)
         self.regressors = nn.ModuleDict()
-        for key, (s, t) in shapes.items():
-            if len(s) != len(t) or len(s) not in (1, 3):
-                raise UsageError(f"{{loss}} fitnet: regresses maps onto maps or vectors onto vectors; the pair {key} "
-                                 f"has student {list(s)} and teacher {list(t)}")
+        for key in self.keys:
+            s, t = shapes[key]
             self.regressors[_module_key(key)] = (nn.Conv2d(s[0], t[0], 1) if len(s) == 3 else nn.Linear(s[0], t[0]))
 
     def pair(self, s, t, key):
@@ -200,7 +213,7 @@ class FitNet(FeatureLoss):
 
 
 def _module_key(key: str) -> str:
-    return key.replace(".", "_")  # ModuleDict keys may not hold dots
+    return "".join(c if c.isalnum() else "_" for c in key)  # ModuleDict keys may not hold dots
 
 
 @loss("nst", weight=50.0)
@@ -310,8 +323,8 @@ def logit_loss(name: str) -> Loss:
     unit = get_loss(name)
     if unit.uses != "logits":
         names = ", ".join(n for n, c in sorted(LOSSES.items()) if c.uses == "logits")
-        raise UsageError(f"{{loss}} {name}: compares intermediate features, and distillation here compares logits; "
-                         f"use one of {names}")
+        raise UsageError(f"{{loss}} {name}: compares intermediate features, and online distillation compares "
+                         f"logits only; use one of {names}, or distil offline (a transfer set or data)")
     return unit
 
 
@@ -361,13 +374,25 @@ class Objective(nn.Module):
         return torch.stack(list(self.terms(student, teacher, temperature).values())).sum()
 
 
+def build_objective(spec: str, alpha: float = 0.0) -> Objective:
+    """The objective ``spec`` names: ``"kd"`` or a comma-separated composition ``"kd,at:1000,fitnet"`` (each
+    ``name[:weight]``); ``alpha`` > 0 scales it by 1 - alpha and adds ``ce`` at ``alpha`` (the ``--alpha``
+    shorthand)."""
+    terms = parse_terms([part.strip() for part in str(spec).split(",") if part.strip()])
+    if alpha:
+        if any(name == "ce" for name, _ in terms):
+            raise UsageError("{alpha} adds ce to the loss, and {loss} already has it; give ce's weight in {loss} alone")
+        terms = [(name, (1 - alpha) * w) for name, w in terms] + [("ce", alpha)]
+    return Objective(terms)
+
+
 def combined(name: str, alpha: float) -> Callable[[Outputs, Outputs, float], torch.Tensor]:
-    """``(1 - alpha) * LOSSES[name] + alpha * ce``: the configured objective as one function."""
-    main = logit_loss(name)
-    if alpha == 0.0:
-        return main
-    ce = get_loss("ce")
-    return lambda s, t, temperature: (1 - alpha) * main(s, t, temperature) + alpha * ce(s, t, temperature)
+    """``(1 - alpha) * LOSSES[name] + alpha * ce`` on logits alone (feature losses are refused)."""
+    objective = build_objective(name, alpha)
+    for unit_name, unit in objective.units.items():
+        if unit.uses != "logits":
+            logit_loss(unit_name)
+    return objective
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,

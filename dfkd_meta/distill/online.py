@@ -33,7 +33,7 @@ from ..synthesis.base import NonFiniteLoss
 from ..synthesis.context import SynthesisContext
 from ..transfer import TransferWriter
 from .loop import DistillResult
-from .losses import Outputs, logit_loss
+from .losses import Outputs, combined
 from .monitor import StallMonitor
 from .student import ScaledLogits, evaluate_pair, predict
 
@@ -90,7 +90,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     recipe = {**cls.student, **({"lr": cfg.lr} if cfg.lr is not None else {}),
               **({"temperature": cfg.temperature} if cfg.temperature is not None else {}),
               **({"loss": cfg.loss} if cfg.loss is not None else {})}
-    loss_fn = logit_loss(recipe["loss"])
+    loss_fn = combined(recipe["loss"], 0.0)  # logit losses: the synthesised batches carry no teacher features yet
     if recipe["loss"] == "l1" and scale != 1.0:
         student = ScaledLogits(student, scale)
     else:

@@ -173,7 +173,7 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
               help=f"The distillation loss, repeatable to sum several, each NAME or NAME:WEIGHT (default weight: the "
                    f"one its paper runs it at; default loss {DistillConfig.loss}; with --method the method's paper's). "
                    "Feature losses (at, fitnet, nst, pkt, rkd, sp, cc) compare paired intermediate tensors, see "
-                   "--features; with --transfer or --data only.")
+                   "--features.")
 @click.option("--features", multiple=True, metavar="TEACHER_TENSOR=STUDENT_MODULE",
               help="A feature pair for the feature losses (repeatable): a tensor of the teacher's graph (dfkd-meta "
                    "inspect lists them) and a student module path (':input' for its input). Default: the stages "
@@ -245,7 +245,8 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
             model = build_model(student, input_shape, num_classes(facts, teacher))
             cfg = OnlineConfig(method=method, iterations=iterations, minutes=minutes, input_norm=input_norm,
                                batch_size=batch_size or OnlineConfig.batch_size,
-                               lr=lr, temperature=temperature, loss=loss, seed=seed, gaussian_mix=gaussian_mix,
+                               lr=lr, temperature=temperature, loss=loss, features=tuple(features), seed=seed,
+                               gaussian_mix=gaussian_mix,
                                options=_options(options), stop_on_stall=stop_on_stall)
             retain_freed_memory()  # the generators' large maps, reallocated every step
             result = distill_online(teacher, model, cfg, sidecar=sidecar, device=device, checkpoint=output + ".ckpt",
@@ -285,7 +286,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
 
 # Which source each distill option applies to (an option given for another source is refused, never ignored).
 DISTILL_OPTION_MODES = {
-    "epochs": {"transfer", "data"}, "alpha": {"transfer", "data"}, "features": {"transfer", "data"},
+    "epochs": {"transfer", "data"}, "alpha": {"transfer", "data"},
     "force": {"data"},
     "iterations": {"method"}, "minutes": {"method"}, "options": {"method"}, "gaussian_mix": {"method"},
     "sidecar": {"method"}, "save_transfer": {"method"}, "stop_on_stall": {"method"},

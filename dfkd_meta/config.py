@@ -207,7 +207,9 @@ class OnlineConfig:
     batch_size: int = 256
     lr: float | None = None  # the student's; None: the method's published setting
     temperature: float | None = None  # KD temperature; None: the method's published setting
-    loss: str | None = None  # the student's loss, a name in distill.losses.LOSSES; None: the method's published one
+    loss: str | None = None  # the student's loss, a name in distill.losses.LOSSES or a composition "kd,at:1000";
+    # None: the method's published one
+    features: tuple[str, ...] = ()  # feature pairs TEACHER_TENSOR=STUDENT_MODULE for feature losses; () by stage
     seed: int = 0
     gaussian_mix: float = 0.5  # with a sidecar that implies a first-layer Gaussian: share of each batch drawn from it
     # (0.5 re-chosen on the validation split, dfad, 3 min: Fashion LeNet-5 0.8458 -> 0.8522, ResNet-8 0.7034 -> 0.7210)

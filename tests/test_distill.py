@@ -94,15 +94,17 @@ def test_dkd_teaches_the_student_and_feature_losses_are_refused_where_they_canno
     from dfkd_meta.config import OnlineConfig
     from dfkd_meta.distill import distill_online
 
-    with pytest.raises(UsageError, match="online distillation compares logits only"):
-        distill_online(release.model_path, _student(), OnlineConfig(iterations=1, loss="l1,sp"), device="cpu",
+    with pytest.raises(UsageError, match="compares feature maps"):  # online too: the same pairing
+        distill_online(release.model_path, _student(), OnlineConfig(iterations=1, loss="l1,nst"), device="cpu",
                        progress=False)
     help_text = " ".join(CliRunner().invoke(cli_main, ["distill", "--help"]).output.split())
     assert all(f"{name}:" in help_text for name in ("kd", "dkd", "at", "fitnet", "nst", "pkt", "rkd", "sp", "cc"))
     base = ["distill", "--teacher", str(release.model_path), "--student", "hinton-tiny", "-o", "s.onnx"]
     for extra, text in ((["--data", "digits", "--loss", "at:x"], "must be a number"),
                         (["--data", "digits", "--loss", "bogus"], "bogus"),
-                        (["--method", "dfad", "--loss", "kd", "--features", "a=b"], "--features goes with")):
+                        (["--data", "digits", "--features", "a=b"], "names no feature loss"),
+                        (["--method", "dfad", "--loss", "kd", "--loss", "sp", "--features", "a=b"],
+                         "no feature tensor")):
         r = CliRunner().invoke(cli_main, base + extra)
         assert r.exit_code == 2 and text in r.output and "Traceback" not in r.output, r.output
 
@@ -145,6 +147,23 @@ def test_feature_losses_train_a_conv_student_and_resume_with_their_regressors(co
     assert resumed.report["history"] == full.report["history"]
     for a, b in zip(full.student.state_dict().values(), resumed.student.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_feature_losses_online_read_the_teacher_once_more_per_step(conv_release):
+    """DFAD with FitNet added: the pairs are found as offline, the objective is reported, and the teacher's paired
+    tensors cost exactly one more teacher pass per student step, counted in the run's teacher examples."""
+    from dfkd_meta.config import OnlineConfig
+    from dfkd_meta.distill import distill_online
+
+    def run(loss):
+        torch.manual_seed(0)
+        cfg = OnlineConfig(method="dfad", iterations=12, batch_size=16, loss=loss, seed=0, checkpoint_every=12)
+        return distill_online(conv_release.model_path, build_model("bn-cnn", (1, 8, 8), 10), cfg, device="cpu",
+                              progress=False).report
+    plain, features = run("l1"), run("l1,fitnet:1")
+    assert features["objective"] == {"l1": 1.0, "fitnet": 1.0} and features["feature_pairs"][-1]["key"] == "embedding"
+    assert features["teacher_forward_examples"] - plain["teacher_forward_examples"] == 12 * 16
+    assert np.isfinite([h["loss"] for h in features["history"]]).all()
 
 
 def test_wrong_teacher_for_a_transfer_set_is_refused(setup, tmp_path):

@@ -263,6 +263,14 @@ def test_named_pairs_and_their_one_line_errors(lenet_pair):
             pair_features(teacher, found, [spec])
     with pytest.raises(UsageError, match="name the pairs"):
         pair_features([("t", (4, 5, 5))], [("s", (4, 6, 6))])
+    from dfkd_meta.distill.features import teacher_features
+    from dfkd_meta.onnx.inspect import load_model_proto, model_facts
+
+    proto = load_model_proto(path)
+    every = teacher_features(model_facts(path, proto), proto, every=True)  # named pairs may use pre-activations
+    pre = next(n for n, shape in every if n not in dict(teacher) and shape == (6, 24, 24))
+    [pair] = pair_features(every, found, [f"{pre}=features.0"])
+    assert (pair.teacher_shape, pair.student_shape) == ((6, 24, 24), (3, 24, 24))
 
 
 def test_residual_stages_pair_with_the_blocks_not_the_layers_inside_them(tmp_path):

@@ -33,11 +33,14 @@ class FeaturePair:
     student_shape: tuple[int, ...]
 
 
-def teacher_features(facts: ModelFacts, model: onnx.ModelProto) -> list[tuple[str, tuple[int, ...]]]:
-    """(tensor, per-example shape) of the teacher's post-activation tensors in graph order, then the input of its
-    final dense layer (named ``embedding`` when paired automatically)."""
+def teacher_features(facts: ModelFacts, model: onnx.ModelProto, every: bool = False
+                     ) -> list[tuple[str, tuple[int, ...]]]:
+    """(tensor, per-example shape) of the teacher's post-activation tensors in graph order (``every``: its
+    pre-activations too, as ``dfkd-meta inspect`` lists them, for named pairs), then the input of its final dense
+    layer (named ``embedding`` when paired automatically)."""
+    kinds = ("post_activation", "pre_activation") if every else ("post_activation",)
     out = [(c.name, tuple(c.shape)) for c in candidate_layers(facts, model)
-           if c.kind == "post_activation" and c.shape and all(isinstance(d, int) and d > 0 for d in c.shape)]
+           if c.kind in kinds and c.shape and all(isinstance(d, int) and d > 0 for d in c.shape)]
     dense = final_dense_layer(model, facts.outputs[0].name) if len(facts.outputs) == 1 else None
     if dense is not None:
         info = facts.value_info.get(dense[1])

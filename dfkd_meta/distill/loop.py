@@ -220,18 +220,19 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
 
 
 def bind_features(objective: Objective, teacher: str | Path, student: nn.Module, input_shape: tuple[int, ...],
-                  named: tuple[str, ...] = ()) -> tuple[list[FeaturePair], OrtModel | None]:
-    """The feature pairs an objective with feature losses compares (named, else by stage) and an ONNX Runtime
-    session that returns the teacher's paired tensors beside its logits; ([], None) for logit losses alone."""
+                  named: tuple[str, ...] = (), session: bool = True) -> tuple[list[FeaturePair], OrtModel | None]:
+    """The feature pairs an objective with feature losses compares (named, else by stage), bound to the objective,
+    and (``session``) an ONNX Runtime session that returns the teacher's paired tensors beside its logits; ([], None)
+    for logit losses alone."""
     if not objective.uses_features:
         return [], None
     from ..onnx.inspect import model_facts
 
     proto = load_model_proto(teacher)
-    pairs = pair_features(teacher_features(model_facts(teacher, proto), proto), student_features(student, input_shape),
-                          named)
+    pairs = pair_features(teacher_features(model_facts(teacher, proto), proto, every=bool(named)),
+                          student_features(student, input_shape), named)
     objective.bind({p.key: (p.student_shape, p.teacher_shape) for p in pairs})
-    return pairs, OrtModel(teacher, taps=[p.teacher for p in pairs])
+    return pairs, OrtModel(teacher, taps=[p.teacher for p in pairs]) if session else None
 
 
 def _teacher_shaped(runner: OrtModel, x: np.ndarray) -> np.ndarray:

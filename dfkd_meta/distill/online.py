@@ -32,8 +32,9 @@ from ..synthesis import get_method
 from ..synthesis.base import NonFiniteLoss
 from ..synthesis.context import SynthesisContext
 from ..transfer import TransferWriter
-from .loop import DistillResult
-from .losses import Outputs, combined
+from .features import student_taps
+from .loop import DistillResult, bind_features
+from .losses import Outputs, build_objective
 from .monitor import StallMonitor
 from .student import ScaledLogits, evaluate_pair, predict
 
@@ -90,7 +91,10 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     recipe = {**cls.student, **({"lr": cfg.lr} if cfg.lr is not None else {}),
               **({"temperature": cfg.temperature} if cfg.temperature is not None else {}),
               **({"loss": cfg.loss} if cfg.loss is not None else {})}
-    loss_fn = combined(recipe["loss"], 0.0)  # logit losses: the synthesised batches carry no teacher features yet
+    objective = build_objective(recipe["loss"])
+    if cfg.features and not objective.uses_features:
+        raise UsageError("{features} pairs intermediate features, and {loss} names no feature loss; add one "
+                         "(at, fitnet, nst, pkt, rkd, sp, cc) or leave out {features}")
     if recipe["loss"] == "l1" and scale != 1.0:
         student = ScaledLogits(student, scale)
     else:
@@ -99,6 +103,10 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise UsageError(f"{{student}} {type(student).__name__}: the student has no trainable parameters")
+    # the same pairing as offline; the teacher's tensors come from ctx.run on each batch here
+    pairs, _ = bind_features(objective, teacher, student, tuple(ctx.input_shape), cfg.features, session=False)
+    objective.to(dev)
+    params += list(objective.parameters())
     budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
     clock = {"progress": 0.0} if budget is not None else None
     opt, sched = _optimizer(recipe, params, cfg.iterations, clock)
@@ -108,7 +116,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     start, history, seconds_before = 0, [], 0.0
     monitor = StallMonitor(ctx.num_classes)
     if resume and ckpt is not None and ckpt.exists():
-        start, history, seconds_before = _load(ckpt, run, student, opt, sched, method, gen, ctx, monitor)
+        start, history, seconds_before = _load(ckpt, run, student, opt, sched, method, gen, ctx, monitor, objective)
     log = log or (tqdm.write if progress else None)
     dropout = [float(m.p) for m in student.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
     if dropout and log is not None:
@@ -137,8 +145,15 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
                 xg = ctx.gaussian_inputs(ctx.sample_classes(n_gauss, gen), gen)
                 x, t = torch.cat([x, xg]), torch.cat([t, ctx.teacher_logits(xg)])
             student.train()
-            out = student(x)
-            loss = loss_fn(Outputs(out), Outputs(t), recipe["temperature"]) / scale
+            with student_taps(student, pairs) as feats:
+                out = student(x)
+                s_feats = dict(feats)
+            t_feats = {}
+            if pairs:  # the teacher's paired tensors on the same batch: one more teacher pass, counted
+                with torch.no_grad():
+                    ran = ctx.run(x.detach(), [p.teacher for p in pairs])
+                t_feats = {p.key: ran[p.teacher] for p in pairs}
+            loss = objective(Outputs(out, s_feats), Outputs(t, t_feats), recipe["temperature"]) / scale
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(cfg.method, next(
                     (what for what, v in (("the synthesised inputs", x), ("the teacher's logits", t),
@@ -176,7 +191,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
                     f"{history[-1]['seconds']:.0f} s")
             if ckpt is not None:
                 _save(ckpt, run, done, history, seconds_before + time.perf_counter() - t0, student, opt, sched,
-                      method, gen, ctx, monitor)
+                      method, gen, ctx, monitor, objective)
                 last_saved = done
         if curve_x is not None and (done % eval_every == 0 or out_of_time):
             paused = time.perf_counter()
@@ -192,7 +207,8 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     report = {"settings": run["config"], "method": cfg.method, "student_recipe": recipe,
               "method_settings": method.opt, "sidecar": str(sidecar) if sidecar is not None else None,
               "context": ctx.describe(), "gaussian_per_batch": n_gauss, "teacher": str(teacher),
-              "student_dropout": dropout, "logit_scale": scale,
+              "student_dropout": dropout, "logit_scale": scale, "objective": dict(objective.weights),
+              "feature_pairs": [{"key": p.key, "teacher": p.teacher, "student": p.student} for p in pairs],
               "input_convention": {"name": convention.name, "source": convention.source,
                                    "norm_mean": list(convention.norm_mean), "norm_std": list(convention.norm_std)},
               "teacher_sha256": run["teacher_sha256"], "iterations": done, "budget_minutes": cfg.minutes,
@@ -207,20 +223,23 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     return DistillResult(student, report, convention, tuple(image) if image and len(ctx.input_shape) == 1 else None)
 
 
-def _state(run, done, history, seconds, student, opt, sched, method, gen, ctx, monitor) -> dict:
+def _state(run, done, history, seconds, student, opt, sched, method, gen, ctx, monitor, objective=None) -> dict:
     return {"run": json.dumps(run, sort_keys=True), "iteration": done, "history": json.dumps(history),
+            "objective": objective.state_dict() if objective is not None else {},
             "monitor": json.dumps(monitor.state_dict()),
             "seconds": seconds, "student": student.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "method": method.state_dict(), "rng": gen.get_state(),
             "torch_rng": torch.get_rng_state(), "teacher_examples": ctx.teacher_examples}
 
 
-def _save(path: Path, run, done, history, seconds, student, opt, sched, method, gen, ctx, monitor) -> None:
+def _save(path: Path, run, done, history, seconds, student, opt, sched, method, gen, ctx, monitor,
+          objective=None) -> None:
     with atomic_path(path) as tmp:
-        torch.save(_state(run, done, history, seconds, student, opt, sched, method, gen, ctx, monitor), tmp)
+        torch.save(_state(run, done, history, seconds, student, opt, sched, method, gen, ctx, monitor, objective), tmp)
 
 
-def _load(path: Path, run: dict, student, opt, sched, method, gen, ctx, monitor) -> tuple[int, list, float]:
+def _load(path: Path, run: dict, student, opt, sched, method, gen, ctx, monitor,
+          objective=None) -> tuple[int, list, float]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
         recorded = json.loads(state["run"])
@@ -233,6 +252,8 @@ def _load(path: Path, run: dict, student, opt, sched, method, gen, ctx, monitor)
                          "checkpoint to start over")
     try:
         student.load_state_dict(state["student"])
+        if objective is not None:  # the loss's trainable parts (FitNet's regressors)
+            objective.load_state_dict(state.get("objective", {}))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])

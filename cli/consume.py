@@ -150,8 +150,8 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
 @click.option("--iterations", type=click.IntRange(min=1), default=OnlineConfig.iterations, show_default=True,
               help="With --method: student updates (with --minutes: at most this many).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
-              help="With --method: a wall-clock budget for the loop; the learning-rate schedule follows the time "
-                   "spent, and the run stops when it is spent (or at --iterations).")
+              help="A wall-clock budget for the training loop; the learning-rate schedule follows the time spent, "
+                   "and the run stops when it is spent (or at --iterations, with --transfer/--data at --epochs).")
 @click.option("--set", "options", multiple=True, metavar="KEY=VALUE",
               help="With --method: one of the method's own settings (repeatable); the report lists them.")
 @click.option("--gaussian-mix", type=click.FloatRange(0, 1, max_open=True), default=OnlineConfig.gaussian_mix,
@@ -260,7 +260,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
             model = build_model(student, input_shape, num_classes)
             cfg = DistillConfig(temperature=temperature, loss=loss or DistillConfig.loss, alpha=alpha, epochs=epochs,
                                 batch_size=batch_size or DistillConfig.batch_size, lr=lr or DistillConfig.lr, seed=seed,
-                                force=force, features=tuple(features))
+                                force=force, features=tuple(features), minutes=minutes)
             result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
                          resume=resume, eval_data=eval_source, progress=not quiet)
         path = write_student(result.student, input_shape, output, {**result.report, "student": student},
@@ -288,7 +288,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
 DISTILL_OPTION_MODES = {
     "epochs": {"transfer", "data"}, "alpha": {"transfer", "data"},
     "force": {"data"},
-    "iterations": {"method"}, "minutes": {"method"}, "options": {"method"}, "gaussian_mix": {"method"},
+    "iterations": {"method"}, "options": {"method"}, "gaussian_mix": {"method"},
     "sidecar": {"method"}, "save_transfer": {"method"}, "stop_on_stall": {"method"},
 }
 

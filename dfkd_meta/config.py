@@ -190,7 +190,8 @@ class DistillConfig:
     loss: str = "kd"  # a name in distill.losses.LOSSES, or a composition "kd,at:1000" (name[:weight], comma-separated)
     alpha: float = 0.0  # weight of cross-entropy on the teacher's argmax
     features: tuple[str, ...] = ()  # feature pairs TEACHER_TENSOR=STUDENT_MODULE for feature losses; () pairs by stage
-    epochs: int = 20
+    epochs: int = 20  # with ``minutes``: at most this many
+    minutes: float | None = None  # wall-clock budget of the training loop; the cosine schedule then follows the time
     batch_size: int = 128
     lr: float = 1e-3  # Adam, cosine schedule
     seed: int = 0

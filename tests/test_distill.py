@@ -133,8 +133,8 @@ def test_feature_losses_train_a_conv_student_and_resume_with_their_regressors(co
     import dfkd_meta.distill.loop as dm
     real_save, ckpt = dm._save_checkpoint, tmp_path / "s.ckpt"
 
-    def stop_after_two(path, student, opt, sched, epoch, history, run, objective):
-        real_save(path, student, opt, sched, epoch, history, run, objective)
+    def stop_after_two(path, student, opt, sched, epoch, history, run, objective, **clock):
+        real_save(path, student, opt, sched, epoch, history, run, objective, **clock)
         if epoch == 2:
             raise KeyboardInterrupt
     monkeypatch.setattr(dm, "_save_checkpoint", stop_after_two)
@@ -166,6 +166,18 @@ def test_feature_losses_online_read_the_teacher_once_more_per_step(conv_release)
     assert np.isfinite([h["loss"] for h in features["history"]]).all()
 
 
+def test_a_clock_budget_stops_offline_distillation(setup):
+    """--minutes offline, as online: the loop stops when the budget is spent (mid-epoch too), not at --epochs, and
+    the report says how long it ran and how far it got."""
+    data, release, _, _ = setup
+    r = distill(release.model_path, _student(), data, DistillConfig(epochs=100_000, minutes=0.05), device="cpu",
+                progress=False).report
+    assert r["budget_minutes"] == 0.05 and 3.0 <= r["loop_seconds"] < 3.0 + 5.0
+    assert 1 <= r["epochs_done"] < 100_000 and r["steps_this_run"] >= 1
+    with pytest.raises(UsageError, match="positive number of minutes"):
+        distill(release.model_path, _student(), data, DistillConfig(minutes=0.0), device="cpu", progress=False)
+
+
 def test_wrong_teacher_for_a_transfer_set_is_refused(setup, tmp_path):
     data, _, noise, _ = setup
     other = export_onnx(build_model("hinton-tiny", (1, 8, 8), 10), (1, 8, 8), tmp_path / "other.onnx")
@@ -192,8 +204,8 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path, mon
     full = distill(release.model_path, _student(), noise, cfg, device="cpu", progress=False)
     real_save = dm._save_checkpoint
 
-    def stop_after_two(path, student, opt, sched, epoch, history, run, *objective):
-        real_save(path, student, opt, sched, epoch, history, run, *objective)
+    def stop_after_two(path, student, opt, sched, epoch, history, run, *objective, **clock):
+        real_save(path, student, opt, sched, epoch, history, run, *objective, **clock)
         if epoch == 2:
             raise KeyboardInterrupt
     monkeypatch.setattr(dm, "_save_checkpoint", stop_after_two)

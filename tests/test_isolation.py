@@ -124,7 +124,7 @@ def test_text_from_a_file_is_escaped_before_it_is_printed(tmp_path):
 @pytest.mark.parametrize("args, refused", [
     (["--transfer", "T", "--iterations", "5"], "--iterations"),
     (["--transfer", "T", "--force"], "--force"),
-    (["--data", "digits", "--sidecar", "S", "--minutes", "1"], "--minutes, --sidecar"),
+    (["--data", "digits", "--sidecar", "S", "--iterations", "1"], "--iterations, --sidecar"),
     (["--method", "dafl", "--epochs", "3", "--alpha", "0.5"], "--alpha, --epochs"),
     (["--method", "dafl", "--force"], "--force"),
     (["--data", "digits", "--set", "steps=3", "--gaussian-mix", "0.1"], "--gaussian-mix, --set"),

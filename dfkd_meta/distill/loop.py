@@ -11,6 +11,7 @@ loss's trainable parts), so ``resume`` refuses a changed setting by name.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,15 +67,16 @@ def teacher_convention(teacher: str | Path, source: TransferSet | DataSource,
 
 
 def _save_checkpoint(path: Path, student: nn.Module, opt, sched, epoch: int, history: list, run: dict,
-                     objective: Objective | None = None) -> None:
+                     objective: Objective | None = None, *, loop_seconds: float = 0.0) -> None:
     with atomic_path(path) as tmp:
         torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "objective": objective.state_dict() if objective is not None else {},
-                    "epoch": epoch, "history": json.dumps(history), "run": json.dumps(run, sort_keys=True)}, tmp)
+                    "epoch": epoch, "history": json.dumps(history), "run": json.dumps(run, sort_keys=True),
+                    "loop_seconds": float(loop_seconds)}, tmp)
 
 
 def _load_checkpoint(path: Path, student: nn.Module, opt, sched, run: dict,
-                     objective: Objective | None = None) -> tuple[int, list]:
+                     objective: Objective | None = None) -> tuple[int, list, float]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
         recorded = json.loads(state["run"]) if "run" in state else None
@@ -91,7 +93,7 @@ def _load_checkpoint(path: Path, student: nn.Module, opt, sched, run: dict,
             objective.load_state_dict(state.get("objective", {}))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        return int(state["epoch"]), json.loads(state["history"])
+        return int(state["epoch"]), json.loads(state["history"]), float(state.get("loop_seconds", 0.0))
     except Exception as exc:
         raise DfkdError(f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); "
                         "delete it to start over") from None
@@ -100,27 +102,31 @@ def _load_checkpoint(path: Path, student: nn.Module, opt, sched, run: dict,
 def distill(teacher: str | Path, student: nn.Module, source: TransferSet | DataSource, cfg: DistillConfig, *,
             input_norm: str | InputConvention | None = None, device: str = "auto",
             checkpoint: str | Path | None = None, resume: bool = False, eval_data: DataSource | None = None,
-            progress: bool = True) -> DistillResult:
+            eval_split: str | None = None, progress: bool = True) -> DistillResult:
     """Train ``student`` to match the teacher on ``source``'s inputs (a transfer set, or real data's train split).
 
     The student takes what the teacher takes: a transfer set's model inputs, or real data fed
     through the teacher's input convention (``input_norm``, else the teacher's metadata, else raw
     values), in the data's own shape. On real data the teacher must pass the accuracy check first.
+    ``eval_split``: the split of ``eval_data`` the final student is scored on (default ``test`` where there is
+    one, else ``train``); benchmarks choose settings on ``val``.
     """
     with PrivateFolder() as folder:
         # the teacher is copied once, hashed as copied: the copy is what runs and what the hash describes
         copy = copy_model(folder, require_file(teacher, "teacher"))
         result = _distill(copy, student, source, cfg, input_norm=input_norm, device=device, checkpoint=checkpoint,
-                          resume=resume, eval_data=eval_data, progress=progress)
+                          resume=resume, eval_data=eval_data, eval_split=eval_split, progress=progress)
     result.report["teacher"] = str(teacher)
     return result
 
 
 def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: DistillConfig, *, input_norm, device,
-             checkpoint, resume, eval_data, progress) -> DistillResult:
+             checkpoint, resume, eval_data, eval_split, progress) -> DistillResult:
     teacher_sha256 = copy.sha256
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or not 0 <= cfg.alpha <= 1:
         raise UsageError("{epochs} and {batch_size} must be >= 1, {lr} > 0 and 0 <= {alpha} <= 1")
+    if cfg.minutes is not None and not (math.isfinite(cfg.minutes) and cfg.minutes > 0):
+        raise UsageError(f"{{minutes}} {cfg.minutes}: must be a positive number of minutes")
     objective = build_objective(cfg.loss, cfg.alpha)
     if cfg.features and not objective.uses_features:
         raise UsageError("{features} pairs intermediate features, and {loss} names no feature loss; add one "
@@ -164,13 +170,22 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     params += list(objective.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps_per_epoch = -(-len(x) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
+    clock = {"progress": 0.0}
+    if budget is None:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    else:  # under a clock the cosine follows the share of the budget spent, as the online loop's does
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda _: 0.5 * (1 + math.cos(math.pi * min(1.0, clock["progress"]))))
     ckpt = Path(checkpoint) if checkpoint else None
     run = {"config": settings(cfg), "teacher_sha256": teacher_sha256, "source": _source_identity(source)}
-    start, history = 0, []
+    start, history, loop_before = 0, [], 0.0
     if resume and ckpt is not None and ckpt.exists():
-        start, history = _load_checkpoint(ckpt, student, opt, sched, run, objective)
+        start, history, loop_before = _load_checkpoint(ckpt, student, opt, sched, run, objective)
+    loop_t0, steps, out_of_time = time.perf_counter(), 0, budget is not None and loop_before >= budget
     for epoch in range(start, cfg.epochs):
+        if out_of_time:
+            break
         student.train()
         order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(x)))
         losses = []
@@ -190,12 +205,21 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            steps += 1
+            if budget is not None:  # one clock reading per step, for the schedule and the stop
+                clock["progress"] = (loop_before + time.perf_counter() - loop_t0) / budget
+                out_of_time = clock["progress"] >= 1.0
             sched.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
+            if out_of_time:
+                break
+        bar.close()
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))} |
+                       ({"steps": len(losses)} if len(losses) < steps_per_epoch else {}))
         if ckpt is not None:
-            _save_checkpoint(ckpt, student, opt, sched, epoch + 1, history, run, objective)
+            _save_checkpoint(ckpt, student, opt, sched, epoch + 1, history, run, objective,
+                             loop_seconds=loop_before + time.perf_counter() - loop_t0)
     student.eval()
     seconds = time.perf_counter() - t0
     agreement_on_inputs = float((predict(student, x, dev) == t_logits.argmax(1)).mean())
@@ -209,9 +233,12 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
                   "name": convention.name, "source": convention.source, "norm_mean": list(convention.norm_mean),
                   "norm_std": list(convention.norm_std)},
               "distill_seconds": round(seconds, 3), "history": history,
+              "loop_seconds": round(loop_before + time.perf_counter() - loop_t0, 3), "budget_minutes": cfg.minutes,
+              "steps_this_run": steps, "epochs_done": len(history),
               "agreement_on_training_inputs": agreement_on_inputs}
     if eval_data is not None:
-        report.update(evaluate_pair(teacher, student, eval_data, "test" if eval_data.has_split("test") else "train",
+        split = eval_split or ("test" if eval_data.has_split("test") else "train")
+        report.update(evaluate_pair(teacher, student, eval_data, split,
                                     dev, eval_feed))
     image = source.input_domain.get("image_shape") if isinstance(source, TransferSet) and source.input_domain else None
     return DistillResult(student, report, convention, tuple(image) if image and len(x.shape) == 2 else None)

@@ -1,0 +1,122 @@
+"""The KD losses of the registry under the claim's protocol (not a test; run by hand, resumable).
+
+    python benchmarks/losses.py --teacher mnist-lenet5 --inputs data --losses kd kd,dkd kd,at:100 kd,fitnet:10 \\
+        --minutes 2 --seeds 0 --split val            # choosing the weights: validation split only
+    python benchmarks/losses.py --teacher fashion-lenet5 --inputs online --losses l1 l1,at:100 \\
+        --minutes 5 --seeds 0 1 2                    # reported rows: the test split, read once each
+    python benchmarks/losses.py --table
+
+Inputs a student is trained on (the only difference between compared rows is the loss):
+- ``data``: the teacher's training files less the validation split (the real-data upper bound, as ``distill
+  --data``);
+- ``online``: DFAD with the teacher's sidecar (the claim's best online method), the named losses replacing the
+  student's published L1 (the generator keeps its own objective).
+
+Every row runs under ``--minutes`` on the clock (a feature loss costs a teacher pass per batch, so equal epochs
+would not be equal time), records its minutes, steps and loss weights, and is scored on ``--split``. The teachers,
+students, data splits and releases are the claim's (benchmarks/claim.py), made once under runs/claim.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import claim  # noqa: E402
+from protocol import order, overran  # noqa: E402
+
+from dfkd_meta.config import DistillConfig, OnlineConfig  # noqa: E402
+from dfkd_meta.distill import distill, distill_online  # noqa: E402
+from dfkd_meta.models import build_model  # noqa: E402
+
+RESULTS = HERE / "results"
+INPUTS = ("data", "online")
+
+
+def run_row(teacher: str, inputs: str, loss: str, minutes: float, seed: int, split: str, log) -> dict:
+    data, model, sidecar = claim.release(teacher, False, log)
+    arch = claim.TEACHERS[teacher][2]
+    torch.manual_seed(seed)
+    student = build_model(arch, data.input_shape, data.num_classes)
+    t0 = time.perf_counter()
+    if inputs == "data":
+        r = distill(model, student, data, DistillConfig(loss=loss, minutes=minutes, epochs=10_000, seed=seed),
+                    device="cpu", eval_data=data, eval_split=split, progress=False).report
+        loop_minutes, steps = r["loop_seconds"] / 60, r["steps_this_run"]
+    else:
+        cfg = OnlineConfig(method="dfad", iterations=10_000_000, minutes=minutes, seed=seed, loss=loss)
+        r = distill_online(model, student, cfg, sidecar=sidecar, device="cpu", eval_data=data, eval_split=split,
+                           progress=False, log=lambda m: log("  " + m)).report
+        loop_minutes, steps = r["distill_seconds"] / 60, r["iterations"]
+    return {"accuracy": r["student_accuracy"], "teacher_accuracy": r["teacher_accuracy"], "split": split,
+            "minutes": round(loop_minutes, 3), "budget_minutes": minutes, "overran": overran(loop_minutes, minutes),
+            "wall_minutes": round((time.perf_counter() - t0) / 60, 3), "steps": steps,
+            "epochs_done": r.get("epochs_done"), "objective": r["objective"], "feature_pairs": r["feature_pairs"],
+            "teacher_forward_examples": r.get("teacher_forward_examples"), "stalled": r.get("stalled", []),
+            "student": arch, "teacher_file": str(model.relative_to(HERE.parent))}
+
+
+def table(results: dict) -> str:
+    lines = ["| split | teacher | inputs | loss | budget min | seed | accuracy | minutes | objective |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for key, r in sorted(results["rows"].items()):
+        split, teacher, inputs, loss, minutes, seed = key.split("|")
+        weights = ", ".join(f"{n} {w:g}" for n, w in r["objective"].items())
+        lines.append(f"| {split} | {teacher} | {inputs} | {loss} | {minutes} | {seed} | {r['accuracy']:.4f} | "
+                     f"{r['minutes']:.2f} | {weights} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", choices=sorted(claim.TEACHERS))
+    ap.add_argument("--inputs", choices=INPUTS, default="data")
+    ap.add_argument("--losses", nargs="+", default=["kd"], help="each a --loss value: name[:weight], comma-joined")
+    ap.add_argument("--minutes", type=float, default=2.0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--split", choices=["val", "test"], default="val")
+    ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--table", action="store_true")
+    args = ap.parse_args(argv)
+    out = RESULTS / "losses.json"
+    results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
+    if args.table:
+        print(table(results))
+        return 0
+    if args.teacher is None:
+        ap.error("--teacher is required")
+    if args.teacher in claim.NEVER_TUNED and args.split == "val":
+        ap.error(f"{args.teacher} is the pair no setting is chosen on: test split only")
+
+    def log(msg):
+        print(msg, flush=True)
+    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    for seed in args.seeds:
+        for loss in order(args.losses, seed):
+            key = f"{args.split}|{args.teacher}|{args.inputs}|{loss}|{args.minutes:g}|{seed}"
+            done = results["rows"].get(key)
+            if done is not None and not args.rerun and not done.get("overran"):
+                continue
+            log(f"{key}: running")
+            row = run_row(args.teacher, args.inputs, loss, args.minutes, seed, args.split, log)
+            results["rows"][key] = {**row, "date": dt.date.today().isoformat(), "machine": machine}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            log(f"{key}: {row['accuracy']:.4f} ({row['minutes']:.2f} min, {row['steps']} steps)")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

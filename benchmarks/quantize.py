@@ -35,6 +35,7 @@ import claim  # noqa: E402
 from dfkd_meta.config import QuantizeConfig  # noqa: E402
 from dfkd_meta.convention import from_domain  # noqa: E402
 from dfkd_meta.data import Feed  # noqa: E402
+from dfkd_meta.onnx.inspect import model_bytes  # noqa: E402
 from dfkd_meta.quantize import quantize_release  # noqa: E402
 from dfkd_meta.synthesis.context import SynthesisContext  # noqa: E402
 
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
                 quantize_release(model, out, QuantizeConfig(samples=SAMPLES), sidecar=sidecar, device="cpu")
                 x = splits["val"][0]
                 results["speed"][name] = {"float": speed(model, x), "int8": speed(out, x),
-                                          "float_bytes": model.stat().st_size, "int8_bytes": out.stat().st_size}
+                                          "float_bytes": model_bytes(model), "int8_bytes": out.stat().st_size}
                 log(f"{name}: {results['speed'][name]}")
                 RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),

@@ -46,3 +46,24 @@ def test_cli_inspect_rejects_non_onnx_with_one_line():
     result = CliRunner().invoke(cli_main, ["inspect", str(CORPUS / "models/not_onnx.onnx")])
     assert result.exit_code == 1 and "not a readable ONNX model" in result.output
     assert "Traceback" not in result.output
+
+
+def test_model_bytes_counts_the_external_data_beside_the_graph(tmp_path):
+    """A model whose weights live in a .data file (as the dynamo exporter writes them) weighs both files."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from dfkd_meta.onnx.inspect import model_bytes
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    model = helper.make_model(graph)
+    inline, external = tmp_path / "inline.onnx", tmp_path / "external.onnx"
+    onnx.save(model, inline)
+    onnx.save(model, external, save_as_external_data=True, all_tensors_to_one_file=True, location="external.data",
+              size_threshold=0)
+    assert model_bytes(inline) == inline.stat().st_size
+    assert external.stat().st_size < 64 * 64 * 4 <= (tmp_path / "external.data").stat().st_size
+    assert model_bytes(external) == external.stat().st_size + (tmp_path / "external.data").stat().st_size

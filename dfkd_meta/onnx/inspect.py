@@ -148,6 +148,18 @@ def copy_model(folder, path: str | os.PathLike, under: str = "model"):
     return snap
 
 
+def model_bytes(path: str | os.PathLike) -> int:
+    """The size of an ONNX model on disk: the file and the external-data files it references inside its folder
+    (the dynamo exporter keeps the weights beside a small graph file)."""
+    path = Path(path)
+    total = path.stat().st_size
+    for loc in external_data_locations(load_model_proto(path)):
+        target = resolve_external_path(path.parent, loc)
+        if target is not None and target.is_file():
+            total += target.stat().st_size
+    return total
+
+
 def load_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """Parse an ONNX file without loading external data; raise DfkdError if it is not ONNX."""
     try:

@@ -23,7 +23,7 @@ from ..device import resolve_device
 from ..errors import DfkdError, UsageError
 from ..fileio import PrivateFolder, atomic_path, output_lock, require_file, sha256_file
 from ..onnx.graph import load_onnx
-from ..onnx.inspect import copy_model
+from ..onnx.inspect import copy_model, model_bytes
 from ..onnx.runtime import OrtModel
 from ..sidecar.card import CARD_KEY, CARD_NAME, QUANTIZATION_KEY, CardError, card_with_derived, derived_entry, read_card
 from ..sidecar.release import SIDECAR_SUFFIX
@@ -254,6 +254,6 @@ def quantize_release(model: str | os.PathLike, out: str | os.PathLike, cfg: Quan
                     tmp_card.write_text(text, encoding="utf-8")
     result = {"output": str(out), "teacher": str(model), "sidecar": str(sidecar) if sidecar else None,
               "settings": settings(cfg), "quantization": record, **report, "on_calibration_inputs": check,
-              "float_bytes": src.stat().st_size, "int8_bytes": Path(out).stat().st_size,
+              "float_bytes": model_bytes(src), "int8_bytes": Path(out).stat().st_size,
               "seconds": round(time.perf_counter() - t0, 2)}
     return QuantizeResult(Path(out), result)

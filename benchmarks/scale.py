@@ -198,7 +198,8 @@ def write_png_folder(data, folder: Path) -> Path:
         for c in range(data.num_classes):
             (folder / split / f"{c:02d}").mkdir(parents=True, exist_ok=True)
         for i, (image, label) in enumerate(zip(x, y)):
-            pixels = np.rint(image[0] * 255).astype(np.uint8)  # the IDX bytes: PNG stores them exactly
+            # the IDX bytes as they are (multiplying uint8 by 255 would wrap them); floats in [0, 1] scaled back
+            pixels = image[0] if image.dtype == np.uint8 else np.rint(np.clip(image[0], 0, 1) * 255).astype(np.uint8)
             Image.fromarray(pixels, mode="L").save(folder / split / f"{int(label):02d}" / f"{i:05d}.png")
     done.write_text("")
     return folder

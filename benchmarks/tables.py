@@ -392,9 +392,19 @@ def scale_real(res: Results) -> str:
             f"{r['stats_vs_in_memory_max_diff_in_stds']:.1e} standard deviations.")
     rows = [[v, _pct(x["accuracy"], 2), f"{x['minutes']:.2f}", f"{x['iterations']:,}",
              f"{x['teacher_forward_examples']:,}", "yes" if x["stalled"] else "no"] for v, x in r["rows"].items()]
-    return head + "\n\n" + _table(["dfad", "student test accuracy", "minutes", "iterations", "teacher examples",
+    text = head + "\n\n" + _table(["dfad", "student test accuracy", "minutes", "iterations", "teacher examples",
                                     "stalled"], rows, right={1, 2, 3, 4}) + \
         f"\n\nStudent lenet5-half, seed 0, {r['online_minutes']} minutes each, measured {r['date']}."
+    b = res["scale"].get("budget_cost")
+    if b is not None:
+        full = res["claim"]["rows"][b["full_row"]]
+        text += (f"\n\nWhat the size budget costs the student: the same teacher's sidecar squeezed from "
+                 f"{b['full_sidecar_bytes'] / 2 ** 20:.1f} MB to {b['sidecar_bytes'] / 2 ** 20:.1f} MB (`--max-size "
+                 f"{b['max_size_mb']:g}`; layers " + ", ".join(f"{n} {g}" for g, n in sorted(b["granularity"].items()))
+                 + f"), dfad with it for 3 minutes, seed 0: {_pct(b['accuracy'], 2)} ({b['iterations']:,} "
+                 f"iterations), against {_pct(full['accuracy'], 2)} with the full sidecar (the claim's row, "
+                 f"{full['iterations']:,} iterations).")
+    return text
 
 
 

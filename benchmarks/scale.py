@@ -310,18 +310,14 @@ def main(argv=None) -> int:
 
     results["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
-    if args.budget_cost:
-        sys.path.insert(0, str(HERE))
-        results["budget_cost"] = {**budget_cost_row(), "date": dt.date.today().isoformat()}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        return 0
-    if args.real:
-        sys.path.insert(0, str(HERE))
-        results["real"] = {**real_row(), "date": dt.date.today().isoformat()}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        return 0
+    single = {"budget_cost": budget_cost_row, "real": real_row}  # one result each, not a row per model
+    for name, run in single.items():
+        if getattr(args, name):
+            sys.path.insert(0, str(HERE))
+            results[name] = {**run(), "date": dt.date.today().isoformat()}
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            return 0
     for row in args.rows:
         if row in results["rows"] and not args.rerun:
             continue

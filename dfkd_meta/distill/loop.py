@@ -34,7 +34,7 @@ from ..stats.teacher_check import AccuracyMeter, default_min_accuracy, require_f
 from ..transfer import TransferSet
 from .features import FeaturePair, pair_features, student_features, student_taps, teacher_features
 from .losses import Objective, Outputs, build_objective
-from .student import evaluate_pair, predict, teacher_logits
+from .student import evaluate_pair, predict, teacher_input, teacher_logits
 
 
 @dataclass
@@ -127,10 +127,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
         raise UsageError("{epochs} and {batch_size} must be >= 1, {lr} > 0 and 0 <= {alpha} <= 1")
     if cfg.minutes is not None and not (math.isfinite(cfg.minutes) and cfg.minutes > 0):
         raise UsageError(f"{{minutes}} {cfg.minutes}: must be a positive number of minutes")
-    objective = build_objective(cfg.loss, cfg.alpha)
-    if cfg.features and not objective.uses_features:
-        raise UsageError("{features} pairs intermediate features, and {loss} names no feature loss; add one "
-                         "(at, fitnet, nst, pkt, rkd, sp, cc) or leave out {features}")
+    objective = build_objective(cfg.loss, cfg.alpha, cfg.features)
     teacher = copy.path
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
@@ -199,7 +196,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
                 s_feats = dict(feats)
             t_feats = {}
             if pairs:  # the teacher's paired tensors of this batch, from one more ONNX Runtime pass
-                ran = tapped.run(_teacher_shaped(tapped, xb.numpy()))
+                ran = tapped.run(teacher_input(tapped, xb.numpy(), teacher))
                 t_feats = {p.key: torch.from_numpy(ran[p.teacher]).to(dev) for p in pairs}
             loss = objective(Outputs(out, s_feats), Outputs(t_t[idx].to(dev), t_feats), temperature)
             opt.zero_grad(set_to_none=True)
@@ -260,14 +257,6 @@ def bind_features(objective: Objective, teacher: str | Path, student: nn.Module,
                           student_features(student, input_shape), named)
     objective.bind({p.key: (p.student_shape, p.teacher_shape) for p in pairs})
     return pairs, OrtModel(teacher, taps=[p.teacher for p in pairs]) if session else None
-
-
-def _teacher_shaped(runner: OrtModel, x: np.ndarray) -> np.ndarray:
-    """``x`` in the teacher's input shape (a teacher of flat vectors fed images, as teacher_logits does)."""
-    shape = tuple(runner.session.get_inputs()[0].shape[1:])
-    if all(isinstance(d, int) for d in shape) and tuple(x.shape[1:]) != shape:
-        return x.reshape(len(x), *shape)
-    return x
 
 
 def _source_identity(source: TransferSet | DataSource) -> dict:

@@ -374,16 +374,20 @@ class Objective(nn.Module):
         return torch.stack(list(self.terms(student, teacher, temperature).values())).sum()
 
 
-def build_objective(spec: str, alpha: float = 0.0) -> Objective:
+def build_objective(spec: str, alpha: float = 0.0, features: tuple[str, ...] = ()) -> Objective:
     """The objective ``spec`` names: ``"kd"`` or a comma-separated composition ``"kd,at:1000,fitnet"`` (each
     ``name[:weight]``); ``alpha`` > 0 scales it by 1 - alpha and adds ``ce`` at ``alpha`` (the ``--alpha``
-    shorthand)."""
+    shorthand). Named feature pairs (``features``) without a feature loss to read them are refused."""
     terms = parse_terms([part.strip() for part in str(spec).split(",") if part.strip()])
     if alpha:
         if any(name == "ce" for name, _ in terms):
             raise UsageError("{alpha} adds ce to the loss, and {loss} already has it; give ce's weight in {loss} alone")
         terms = [(name, (1 - alpha) * w) for name, w in terms] + [("ce", alpha)]
-    return Objective(terms)
+    objective = Objective(terms)
+    if features and not objective.uses_features:
+        raise UsageError("{features} pairs intermediate features, and {loss} names no feature loss; add one "
+                         "(at, fitnet, nst, pkt, rkd, sp, cc) or leave out {features}")
+    return objective
 
 
 def combined(name: str, alpha: float) -> Callable[[Outputs, Outputs, float], torch.Tensor]:

@@ -91,10 +91,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     recipe = {**cls.student, **({"lr": cfg.lr} if cfg.lr is not None else {}),
               **({"temperature": cfg.temperature} if cfg.temperature is not None else {}),
               **({"loss": cfg.loss} if cfg.loss is not None else {})}
-    objective = build_objective(recipe["loss"])
-    if cfg.features and not objective.uses_features:
-        raise UsageError("{features} pairs intermediate features, and {loss} names no feature loss; add one "
-                         "(at, fitnet, nst, pkt, rkd, sp, cc) or leave out {features}")
+    objective = build_objective(recipe["loss"], features=cfg.features)
     if recipe["loss"] == "l1" and scale != 1.0:
         student = ScaledLogits(student, scale)
     else:

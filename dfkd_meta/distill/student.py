@@ -30,16 +30,18 @@ def _teacher_runner(teacher: str | Path):
     """One ONNX Runtime session over ``teacher``: a function from a batch of model inputs to its logits."""
     runner = OrtModel(teacher)
     name = runner.output_names[0]
-    shape = tuple(runner.session.get_inputs()[0].shape[1:])
+    return lambda x: runner.run(teacher_input(runner, x, teacher))[name]
 
-    def run(x: np.ndarray) -> np.ndarray:
-        if all(isinstance(d, int) for d in shape) and tuple(x.shape[1:]) != shape:
-            if not fits(tuple(x.shape[1:]), shape):
-                raise DfkdError(f"{teacher}: takes inputs of shape {list(shape)}, the data has {list(x.shape[1:])}; "
-                                "pass {resize} N or the matching data set")
-            x = x.reshape(len(x), *shape)
-        return runner.run(x)[name]
-    return run
+
+def teacher_input(runner: OrtModel, x: np.ndarray, teacher: str | Path) -> np.ndarray:
+    """Model inputs ``x`` in the shape the teacher's session takes (a teacher of flat vectors fed images)."""
+    shape = tuple(runner.session.get_inputs()[0].shape[1:])
+    if all(isinstance(d, int) for d in shape) and tuple(x.shape[1:]) != shape:
+        if not fits(tuple(x.shape[1:]), shape):
+            raise DfkdError(f"{teacher}: takes inputs of shape {list(shape)}, the data has {list(x.shape[1:])}; "
+                            "pass {resize} N or the matching data set")
+        return x.reshape(len(x), *shape)
+    return x
 
 
 @torch.no_grad()

@@ -78,6 +78,42 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+BASELINE = {"data": "kd", "online": "l1"}  # what each source of inputs trains with when no loss is named
+LABEL = {"data": "real data (training files less the validation split)",
+         "online": "data-free: DFAD with the sidecar"}
+
+
+def summary(results: dict, split: str) -> str:
+    """One Markdown table per (teacher, inputs, budget) on ``split``: each loss's mean accuracy over its seeds (range
+    in brackets), the difference from the inputs' baseline loss on the same seeds, minutes and student steps."""
+    groups: dict[tuple, dict[str, dict[int, dict]]] = {}
+    for key, r in results["rows"].items():
+        s, teacher, inputs, loss, minutes, seed = key.split("|")
+        if s == split:
+            groups.setdefault((teacher, inputs, minutes), {}).setdefault(loss, {})[int(seed)] = r
+    if not groups:
+        return f"No {split} rows yet (benchmarks/losses.py)."
+    out = []
+    for (teacher, inputs, minutes), by_loss in sorted(groups.items()):
+        base = by_loss.get(BASELINE[inputs], {})
+        lines = [f"**{teacher}, {LABEL[inputs]}, {minutes} min a row**", "",
+                 f"| loss | seeds | accuracy | vs {BASELINE[inputs]} (same seeds) | minutes | steps |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        ranked = sorted(by_loss.items(), key=lambda kv: -sum(r["accuracy"] for r in kv[1].values()) / len(kv[1]))
+        for loss, rows in ranked:
+            acc = [rows[s]["accuracy"] for s in sorted(rows)]
+            spread = f" ({min(acc):.4f}..{max(acc):.4f})" if len(acc) > 1 else ""
+            shared = sorted(set(rows) & set(base))
+            delta = ("" if loss == BASELINE[inputs] or not shared else
+                     f"{100 * sum(rows[s]['accuracy'] - base[s]['accuracy'] for s in shared) / len(shared):+.2f}")
+            mins = sum(r["minutes"] for r in rows.values()) / len(rows)
+            steps = sum(r["steps"] for r in rows.values()) / len(rows)
+            lines.append(f"| `{loss}` | {len(rows)} | {sum(acc) / len(acc):.4f}{spread} | {delta} | {mins:.2f} | "
+                         f"{steps:.0f} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", choices=sorted(claim.TEACHERS))

@@ -452,3 +452,19 @@ def quantize_headline(res: Results) -> str:
                    for c in ("float", "data", "noise", "sidecar")] for t in teachers]
     return _table(["teacher", "float", "INT8, real-data calibration", "INT8, noise", "INT8, sidecar (default)"],
                   rows, right={1, 2, 3, 4}) + "\n\nTest accuracy; per-channel weights, no corrections; " + SAMPLES_NOTE
+
+
+# --- the KD losses (benchmarks/losses.py) ------------------------------------------------------------------------
+
+@renderer("losses-val")
+def losses_val(res: Results) -> str:
+    """The validation rows the loss weights were chosen on."""
+    import losses
+    return losses.summary(res["losses"], "val")
+
+
+@renderer("losses")
+def losses_test(res: Results) -> str:
+    """The reported rows: the test split, read once per row."""
+    import losses
+    return losses.summary(res["losses"], "test")

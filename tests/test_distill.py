@@ -166,6 +166,43 @@ def test_feature_losses_online_read_the_teacher_once_more_per_step(conv_release)
     assert np.isfinite([h["loss"] for h in features["history"]]).all()
 
 
+def test_an_online_run_with_a_regressor_resumes_to_the_same_student_and_regressor(conv_release, tmp_path,
+                                                                                   monkeypatch):
+    """DFAD + FitNet interrupted after its second checkpoint and resumed: the student and FitNet's regressors end
+    bit for bit where an uninterrupted run's do (the regressors live in the checkpoint, not only the student)."""
+    import dfkd_meta.distill.online as online
+    from dfkd_meta.config import OnlineConfig
+    from dfkd_meta.distill import distill_online
+
+    cfg = OnlineConfig(method="dfad", iterations=8, batch_size=8, loss="l1,fitnet:1", seed=0, checkpoint_every=2)
+
+    def run(**kw):
+        torch.manual_seed(0)
+        return distill_online(conv_release.model_path, build_model("bn-cnn", (1, 8, 8), 10), cfg, device="cpu",
+                              progress=False, **kw)
+    full = run()
+    real_save, ckpt = online._save, tmp_path / "s.ckpt"
+
+    def stop_at_four(path, run_, done, *args):
+        real_save(path, run_, done, *args)
+        if done == 4:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(online, "_save", stop_at_four)
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint=ckpt)
+    monkeypatch.setattr(online, "_save", real_save)
+    saved = torch.load(ckpt, weights_only=True)["objective"]
+    assert any(k.startswith("units.fitnet.regressors") for k in saved)
+    resumed = run(checkpoint=ckpt, resume=True)
+    for a, b in zip(full.student.state_dict().values(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed.report["history"]) == strip(full.report["history"])
+    # the regressors moved after the interruption and the resumed run continued from the saved ones
+    final = torch.load(ckpt, weights_only=True)["objective"]
+    assert any(not torch.equal(saved[k], final[k]) for k in saved if k.startswith("units.fitnet.regressors"))
+
+
 def test_a_clock_budget_stops_offline_distillation(setup):
     """--minutes offline, as online: the loop stops when the budget is spent (mid-epoch too), not at --epochs, and
     the report says how long it ran and how far it got."""

@@ -9,6 +9,8 @@
 Inputs a student is trained on (the only difference between compared rows is the loss):
 - ``data``: the teacher's training files less the validation split (the real-data upper bound, as ``distill
   --data``);
+- ``transfer``: a transfer set of ``TRANSFER_SAMPLES`` draws from the sidecar's first-layer Gaussian (the best
+  transfer set of the demo, no optimisation), made once per teacher before any row and outside the clock;
 - ``online``: DFAD with the teacher's sidecar (the claim's best online method), the named losses replacing the
   student's published L1 (the generator keeps its own objective).
 
@@ -39,19 +41,38 @@ from protocol import order, overran  # noqa: E402
 from dfkd_meta.config import DistillConfig, OnlineConfig  # noqa: E402
 from dfkd_meta.distill import distill, distill_online  # noqa: E402
 from dfkd_meta.models import build_model  # noqa: E402
+from dfkd_meta.transfer import read_transfer  # noqa: E402
 
 RESULTS = HERE / "results"
-INPUTS = ("data", "online")
+INPUTS = ("data", "transfer", "online")
+TRANSFER_SAMPLES = 16_000
+
+
+def transfer_set(teacher: str, model: Path, sidecar: Path, log) -> Path:
+    """The teacher's Gaussian transfer set under runs/losses (made once, seed 0)."""
+    from dfkd_meta.config import ReconstructConfig
+    from dfkd_meta.reconstruct.synthesize import reconstruct
+
+    path = HERE.parent / "runs" / "losses" / teacher / f"first-layer-gaussian-{TRANSFER_SAMPLES}.h5"
+    if not path.is_file():
+        log(f"{path}: drawing {TRANSFER_SAMPLES} inputs from the sidecar's first-layer Gaussian")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        reconstruct(model, sidecar, path, ReconstructConfig(objective="first_layer_gaussian",
+                                                            samples=TRANSFER_SAMPLES, steps=0, seed=0),
+                    device="cpu", progress=False)
+    return path
 
 
 def run_row(teacher: str, inputs: str, loss: str, minutes: float, seed: int, split: str, log) -> dict:
     data, model, sidecar = claim.release(teacher, False, log)
+    transfer = transfer_set(teacher, model, sidecar, log) if inputs == "transfer" else None  # made once, untimed
     arch = claim.TEACHERS[teacher][2]
     torch.manual_seed(seed)
     student = build_model(arch, data.input_shape, data.num_classes)
     t0 = time.perf_counter()
-    if inputs == "data":
-        r = distill(model, student, data, DistillConfig(loss=loss, minutes=minutes, epochs=10_000, seed=seed),
+    if inputs in ("data", "transfer"):
+        source = data if transfer is None else read_transfer(transfer, num_classes=data.num_classes)
+        r = distill(model, student, source, DistillConfig(loss=loss, minutes=minutes, epochs=10_000, seed=seed),
                     device="cpu", eval_data=data, eval_split=split, progress=False).report
         loop_minutes, steps = r["loop_seconds"] / 60, r["steps_this_run"]
     else:
@@ -64,7 +85,8 @@ def run_row(teacher: str, inputs: str, loss: str, minutes: float, seed: int, spl
             "wall_minutes": round((time.perf_counter() - t0) / 60, 3), "steps": steps,
             "epochs_done": r.get("epochs_done"), "objective": r["objective"], "feature_pairs": r["feature_pairs"],
             "teacher_forward_examples": r.get("teacher_forward_examples"), "stalled": r.get("stalled", []),
-            "student": arch, "teacher_file": str(model.relative_to(HERE.parent))}
+            "student": arch, "teacher_file": str(model.relative_to(HERE.parent)),
+            "transfer_file": str(transfer.relative_to(HERE.parent)) if transfer is not None else None}
 
 
 def table(results: dict) -> str:
@@ -78,8 +100,9 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-BASELINE = {"data": "kd", "online": "l1"}  # what each source of inputs trains with when no loss is named
+BASELINE = {"data": "kd", "transfer": "kd", "online": "l1"}  # what each source of inputs trains with when no loss is named
 LABEL = {"data": "real data (training files less the validation split)",
+         "transfer": f"data-free: {TRANSFER_SAMPLES:,} draws from the sidecar's first-layer Gaussian",
          "online": "data-free: DFAD with the sidecar"}
 
 

@@ -84,6 +84,18 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
 @click.option("--min-accuracy", type=click.FloatRange(0, 1), help="Refuse when the teacher is right on fewer of the "
               "examples (default: halfway between chance and 1, at least 0.5).")
 @click.option("--force", is_flag=True, help="Export even when the teacher fails the accuracy check (recorded).")
+@click.option("--min-class-count", type=click.IntRange(min=0), default=ExportConfig.min_class_count, show_default=True,
+              metavar="K", help="Refuse when a class has fewer than K examples (per-class statistics of a few examples "
+                                "describe those individuals); 0 turns the guard off.")
+@click.option("--dp-epsilon", type=click.FloatRange(min=0, min_open=True), metavar="EPS",
+              help="Release the statistics with differential privacy at this budget (Gaussian noise, Gaussian-DP "
+                   "accounting recorded in the sidecar; docs/privacy.md). Default: exact statistics.")
+@click.option("--dp-delta", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), metavar="DELTA",
+              help=f"With --dp-epsilon: the budget's delta (default {ExportConfig.dp_delta:g}; keep it well below "
+                   "1 / the number of examples).")
+@click.option("--dp-clip", type=click.FloatRange(min=0, min_open=True), metavar="C",
+              help=f"With --dp-epsilon: each example's values in a layer are scaled down to a root mean square of C "
+                   f"per unit at most (default {ExportConfig.dp_clip:g}).")
 @click.option("--overwrite", is_flag=True, help="Replace the release already in the output folder (refused "
               "otherwise).")
 @click.option("--layers", help="Comma-separated tensor names (default: hidden pre-activations and the logits).")
@@ -109,8 +121,9 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
 @click.option("--name", help="Release file stem (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (sizes, time, samples/s).")
 @QUIET
-def export(model, data, resize, output, input_norm, value_range, min_accuracy, force, overwrite, layers, temperature,
-           cov_rank, spectral_k, spectral_max_nodes, split, limit, batch_size, max_size, name, as_json, quiet):
+def export(model, data, resize, output, input_norm, value_range, min_accuracy, force, min_class_count, dp_epsilon,
+           dp_delta, dp_clip, overwrite, layers, temperature, cov_rank, spectral_k, spectral_max_nodes, split, limit,
+           batch_size, max_size, name, as_json, quiet):
     """Write a release folder: the ONNX teacher and its statistics sidecar.
 
     The teacher is fed its own input convention and must be right on most of the examples it is
@@ -122,16 +135,23 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
       dfkd-meta export --model resnet.onnx --data npz:images.npz --input-norm imagenet -o release/
     """
     from dfkd_meta.data import load_data
+    from dfkd_meta.errors import UsageError
     from dfkd_meta.fileio import require_file
     from dfkd_meta.stats.export import export_release
 
     require_file(model, "model")
+    if dp_epsilon is None and (dp_delta is not None or dp_clip is not None):
+        raise UsageError("{dp_delta} and {dp_clip} apply to a private export only: pass {dp_epsilon} too, or "
+                         "leave them out")
+    private = {k: v for k, v in (("dp_epsilon", dp_epsilon), ("dp_delta", dp_delta), ("dp_clip", dp_clip))
+               if v is not None}
     source = load_data(data, resize)
     cfg = ExportConfig(layers=[x.strip() for x in layers.split(",") if x.strip()] if layers else None,
                        temperature=temperature, cov_rank=cov_rank, spectral_k=spectral_k, split=split,
                        batch_size=batch_size, limit=limit, input_norm=input_norm,
                        value_range=pair(value_range, "value_range"), min_accuracy=min_accuracy, force=force,
-                       max_size=max_size, spectral_max_nodes=spectral_max_nodes)
+                       max_size=max_size, spectral_max_nodes=spectral_max_nodes, min_class_count=min_class_count,
+                       **private)
     result = export_release(model, source, output, cfg, name=name, progress=not quiet, overwrite=overwrite)
     s = result.summary
     if as_json:
@@ -148,6 +168,11 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
         click.echo(f"  on a sample of the same examples: {conv['name']} {t['sample_accuracy']:.4f}; rivals {rivals}")
     click.echo(f"  {s['samples']} examples, {s['classes']} classes, {len(s['layers'])} layers "
                f"({', '.join(x['key'] for x in s['layers'])}), {len(s['spectral_blocks'])} spectral blocks")
+    if s["privacy"]:
+        pv = s["privacy"]
+        click.echo(f"  differentially private: epsilon {pv['epsilon']:g}, delta {pv['delta']:g} over {pv['statistics']} "
+                   f"noised statistics, values clipped to a root mean square of {pv['clip']:g} per unit; the teacher "
+                   "check above is released exactly")
     click.echo(f"  {s['seconds']:.1f} s ({s['samples_per_second']:.0f} examples/s in the statistics pass)")
     if s.get("spectral_omitted"):
         click.echo(f"  note: spectral blocks left out: {'; '.join(s['spectral_omitted'])}"

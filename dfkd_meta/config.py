@@ -88,6 +88,10 @@ class ExportConfig:
     force: bool = False  # export even when the teacher fails the accuracy check
     max_size: float | None = None  # sidecar size budget in MB; None: the larger of 2x the model and 64 MB
     spectral_max_nodes: int = 1 << 13  # units of one spectral block at most; larger blocks are left out (recorded)
+    min_class_count: int = 50  # refuse a class with fewer examples (0: no guard); see docs/publishing.md
+    dp_epsilon: float | None = None  # differential privacy: the budget (None: exact statistics); docs/privacy.md
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0  # per-unit root-mean-square bound on one example's values in a layer
 
     def check(self) -> None:
         if self.max_size is not None and not (math.isfinite(self.max_size) and self.max_size > 0):
@@ -96,6 +100,18 @@ class ExportConfig:
             raise UsageError(f"{{temperature}} {self.temperature}: must be > 0")
         if self.cov_rank < 0 or (self.spectral_k is not None and self.spectral_k < 0):
             raise UsageError("{cov_rank} and {spectral_k} must be >= 0")
+        if self.dp_epsilon is not None:
+            if not (math.isfinite(self.dp_epsilon) and self.dp_epsilon > 0):
+                raise UsageError(f"{{dp_epsilon}} {self.dp_epsilon}: must be a positive number")
+            if not (math.isfinite(self.dp_delta) and 0 < self.dp_delta < 1):
+                raise UsageError(f"{{dp_delta}} {self.dp_delta}: must be in (0, 1)")
+            if not (math.isfinite(self.dp_clip) and self.dp_clip > 0):
+                raise UsageError(f"{{dp_clip}} {self.dp_clip}: must be a positive number")
+            if self.cov_rank:
+                raise UsageError("{cov_rank} with {dp_epsilon}: covariance factors have no private release yet "
+                                 "(SPEC §10.1); export with a covariance rank of 0")
+        if not (isinstance(self.min_class_count, int) and self.min_class_count >= 0):
+            raise UsageError(f"{{min_class_count}} {self.min_class_count}: must be a whole number >= 0")
         if self.spectral_max_nodes < 2:
             raise UsageError(f"{{spectral_max_nodes}} {self.spectral_max_nodes}: must be >= 2")
         if (self.batch_size is not None and self.batch_size < 1) or (self.limit is not None and self.limit < 1):

@@ -16,7 +16,7 @@ MAX_LINES = 520  # "about 500"
 # Bottom to top. A module may import its own layer and the layers below it, never above.
 LAYERS = [
     ("base", ["dfkd_meta", "dfkd_meta.errors", "dfkd_meta.fileio", "dfkd_meta.device", "dfkd_meta.dist",
-              "dfkd_meta.convention", "dfkd_meta.plotting", "dfkd_meta.progress", "dfkd_meta.assets"]),
+              "dfkd_meta.privacy", "dfkd_meta.convention", "dfkd_meta.plotting", "dfkd_meta.progress", "dfkd_meta.assets"]),
     ("teacher", ["dfkd_meta.onnx", "dfkd_meta.models"]),
     ("formats and data", ["dfkd_meta.sidecar", "dfkd_meta.transfer", "dfkd_meta.data"]),
     ("publisher", ["dfkd_meta.train", "dfkd_meta.stats"]),

@@ -173,8 +173,9 @@ def test_dynamo_release_binds_its_external_data(tmp_path_factory, digits, tmp_pa
 def test_export_from_a_torch_module(digits, tmp_path):
     torch.manual_seed(0)
     model = build_model("hinton-small", digits.input_shape, 10).eval()
+    # 300 examples (about 30 a class, under the default guard of 50) keep it quick
     result = export_release(model, digits, tmp_path / "rel", name="mine", spectral_k=4, limit=300, force=True,
-                            progress=False)
+                            min_class_count=0, progress=False)
     assert result.model_path.name == "mine.onnx" and result.sidecar_path.name == "mine.dfkd.h5"
     assert validate(result.sidecar_path, result.model_path).valid
     assert result.summary["samples"] == 300
@@ -188,6 +189,27 @@ def test_failed_export_leaves_nothing(mlp_release, tmp_path):
     with pytest.raises(DfkdError, match="unknown tensors"):
         export_release(mlp_release[0], load_data("digits"), tmp_path / "out", layers=["nope"], progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_class_with_too_few_examples_is_refused_before_any_work(mlp_release, tmp_path):
+    """--min-class-count: digits' test split has 27 to 47 examples a class, so the default of 50 refuses it (exit 1,
+    classes and counts named, nothing written); a guard of 25 refuses the one class under it by name; 0 exports."""
+    model = str(mlp_release[0])
+    counts = np.bincount(load_data("digits").labels("test"), minlength=10)
+    base = ["export", "--model", model, "--data", "digits", "--split", "test", "--spectral-k", "0", "--quiet"]
+    r = CliRunner().invoke(cli_main, [*base, "-o", str(tmp_path / "a")])
+    assert r.exit_code == 1 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert "10 class(es) with fewer than 50 examples" in r.output and "--min-class-count" in r.output
+    assert f"'0' ({counts[0]})" in r.output and not (tmp_path / "a").exists()
+    few = [c for c in range(10) if counts[c] < 28]
+    r = CliRunner().invoke(cli_main, [*base, "--min-class-count", "28", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 1 and f"{len(few)} class(es) with fewer than 28" in r.output, r.output
+    assert all(f"'{c}' ({counts[c]})" in r.output for c in few) and not (tmp_path / "b").exists()
+    r = CliRunner().invoke(cli_main, [*base, "--min-class-count", "0", "-o", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert read_sidecar(next((tmp_path / "c").glob("*.dfkd.h5"))).dataset.class_counts.tolist() == counts.tolist()
+    with pytest.raises(DfkdError, match="fewer than 3 examples in the 'train' split \\(first 20\\)"):
+        export_release(mlp_release[0], load_data("digits"), tmp_path / "d", limit=20, min_class_count=3, progress=False)
 
 
 @pytest.mark.parametrize("poison", ["nan", "overflow"])

@@ -85,18 +85,21 @@ def test_schema_matches_its_meta_schema(raw):
 
 
 def test_schema_version_is_the_format_version():
-    assert load_schema().format_version == FORMAT_VERSION == "2.0.0"
+    assert load_schema().format_version == FORMAT_VERSION == "2.1.0"
     assert load_schema(1).format_version == LEGACY_FORMAT_VERSION == "1.1.0"
 
 
-def test_the_2_0_schema_is_the_1_x_schema_plus_the_granularities():
-    """What 2.0 changed, and nothing else: the layer element's granularity items, DM624, and the three warnings
-    consumers refused made errors (SPEC Appendix B)."""
+def test_the_2_x_schema_is_the_1_x_schema_plus_the_granularities_and_the_privacy_accounting():
+    """What 2.0 changed (the layer element's granularity items, DM624, three warnings consumers refused made errors)
+    and what 2.1 added (the privacy accounting group and its rules), and nothing else (SPEC Appendix B)."""
     old, new = load_schema(1), load_schema(2)
-    assert set(new.rules) - set(old.rules) == {"DM624"} and set(old.rules) <= set(new.rules)
+    assert set(new.rules) - set(old.rules) == {"DM624", "DM805", "DM806", "DM807"} and set(old.rules) <= set(new.rules)
     changed = {r for r in old.rules if old.rules[r].severity != new.rules[r].severity}
     assert changed == {"DM618", "DM619", "DM719"} and all(new.rules[r].severity == "error" for r in changed)
-    assert {t for t in new.types if new.types[t] != old.types[t]} == {"layer_stats"}
+    assert set(new.types) - set(old.types) == {"privacy_accounting"} and new.types["privacy_accounting"].ignorable
+    assert {t for t in old.types if new.types[t] != old.types[t]} == {"layer_stats", "privacy"}
+    p, q = old.types["privacy"], new.types["privacy"]
+    assert p.attrs == q.attrs and set(q.groups) - set(p.groups) == {"accounting"} and not q.groups["accounting"].required
     a, b = old.types["layer_stats"], new.types["layer_stats"]
     assert set(b.attrs) - set(a.attrs) == {"granularity"} and set(b.datasets) - set(a.datasets) == {"pooled_mean",
                                                                                                        "pooled_std"}

@@ -64,7 +64,13 @@ def describe_privacy(sc: Sidecar) -> str:
     if p is None:
         return ("none: exact aggregate statistics of the training data (means, stds, counts), "
                 "no differential privacy")
-    return f"{p.mechanism} mechanism, epsilon {p.epsilon:g}, delta {p.delta:g}, on {', '.join(p.applies_to)}"
+    text = f"{p.mechanism} mechanism, epsilon {p.epsilon:g}, delta {p.delta:g}, on {', '.join(p.applies_to)}"
+    if p.accounting is None:
+        return text + " (no accounting recorded: the budget cannot be checked)"
+    exact = ", ".join(p.accounting.exact or []) or "nothing"
+    return (text + f"; each example's values clipped to a root mean square of {p.clip_norm:g} per unit, "
+                   f"{len(p.accounting.statistics)} noised statistics accounted in Gaussian DP; released without "
+                   f"noise: {exact.replace('_', ' ')}")
 
 
 def render_card(sc: Sidecar, sidecar_path: Path) -> str:

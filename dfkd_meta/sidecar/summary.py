@@ -91,6 +91,7 @@ CURATED = {
     "spectral_stats": {"scope", "layers", "graph", "graph_version", "k", "weight_tensors", "eigenvalues", "basis",
                        "coef_mean", "coef_std"},
     "privacy": {"mechanism", "epsilon", "delta", "clip_norm", "applies_to", "description"},
+    "privacy_accounting": {"accountant", "adjacency", "exact", "statistics", "sensitivity", "noise_std"},
 }
 
 
@@ -159,6 +160,12 @@ def format_summary(info: dict, schema: Schema | None = None) -> str:
     lines.append("privacy: none (no noise added)" if p is None else
                  f"privacy: {p['mechanism']} epsilon={p['epsilon']:g} delta={p['delta']:g} clip={p['clip_norm']:g} "
                  f"on {p['applies_to']}" + _also(p, "privacy", schema))
+    acc = (p or {}).get("accounting")
+    if p is not None:
+        lines.append("  accounting: none recorded: the budget is the publisher's claim, not checked" if acc is None
+                     else f"  accounting: {acc['accountant']} over {len(acc['statistics'])} noised statistics "
+                          f"({acc['adjacency']}), checked against the recorded noise; released exactly: "
+                          f"{', '.join(acc.get('exact') or []) or 'nothing'}" + _also(acc, "privacy_accounting", schema))
     return "\n".join(lines)
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 FORMAT_NAME = "dfkd-meta"
-FORMAT_VERSION = "2.0.0"  # the newest; a file that needs nothing of 2.0 is written as LEGACY_FORMAT_VERSION (SPEC §2)
+FORMAT_VERSION = "2.1.0"  # the newest; a writer writes the oldest version that holds the file (SPEC §2)
+GRANULARITY_FORMAT_VERSION = "2.0.0"  # per-channel layers
 LEGACY_FORMAT_VERSION = "1.1.0"
 LAYER_KINDS = ("pre_activation", "post_activation", "logits")
 SPECTRAL_GRAPH = "abs_weight_normalized_laplacian"
@@ -250,6 +251,19 @@ class SpectralStats:
     graph_version: int = SPECTRAL_GRAPH_VERSION
 
 
+@element("privacy_accounting")
+@dataclass
+class PrivacyAccounting:
+    """Every noised statistic with its L2 sensitivity and Gaussian noise, to recompute the budget (SPEC §10.1)."""
+
+    statistics: list[str]
+    sensitivity: np.ndarray  # float64 [S]
+    noise_std: np.ndarray  # float64 [S]
+    accountant: str = "gdp"
+    adjacency: str = "add_remove"
+    exact: list[str] | None = None  # items computed from the data and released without noise
+
+
 @element("privacy")
 @dataclass
 class PrivacyBlock:
@@ -261,6 +275,7 @@ class PrivacyBlock:
     clip_norm: float
     applies_to: list[str]
     description: str | None = None
+    accounting: PrivacyAccounting | None = None
 
 
 @element("sidecar", renamed={"dfkd_meta_version": "format_version"}, constants={"dfkd_meta_format": FORMAT_NAME})
@@ -296,5 +311,8 @@ class Sidecar:
         return sorted(self.layers, key=lambda x: x.order)
 
     def needed_format_version(self) -> str:
-        """The oldest format that holds this sidecar: 2.0.0 once a layer is coarser than per unit (SPEC §2)."""
-        return FORMAT_VERSION if any(not layer.per_unit for layer in self.layers) else LEGACY_FORMAT_VERSION
+        """The oldest format that holds this sidecar (SPEC §2): 2.1.0 with a privacy accounting (whose rules are
+        2.1's), 2.0.0 once a layer is coarser than per unit, else 1.1.0."""
+        if self.privacy is not None and self.privacy.accounting is not None:
+            return FORMAT_VERSION
+        return GRANULARITY_FORMAT_VERSION if any(not layer.per_unit for layer in self.layers) else LEGACY_FORMAT_VERSION

@@ -45,11 +45,14 @@ from ..sidecar import (
     validate,
     write_sidecar,
 )
+from ..sidecar.accounting import layer_bound
 from ..sidecar.binding import model_binding
 from ..sidecar.card import CARD_NAME, render_card
 from ..sidecar.types import ConventionRecord, InputDomain
 from .budget import LAYER_OVERHEAD, MB, LayerChoice, default_budget, plan_budget
+from .folder import publish, stage_folder
 from .moments import ChannelMoments, ClassMoments, PooledUnitMoments, pool_positions, sketch_width
+from .private import PrivateRelease, clip_rows, noise_generator, require_class_counts
 from .spectral import LayerRef, plan_spectral
 from .teacher_check import (
     PRECHECK_EXAMPLES,
@@ -127,6 +130,7 @@ def _plan(path: Path, data: DataSource, cfg: ExportConfig) -> _Plan:
     if top >= classes:
         raise DfkdError(f"{path}: the teacher has {classes} classes but {data.spec or data.name} has labels up to "
                         f"{top}; pass the data set the teacher was trained on")
+    require_class_counts(data, cfg, classes)
     chosen = _choose_layers(proto, facts, logits, cfg.layers, path)
     convention = resolve(cfg.input_norm, model_metadata(proto), where=str(path), data_stats=data.channel_stats,
                          scalar_data_stats=data.scalar_stats)
@@ -207,10 +211,10 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
                                  "or choose another folder")
         plan = _plan(source, data, cfg)
         comparison = _precheck(plan, data, cfg)
-        stage = _stage_folder(out_dir)
+        stage = stage_folder(out_dir)
         try:
             result = _export(plan, data, stage, t0, cfg, comparison, name=name, dropout_keep=dropout_keep, progress=progress)
-            _publish(stage, out_dir, last=result.sidecar_path.name)
+            publish(stage, out_dir, last=result.sidecar_path.name)
         except DfkdError as exc:  # messages about the staged files name the release folder, not the staging one
             exc.template = exc.template.replace(str(stage), str(out_dir))
             raise
@@ -219,50 +223,6 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
     model_path, sidecar_path = out_dir / result.model_path.name, out_dir / result.sidecar_path.name
     summary = {**result.summary, "model": str(model_path), "sidecar": str(sidecar_path)}
     return ExportResult(model_path, sidecar_path, summary)
-
-
-def _stage_folder(out_dir: Path) -> Path:
-    """A fresh folder beside ``out_dir`` (same file system, so publishing is a rename); stale ones of
-    killed exports of the same folder are removed first."""
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        for old in parent.glob(f".{out_dir.name}.export-*"):
-            pid = old.name.rsplit("-", 2)[-2]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(old, ignore_errors=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-{os.getpid()}-", dir=parent))
-    except OSError as exc:
-        raise UsageError(f"{out_dir}: cannot write beside it in {parent} ({exc.strerror}); choose a writable "
-                         "location for {output}") from None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process (a pid beyond the platform's range neither)
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _publish(stage: Path, out_dir: Path, last: str) -> None:
-    """Make the staged release visible: one rename onto a new or empty folder, else file by file with
-    ``last`` (the sidecar) moved in last, so a release folder never holds a sidecar without its model."""
-    files = [f for f in stage.rglob("*") if f.is_file()]
-    for f in files:  # data must be on disk before a rename makes it visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if not out_dir.exists() or not any(out_dir.iterdir()):
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(stage, out_dir)
-        return
-    for f in sorted(files, key=lambda p: p.relative_to(stage).as_posix() == last):
-        target = out_dir / f.relative_to(stage)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(f, target)
 
 
 def _place_model(src: Path, out_dir: Path, name: str | None) -> Path:
@@ -297,6 +257,10 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     moments = {key: _accumulator(budget.choices[key], c, cfg.cov_rank) for key, _, _, _ in chosen}
     coef = {p.key: ClassMoments(c, p.k) for p in plans}
     bases = {p.key: p.basis.astype(np.float32) for p in plans}
+    private = PrivateRelease.for_export(cfg, [(key, tuple(shape), budget.choices[key].granularity)
+                                              for key, _, _, shape in chosen], [(p.key, [r.key for r in p.layers])
+                                                                                for p in plans])
+    bounds = {key: layer_bound(cfg.dp_clip, shape) for key, _, _, shape in chosen} if private else {}
     runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen], spin=False)  # see _inference_ahead
     meter = AccuracyMeter()
     n_total = min(data.size(cfg.split), cfg.limit) if cfg.limit else data.size(cfg.split)
@@ -309,6 +273,8 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
         for key, tensor, kind, _ in chosen:
             v = out[tensor].reshape(len(y), -1)
             values[key] = v / np.float32(cfg.temperature) if kind == "logits" else v
+            if private:  # one example's influence on every statistic of the layer is bounded from here on
+                values[key] = clip_rows(values[key], bounds[key])
             for m in moments[key]:
                 m.update(values[key], y)
                 if not (np.isfinite(m.mean).all() and np.isfinite(m.m2).all()):
@@ -328,6 +294,12 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     check = meter.result(cfg.split, plan.min_accuracy, cfg.force and (
         meter.accuracy < plan.min_accuracy or comparison.clearly_better() is not None))
 
+    labels = data.labels(cfg.split)[:cfg.limit] if cfg.limit else data.labels(cfg.split)
+    class_counts = np.bincount(labels, minlength=c).astype(np.int64)
+    privacy_block = None
+    if private:
+        class_counts = private.noise_everything(class_counts, moments, coef, noise_generator())
+        privacy_block = private.block()
     onnx_path = _place_model(plan.source, out_dir, name)
     stats = [_layer_stats(budget.choices[key], moments[key], tensor=tensor, order=order, kind=kind,
                           temperature=cfg.temperature if kind == "logits" else None, dropout_keep=keep.get(tensor))
@@ -337,13 +309,12 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
                             coef_mean=coef[p.key].mean.astype(np.float32),
                             coef_std=coef[p.key].std().astype(np.float32), weight_tensors=p.weight_tensors)
               for p in plans]
-    labels = data.labels(cfg.split)[:cfg.limit] if cfg.limit else data.labels(cfg.split)
     sidecar = Sidecar(
         model=model_binding(onnx_path, plan.domain, logits_name=plan.logits, class_names=plan.class_names),
         dataset=DatasetProvenance(name=data.name, description=data.description, license=data.license,
-                                  sample_count=seen, class_counts=np.bincount(labels, minlength=c).astype(np.int64),
+                                  sample_count=int(class_counts.sum()) if private else seen, class_counts=class_counts,
                                   teacher_check=check),
-        layers=stats, spectral=blocks)
+        layers=stats, spectral=blocks, privacy=privacy_block)
     sidecar_path = out_dir / f"{onnx_path.stem}.dfkd.h5"
     write_sidecar(sidecar, sidecar_path)
     report = validate(sidecar_path, onnx_path)
@@ -374,6 +345,9 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
         "covariance_dropped_for_budget": [k for k, ch in budget.choices.items() if cfg.cov_rank and not ch.cov_rank
                                           and _sketch_fits(c, ch.shape, cfg.cov_rank)],
         "settings": recorded,
+        "privacy": None if private is None else {
+            "epsilon": private.epsilon, "delta": private.delta, "clip": private.clip, "statistics": len(private.noise),
+            "noise_std": {k: round(v, 6) for k, v in private.noise.items()}},
         "seconds": round(time.perf_counter() - t0, 3), "graph_seconds": round(t_graph, 3),
         "spectral_planning_seconds": round(t_spectral, 3),
         "pass_seconds": round(t_pass, 3), "samples_per_second": round(seen / max(t_pass, 1e-9), 1),

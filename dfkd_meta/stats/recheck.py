@@ -32,6 +32,8 @@ def recheck_release(sidecar: Sidecar, model: str, data: DataSource, *, split: st
     recorded = from_domain(domain)
     feed = Feed(recorded, tuple(binding.input_shape[1:]))
     logits_layer = next((x for x in sidecar.layers if x.kind == "logits" and x.per_unit), None)
+    if sidecar.privacy is not None and "layers" in sidecar.privacy.applies_to:
+        logits_layer = None  # clipped and noised by design (SPEC §10.1): DM902 does not apply
     runner = OrtModel(model)
     meter = AccuracyMeter()
     moments = ClassMoments(binding.num_classes, binding.num_classes)

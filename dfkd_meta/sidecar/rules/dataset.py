@@ -23,12 +23,21 @@ def _check(ctx: GroupContext) -> dict:
     return ctx.groups.get("teacher_check") or {}
 
 
+@rule("DM521", on="sidecar")
+def teacher_check_saw_no_more_than_the_statistics(ctx: GroupContext) -> None:
+    """The check measured no more examples than the statistics saw; not checked where a privacy block covers the
+    dataset (its sample count is the sum of noised class counts, SPEC §10.1)."""
+    tc, n = ctx.state.group_values("/dataset/teacher_check"), ctx.state.group_values("/dataset").get("sample_count")
+    if "dataset" in (ctx.state.group_values("/privacy").get("applies_to") or []):
+        return
+    if tc.get("samples") is not None and n is not None and tc["samples"] > n:
+        ctx.report("/dataset/teacher_check@samples", f"{tc['samples']} samples, but the statistics saw {n}")
+
+
 @rule("DM521", on="dataset_provenance")
 def teacher_check_is_consistent(ctx: GroupContext) -> None:
-    """The check measured no more examples than the statistics saw, and is forced when below its threshold."""
-    tc, n, p = _check(ctx), ctx.attrs.get("sample_count"), f"{ctx.path}/teacher_check"
-    if tc.get("samples") is not None and n is not None and tc["samples"] > n:
-        ctx.report(f"{p}@samples", f"{tc['samples']} samples, but the statistics saw {n}")
+    """The check is forced when below its threshold."""
+    tc, p = _check(ctx), f"{ctx.path}/teacher_check"
     acc, floor, forced = tc.get("accuracy"), tc.get("min_accuracy"), tc.get("forced")
     if None not in (acc, floor, forced) and acc < floor and not forced:
         ctx.report(f"{p}@forced", f"accuracy {acc:.1%} is below min_accuracy {floor:.1%} but forced is 0")

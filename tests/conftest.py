@@ -86,3 +86,20 @@ def recomputed_accuracy(result, data, model_shape=None) -> float:
     split = "test" if data.has_split("test") else "train"
     x, y = data.arrays(split, feed=Feed(result.convention or IDENTITY, model_shape))
     return float((predict(result.student, x, torch.device("cpu")) == y).mean())
+
+
+def interrupt_online_run(monkeypatch, at: int, run) -> None:
+    """Run ``run()`` (an online distillation with a checkpoint) until it has written the checkpoint of iteration
+    ``at``, then stop it as a KeyboardInterrupt would; the checkpoint writer is restored afterwards."""
+    import dfkd_meta.distill.online as online
+
+    real_save = online._save
+
+    def save_then_stop(path, run_, done, *args):
+        real_save(path, run_, done, *args)
+        if done == at:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(online, "_save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(online, "_save", real_save)

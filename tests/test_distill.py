@@ -20,7 +20,7 @@ from dfkd_meta.onnx.torch_export import export_onnx
 from dfkd_meta.reconstruct.synthesize import ReconstructConfig, reconstruct
 from dfkd_meta.transfer import read_transfer
 
-from .conftest import digits_release
+from .conftest import digits_release, interrupt_online_run
 
 
 def test_kd_loss_equals_a_hand_computation():
@@ -170,7 +170,6 @@ def test_an_online_run_with_a_regressor_resumes_to_the_same_student_and_regresso
                                                                                    monkeypatch):
     """DFAD + FitNet interrupted after its second checkpoint and resumed: the student and FitNet's regressors end
     bit for bit where an uninterrupted run's do (the regressors live in the checkpoint, not only the student)."""
-    import dfkd_meta.distill.online as online
     from dfkd_meta.config import OnlineConfig
     from dfkd_meta.distill import distill_online
 
@@ -180,17 +179,8 @@ def test_an_online_run_with_a_regressor_resumes_to_the_same_student_and_regresso
         torch.manual_seed(0)
         return distill_online(conv_release.model_path, build_model("bn-cnn", (1, 8, 8), 10), cfg, device="cpu",
                               progress=False, **kw)
-    full = run()
-    real_save, ckpt = online._save, tmp_path / "s.ckpt"
-
-    def stop_at_four(path, run_, done, *args):
-        real_save(path, run_, done, *args)
-        if done == 4:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(online, "_save", stop_at_four)
-    with pytest.raises(KeyboardInterrupt):
-        run(checkpoint=ckpt)
-    monkeypatch.setattr(online, "_save", real_save)
+    full, ckpt = run(), tmp_path / "s.ckpt"
+    interrupt_online_run(monkeypatch, 4, lambda: run(checkpoint=ckpt))
     saved = torch.load(ckpt, weights_only=True)["objective"]
     assert any(k.startswith("units.fitnet.regressors") for k in saved)
     resumed = run(checkpoint=ckpt, resume=True)

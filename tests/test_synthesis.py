@@ -23,7 +23,7 @@ from dfkd_meta.sidecar import SidecarInvalidError
 from dfkd_meta.synthesis import METHODS, losses
 from dfkd_meta.transfer import read_transfer
 
-from .conftest import digits_release, recomputed_accuracy
+from .conftest import digits_release, interrupt_online_run, recomputed_accuracy
 
 # each method shrunk to a few cheap steps: the tests check the machinery, not the accuracy
 SMALL = {"dafl": {"nz": 16}, "dfad": {"nz": 16, "student_steps": 2},
@@ -123,19 +123,8 @@ def test_method_runs_with_and_without_a_sidecar_and_is_deterministic(release, me
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_resumes_to_the_same_student(release, method, tmp_path, monkeypatch):
-    import dfkd_meta.distill.online as online
-
     full = _run(release, method)
-    real_save = online._save
-
-    def stop_at_four(path, run, done, *args):
-        real_save(path, run, done, *args)
-        if done == 4:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(online, "_save", stop_at_four)
-    with pytest.raises(KeyboardInterrupt):
-        _run(release, method, checkpoint=tmp_path / "s.ckpt")
-    monkeypatch.setattr(online, "_save", real_save)
+    interrupt_online_run(monkeypatch, 4, lambda: _run(release, method, checkpoint=tmp_path / "s.ckpt"))
     resumed = _run(release, method, checkpoint=tmp_path / "s.ckpt", resume=True)
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(resumed.report["history"]) == strip(full.report["history"])

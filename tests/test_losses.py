@@ -104,6 +104,21 @@ def test_rkd_equals_the_explicit_computation_and_ignores_scale(seed, batch, ds, 
     assert _pair("rkd", _t(5 * s), _t(t)) == pytest.approx(got, rel=1e-6, abs=1e-9)  # distances and angles: scale-free
 
 
+@pytest.mark.parametrize("name", ["at", "nst", "pkt", "rkd", "sp", "cc"])
+def test_every_relational_or_map_loss_has_a_finite_gradient_even_with_a_repeated_example(name):
+    """A NaN gradient trains the student to chance without a NaN loss (RKD's angles did: sqrt'(0) on the
+    anchor's own distance, times the 0 of the discarded branch); a repeated example is the hard case."""
+    torch.manual_seed(0)
+    s = torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    s[1] = s[0]
+    s.requires_grad_(True)
+    t = torch.randn(6, 2, 4, 4, dtype=torch.float64)
+    unit = get_loss(name)
+    loss = unit(Outputs(_t([[0.0]]), {"f": s}), Outputs(_t([[0.0]]), {"f": t}), 1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), batch=st.integers(2, 8), d=st.integers(1, 6))
 def test_cc_equals_the_taylor_expanded_kernel(seed, batch, d):

@@ -277,9 +277,12 @@ def _angles(g: torch.Tensor) -> torch.Tensor:
     the Gram matrix (memory B^3, not B^2 times the feature size); 0 where b or c is a."""
     diag = g.diag()
     dots = g[None, :, :] - g[:, :, None] - g[:, None, :] + diag[:, None, None]  # [a, b, c]
-    norms = (diag[:, None] + diag[None, :] - 2 * g).clamp_min(0).sqrt()  # [a, b]
-    denom = norms[:, :, None] * norms[:, None, :]
-    return torch.where(denom > 1e-12, dots / denom.clamp_min(1e-12), torch.zeros_like(dots))
+    # the square root's floor keeps its gradient finite where b is a (sqrt'(0) is infinite, and 0 * inf is NaN
+    # even on the branch torch.where discards); those triplets are masked by index, not by value
+    norms = (diag[:, None] + diag[None, :] - 2 * g).clamp_min(1e-12).sqrt()  # [a, b]
+    off = ~torch.eye(len(g), dtype=torch.bool, device=g.device)
+    valid = off[:, :, None] & off[:, None, :]
+    return torch.where(valid, dots / (norms[:, :, None] * norms[:, None, :]), torch.zeros_like(dots))
 
 
 @loss("sp", weight=3000.0)

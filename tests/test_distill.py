@@ -193,6 +193,16 @@ def test_an_online_run_with_a_regressor_resumes_to_the_same_student_and_regresso
     assert any(not torch.equal(saved[k], final[k]) for k in saved if k.startswith("units.fitnet.regressors"))
 
 
+def test_a_diverging_student_stops_the_run_with_a_one_line_error(setup, tmp_path):
+    """A loss that turns NaN or infinite (here an absurd learning rate) stops offline distillation at once, naming
+    the epoch and step, instead of training on to chance; no student is returned."""
+    data, release, _, _ = setup
+    with pytest.raises(DfkdError, match=r"kd: the student's loss became NaN or infinite at epoch 1, step \d+; "
+                                        r"stopped; nothing was written"):
+        distill(release.model_path, _student(), data, DistillConfig(epochs=2, lr=1e30), device="cpu",
+                checkpoint=tmp_path / "s.ckpt", progress=False)
+
+
 def test_a_clock_budget_stops_offline_distillation(setup):
     """--minutes offline, as online: the loop stops when the budget is spent (mid-epoch too), not at --epochs, and
     the report says how long it ran and how far it got."""

@@ -199,6 +199,12 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
                 ran = tapped.run(teacher_input(tapped, xb.numpy(), teacher))
                 t_feats = {p.key: torch.from_numpy(ran[p.teacher]).to(dev) for p in pairs}
             loss = objective(Outputs(out, s_feats), Outputs(t_t[idx].to(dev), t_feats), temperature)
+            if not torch.isfinite(loss):  # a diverged student would otherwise train on to chance, silently
+                kept = (f"; the checkpoint in {ckpt} (the last finished epoch) is kept: --resume continues from it"
+                        if ckpt is not None and ckpt.exists() else "; nothing was written")
+                raise DfkdError(f"{cfg.loss}: the student's loss became NaN or infinite at epoch {epoch + 1}, step "
+                                f"{i + 1}; stopped{kept}. Lower {{lr}} or the loss weights ({{loss}} NAME:WEIGHT), or "
+                                "check the teacher's input convention ({input_norm})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -101,12 +101,8 @@ class ExportConfig:
         if self.cov_rank < 0 or (self.spectral_k is not None and self.spectral_k < 0):
             raise UsageError("{cov_rank} and {spectral_k} must be >= 0")
         if self.dp_epsilon is not None:
-            if not (math.isfinite(self.dp_epsilon) and self.dp_epsilon > 0):
-                raise UsageError(f"{{dp_epsilon}} {self.dp_epsilon}: must be a positive number")
-            if not (math.isfinite(self.dp_delta) and 0 < self.dp_delta < 1):
-                raise UsageError(f"{{dp_delta}} {self.dp_delta}: must be in (0, 1)")
-            if not (math.isfinite(self.dp_clip) and self.dp_clip > 0):
-                raise UsageError(f"{{dp_clip}} {self.dp_clip}: must be a positive number")
+            from .privacy import check_budget  # here, not at the top: it imports scipy, which every command need not
+            check_budget(self.dp_epsilon, self.dp_delta, self.dp_clip)
             if self.cov_rank:
                 raise UsageError("{cov_rank} with {dp_epsilon}: covariance factors have no private release yet "
                                  "(SPEC §10.1); export with a covariance rank of 0")

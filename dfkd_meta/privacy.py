@@ -25,11 +25,15 @@ from .errors import UsageError
 MU_MAX = 1e6  # beyond this a budget protects nothing a float can tell apart
 
 
-def _check_budget(epsilon: float, delta: float) -> None:
+def check_budget(epsilon: float, delta: float, clip: float | None = None) -> None:
+    """Refuse a budget (and a clipping bound, when given) a private release cannot use: the one check of the
+    export's dp settings."""
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise UsageError(f"{{dp_epsilon}} {epsilon}: must be a positive number")
     if not (math.isfinite(delta) and 0 < delta < 1):
         raise UsageError(f"{{dp_delta}} {delta}: must be in (0, 1)")
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        raise UsageError(f"{{dp_clip}} {clip}: must be a positive number")
 
 
 def log_delta_for(epsilon: float, mu: float) -> float:
@@ -51,7 +55,7 @@ def delta_for(epsilon: float, mu: float) -> float:
 
 def mu_for(epsilon: float, delta: float) -> float:
     """The largest μ whose mechanism is (ε, δ)-DP (δ(ε) grows with μ)."""
-    _check_budget(epsilon, delta)
+    check_budget(epsilon, delta)
     target = math.log(delta)
     hi = 1.0
     while log_delta_for(epsilon, hi) < target:

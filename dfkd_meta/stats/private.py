@@ -23,7 +23,7 @@ import numpy as np
 from .. import privacy
 from ..config import ExportConfig
 from ..data import DataSource
-from ..errors import DfkdError, UsageError
+from ..errors import DfkdError
 from ..sidecar.accounting import released_statistics
 from ..sidecar.types import PrivacyAccounting, PrivacyBlock
 from .moments import ChannelMoments, ClassMoments, PooledUnitMoments
@@ -45,8 +45,7 @@ class PrivateRelease:
     @classmethod
     def plan(cls, epsilon: float, delta: float, clip: float, layers, spectral, applies_to) -> PrivateRelease:
         """``layers``: (key, per-example shape, granularity); ``spectral``: (key, its layer keys)."""
-        if not (np.isfinite(clip) and clip > 0):
-            raise UsageError(f"{{dp_clip}} {clip}: must be a positive number")
+        privacy.check_budget(epsilon, delta, clip)
         sensitivity = released_statistics(layers, spectral, applies_to, clip)
         mu = privacy.mu_for(epsilon, delta)
         shares = privacy.split(mu, {name: 1.0 for name in sensitivity})

@@ -14,8 +14,11 @@ Inputs a student is trained on (the only difference between compared rows is the
 - ``online``: DFAD with the teacher's sidecar (the claim's best online method), the named losses replacing the
   student's published L1 (the generator keeps its own objective).
 
-Every row runs under ``--minutes`` on the clock (a feature loss costs a teacher pass per batch, so equal epochs
-would not be equal time), records its minutes, steps and loss weights, and is scored on ``--split``. The teachers,
+Every row runs under ``--minutes`` on the clock, records its minutes, steps and loss weights, and is scored on
+``--split``. On ``data`` and ``transfer`` the teacher's logits and paired tensors are computed once before the clock
+starts (distill.loop caches them), so rows differ by their losses' own cost, not by teacher passes; online, every
+step's inputs are new and a feature loss costs one more teacher pass per step, inside the clock. Rows of feature
+losses run before the cache existed are kept under ``superseded`` and run again. The teachers,
 students, data splits and releases are the claim's (benchmarks/claim.py), made once under runs/claim.
 """
 from __future__ import annotations
@@ -85,6 +88,7 @@ def run_row(teacher: str, inputs: str, loss: str, minutes: float, seed: int, spl
             "wall_minutes": round((time.perf_counter() - t0) / 60, 3), "steps": steps,
             "epochs_done": r.get("epochs_done"), "objective": r["objective"], "feature_pairs": r["feature_pairs"],
             "teacher_forward_examples": r.get("teacher_forward_examples"), "stalled": r.get("stalled", []),
+            "teacher_features": r.get("teacher_features"),
             "student": arch, "teacher_file": str(model.relative_to(HERE.parent)),
             "transfer_file": str(transfer.relative_to(HERE.parent)) if transfer is not None else None}
 
@@ -137,11 +141,48 @@ def summary(results: dict, split: str) -> str:
     return "\n\n".join(out)
 
 
+VAL_TEACHER = "fashion-lenet5"  # where every loss's weight is chosen (real data, validation split)
+
+
+def chosen(results: dict, inputs: str) -> list[str]:
+    """The losses as the validation rows chose them, best first: for each loss added to KD on ``VAL_TEACHER``'s real
+    data (validation split), its best weight; DKD as it ran. Online, DFAD's L1 takes KD's place beside a feature
+    loss (the method's published student loss, extended)."""
+    best: dict[str, tuple[float, str]] = {}
+    for key, r in results["rows"].items():
+        split, teacher, source, loss, _, _ = key.split("|")
+        if (split, teacher, source) != ("val", VAL_TEACHER, "data") or loss == "kd" or before_cache(source, r):
+            continue
+        name = loss.split(",")[-1].split(":")[0]
+        if name not in best or r["accuracy"] > best[name][0]:
+            best[name] = (r["accuracy"], loss)
+    ranked = [loss for _, loss in sorted(best.values(), reverse=True)]
+    if not ranked:
+        raise SystemExit(f"no validation rows of {VAL_TEACHER} on real data to choose from: run them first")
+    return [loss.replace("kd,", "l1,", 1) for loss in ranked] if inputs == "online" else ranked
+
+
+def expand(words: list[str], results: dict, inputs: str) -> list[str]:
+    """``--losses`` with ``val-every`` (the baseline, then every loss at its chosen weight) and ``val-top3`` (the
+    baseline and the three best) expanded."""
+    out: list[str] = []
+    for w in words:
+        picks = ({"val-every": chosen(results, inputs), "val-top3": chosen(results, inputs)[:3]}.get(w))
+        out += [w] if picks is None else [BASELINE[inputs], *picks]
+    return list(dict.fromkeys(out))
+
+
+def before_cache(inputs: str, row: dict) -> bool:
+    """A feature loss's row on fixed inputs run while the loop still ran the teacher on every batch."""
+    return inputs != "online" and bool(row.get("feature_pairs")) and "teacher_features" not in row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", choices=sorted(claim.TEACHERS))
     ap.add_argument("--inputs", choices=INPUTS, default="data")
-    ap.add_argument("--losses", nargs="+", default=["kd"], help="each a --loss value: name[:weight], comma-joined")
+    ap.add_argument("--losses", nargs="+", default=["kd"],
+                    help="each a --loss value: name[:weight], comma-joined; or val-every / val-top3 (see expand)")
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--split", choices=["val", "test"], default="val")
@@ -161,12 +202,18 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    losses = expand(args.losses, results, args.inputs)
+    log(f"losses: {' '.join(losses)}")
     for seed in args.seeds:
-        for loss in order(args.losses, seed):
+        for loss in order(losses, seed):
             key = f"{args.split}|{args.teacher}|{args.inputs}|{loss}|{args.minutes:g}|{seed}"
             done = results["rows"].get(key)
-            if done is not None and not args.rerun and not done.get("overran"):
+            if done is not None and not args.rerun and not done.get("overran") and not before_cache(args.inputs, done):
                 continue
+            if done is not None and before_cache(args.inputs, done):
+                results.setdefault("superseded", {})[key] = {
+                    **done, "reason": "the teacher's features ran once per batch inside the clock (before "
+                                      "distill.loop cached them)"}
             log(f"{key}: running")
             row = run_row(args.teacher, args.inputs, loss, args.minutes, seed, args.split, log)
             results["rows"][key] = {**row, "date": dt.date.today().isoformat(), "machine": machine}

@@ -149,6 +149,29 @@ def test_feature_losses_train_a_conv_student_and_resume_with_their_regressors(co
         assert torch.equal(a, b)
 
 
+def test_the_teachers_features_cached_once_train_the_same_student_as_a_pass_per_batch(conv_release, monkeypatch):
+    """The teacher's paired tensors computed once before the loop (they fit the cache) or on every batch (they do
+    not): the same losses, the same student."""
+    import dfkd_meta.distill.loop as dm
+    data = load_data("digits")
+    cfg = DistillConfig(epochs=2, loss="kd,fitnet:1,at:10")
+
+    def run():
+        torch.manual_seed(0)
+        return distill(conv_release.model_path, build_model("bn-cnn", (1, 8, 8), 10), data, cfg, device="cpu",
+                       progress=False)
+    cached = run()
+    monkeypatch.setattr(dm, "FEATURE_CACHE_BYTES", 0)
+    per_batch = run()
+    assert cached.report["teacher_features"]["cached"] and not per_batch.report["teacher_features"]["cached"]
+    n, shapes = cached.report["samples"], [p["teacher_shape"] for p in cached.report["feature_pairs"]]
+    assert cached.report["teacher_features"]["cache_bytes"] == sum(4 * n * int(np.prod(s)) for s in shapes)
+    for a, b in zip(cached.report["history"], per_batch.report["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for a, b in zip(cached.student.state_dict().values(), per_batch.student.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)
+
+
 def test_feature_losses_online_read_the_teacher_once_more_per_step(conv_release):
     """DFAD with FitNet added: the pairs are found as offline, the objective is reported, and the teacher's paired
     tensors cost exactly one more teacher pass per student step, counted in the run's teacher examples."""

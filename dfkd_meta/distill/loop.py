@@ -4,9 +4,12 @@ Objective: ``(1 - alpha) * sum of the losses named + alpha * ce`` (losses.py; th
 Hinton et al. 2015, KL of temperature-softened outputs times T^2). Hard labels are the teacher's own
 predictions: no ground truth is assumed. The teacher runs through ONNX Runtime (no gradient is
 needed); feature losses read its paired intermediate tensors (features.py) from a session that
-returns them, batch by batch, and the student's through hooks. One epoch is one pass over the
-inputs; a checkpoint after each records the whole config, the teacher and the source (and the
-loss's trainable parts), so ``resume`` refuses a changed setting by name.
+returns them, and the student's through hooks. The inputs do not change between epochs, so the teacher's tensors
+are computed once before the loop, as its logits are (and like them outside a ``minutes`` clock), when they fit in
+``FEATURE_CACHE_BYTES``; else batch by batch inside the loop. The report's ``teacher_features`` says which.
+
+One epoch is one pass over the inputs; a checkpoint after each records the whole config, the teacher and the
+source (and the loss's trainable parts), so ``resume`` refuses a changed setting by name.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from ..transfer import TransferSet
 from .features import FeaturePair, pair_features, student_features, student_taps, teacher_features
 from .losses import Objective, Outputs, build_objective
 from .student import evaluate_pair, predict, teacher_input, teacher_logits
+
+FEATURE_CACHE_BYTES = 2 << 30  # the teacher's paired tensors for every input are kept when they fit in this
 
 
 @dataclass
@@ -163,6 +168,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     if not params:
         raise UsageError(f"{{student}} {type(student).__name__}: the student has no trainable parameters")
     pairs, tapped = bind_features(objective, teacher, student, tuple(x.shape[1:]), cfg.features)
+    feature_cache, cache_seconds = _teacher_feature_cache(tapped, pairs, x, teacher, progress)
     objective.to(dev)
     params += list(objective.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -195,7 +201,9 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
                 out = student(xb.to(dev))
                 s_feats = dict(feats)
             t_feats = {}
-            if pairs:  # the teacher's paired tensors of this batch, from one more ONNX Runtime pass
+            if feature_cache is not None:
+                t_feats = {p.key: torch.from_numpy(feature_cache[p.key][idx.numpy()]).to(dev) for p in pairs}
+            elif pairs:  # the teacher's paired tensors of this batch, from one more ONNX Runtime pass
                 ran = tapped.run(teacher_input(tapped, xb.numpy(), teacher))
                 t_feats = {p.key: torch.from_numpy(ran[p.teacher]).to(dev) for p in pairs}
             loss = objective(Outputs(out, s_feats), Outputs(t_t[idx].to(dev), t_feats), temperature)
@@ -231,6 +239,9 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
               "feature_pairs": [{"key": p.key, "teacher": p.teacher, "student": p.student,
                                  "teacher_shape": list(p.teacher_shape), "student_shape": list(p.student_shape)}
                                 for p in pairs],
+              "teacher_features": None if not pairs else {
+                  "cached": feature_cache is not None, "cache_seconds": round(cache_seconds, 3),
+                  "cache_bytes": sum(a.nbytes for a in feature_cache.values()) if feature_cache is not None else 0},
               "teacher": str(teacher), "teacher_sha256": teacher_sha256, "samples": int(len(x)),
               "input_convention": None if convention is None else {
                   "name": convention.name, "source": convention.source, "norm_mean": list(convention.norm_mean),
@@ -263,6 +274,22 @@ def bind_features(objective: Objective, teacher: str | Path, student: nn.Module,
                           student_features(student, input_shape), named)
     objective.bind({p.key: (p.student_shape, p.teacher_shape) for p in pairs})
     return pairs, OrtModel(teacher, taps=[p.teacher for p in pairs]) if session else None
+
+
+def _teacher_feature_cache(tapped: OrtModel | None, pairs: list[FeaturePair], x: np.ndarray, teacher,
+                           progress: bool, batch_size: int = 512) -> tuple[dict[str, np.ndarray] | None, float]:
+    """The teacher's paired tensors for every input, by pair key, when they fit in ``FEATURE_CACHE_BYTES`` (else
+    None: the loop runs the teacher on each batch), and the seconds it took."""
+    need = sum(4 * len(x) * math.prod(p.teacher_shape) for p in pairs)
+    if not pairs or need > FEATURE_CACHE_BYTES:
+        return None, 0.0
+    t0 = time.perf_counter()
+    cache = {p.key: np.empty((len(x), *p.teacher_shape), dtype=np.float32) for p in pairs}
+    for i in progress_bar(range(0, len(x), batch_size), desc="teacher features", unit="batch", enabled=progress):
+        ran = tapped.run(teacher_input(tapped, x[i:i + batch_size], teacher))
+        for p in pairs:
+            cache[p.key][i:i + batch_size] = ran[p.teacher].reshape(-1, *p.teacher_shape)
+    return cache, time.perf_counter() - t0
 
 
 def _source_identity(source: TransferSet | DataSource) -> dict:

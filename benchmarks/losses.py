@@ -47,6 +47,7 @@ from dfkd_meta.models import build_model  # noqa: E402
 from dfkd_meta.transfer import read_transfer  # noqa: E402
 
 RESULTS = HERE / "results"
+PAUSE = HERE.parent / "runs" / "pause"
 INPUTS = ("data", "transfer", "online")
 TRANSFER_SAMPLES = 16_000
 
@@ -214,6 +215,8 @@ def main(argv=None) -> int:
                 results.setdefault("superseded", {})[key] = {
                     **done, "reason": "the teacher's features ran once per batch inside the clock (before "
                                       "distill.loop cached them)"}
+            while PAUSE.exists():  # a window for other work on the machine between rows, never inside one
+                time.sleep(5)
             log(f"{key}: running")
             row = run_row(args.teacher, args.inputs, loss, args.minutes, seed, args.split, log)
             results["rows"][key] = {**row, "date": dt.date.today().isoformat(), "machine": machine}

@@ -468,3 +468,12 @@ def losses_test(res: Results) -> str:
     """The reported rows: the test split, read once per row."""
     import losses
     return losses.summary(res["losses"], "test")
+
+
+# --- privacy: what a budget costs and buys (benchmarks/privacy.py) -------------------------------------------------
+
+@renderer("privacy")
+def privacy_sweep(res: Results) -> str:
+    """Each teacher and budget: the best data-free student's test accuracy and the leakage audit's figures."""
+    import privacy
+    return privacy.summary(res["privacy"])

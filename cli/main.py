@@ -8,7 +8,7 @@ from dfkd_meta import __version__
 from .check import inspect, show, validate
 from .common import Group
 from .consume import demo, distill, reconstruct
-from .publish import export, train
+from .publish import audit, export, train
 from .quantize import quantize
 
 
@@ -18,7 +18,7 @@ def main() -> None:
     """Data-free knowledge distillation from model-release metadata."""
 
 
-for command in (validate, inspect, show, train, export, reconstruct, distill, quantize, demo):
+for command in (validate, inspect, show, train, export, audit, reconstruct, distill, quantize, demo):
     main.add_command(command)
 
 

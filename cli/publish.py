@@ -188,3 +188,56 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
         click.echo(f"  note: no covariance for layers too large for the covariance sketch: {s['cov_skipped_layers']}")
 
 
+
+
+@click.command(cls=Command)
+@click.argument("release", type=click.Path())
+@click.option("--model", type=click.Path(dir_okay=False), help="The ONNX file the sidecar is bound to (default for a "
+              "release folder: the model beside the sidecar).")
+@click.option("--data", required=True, help="The private data the release was made from, with a test split the "
+              "teacher never saw: " + DATA_HELP)
+@click.option("--resize", type=int, help="Pad/resize images to N x N, as for the export.")
+@click.option("--transfer", type=click.Path(dir_okay=False), help="A transfer set reconstructed from the release: its "
+              "samples join the first-layer Gaussian's as reconstructions to measure.")
+@click.option("--members", type=click.IntRange(min=10), default=2000, show_default=True,
+              help="Examples in the shadow release of the membership test (and as many non-members); the nearest-"
+                   "neighbour pools are this size too.")
+@click.option("--samples", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Reconstructed samples whose nearest neighbours are measured.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the subsets and the draws.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the whole report here as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@QUIET
+def audit(release, model, data, resize, transfer, members, samples, seed, output, as_json, quiet):
+    """Measure what a release leaks about the private data it was made from (docs/privacy.md).
+
+    RELEASE is a .dfkd.h5 sidecar or a release folder. Three figures: how close the best reconstruction of
+    each class's mean input gets to the true one (PSNR, SSIM); a membership test's AUC and advantage on a
+    shadow release exported with the release's own settings from --members examples; and whether
+    reconstructed samples lie nearer training examples than test examples.
+
+    \b
+    Examples:
+      dfkd-meta audit release/ --data mnist:DATA/mnist
+      dfkd-meta audit release/ --data mnist:DATA/mnist --transfer transfer.h5 -o audit.json
+    """
+    from dfkd_meta.audit import audit_release, summary_lines
+    from dfkd_meta.data import load_data
+    from dfkd_meta.errors import UsageError
+    from dfkd_meta.fileio import atomic_path
+    from dfkd_meta.sidecar.release import locate_release
+
+    sidecar, model = locate_release(release, model)
+    if model is None:
+        raise UsageError(f"{release}: the audit runs the teacher: pass {{model}} too, or a release folder")
+    report = audit_release(model, sidecar, load_data(data, resize), transfer=transfer, members=members,
+                           samples=samples, seed=seed, progress=not quiet,
+                           log=None if quiet or as_json else lambda m: click.echo(m, err=True))
+    if output:
+        with atomic_path(output) as tmp:
+            tmp.write_text(json.dumps(report, indent=1) + "\n")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for line in summary_lines(report):
+            click.echo(line)

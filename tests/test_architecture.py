@@ -21,7 +21,7 @@ LAYERS = [
     ("formats and data", ["dfkd_meta.sidecar", "dfkd_meta.transfer", "dfkd_meta.data"]),
     ("publisher", ["dfkd_meta.train", "dfkd_meta.stats"]),
     ("consumer", ["dfkd_meta.reconstruct", "dfkd_meta.synthesis"]),
-    ("consumer products", ["dfkd_meta.distill", "dfkd_meta.quantize"]),
+    ("consumer products", ["dfkd_meta.distill", "dfkd_meta.quantize", "dfkd_meta.audit"]),
     ("application", ["dfkd_meta.demo", "dfkd_meta.cli"]),
 ]
 

@@ -165,6 +165,13 @@ class DataSource:
                           f"examples (seed {seed})", license=self.license, class_names=list(self.class_names),
                           raw=raw, resize=self.resize, spec=self.spec)
 
+    def subset(self, idx: np.ndarray, split: str = "train", note: str = "") -> DataSource:
+        """A source whose only split, ``train``, is the examples ``idx`` of ``split`` (in that order)."""
+        x, y = self._split(split)
+        return DataSource(name=self.name, description=f"{self.description}; {len(idx)} examples of {split} {note}",
+                          license=self.license, class_names=list(self.class_names), raw={"train": (x[idx], y[idx])},
+                          resize=self.resize, spec=self.spec)
+
     def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self.raw:
             raise UsageError(f"{self.spec or self.name}: no {split!r} split; it has {sorted(self.raw)}")

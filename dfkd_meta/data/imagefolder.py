@@ -169,6 +169,12 @@ class ImageFolderSource(DataSource):
                                  files=splits, channels=self.channels, native_size=self.native_size,
                                  workers=self.workers)
 
+    def subset(self, idx: np.ndarray, split: str = "train", note: str = "") -> ImageFolderSource:
+        return ImageFolderSource(name=self.name, description=f"{self.description}; {len(idx)} examples of {split} "
+                                 f"{note}", license=self.license, class_names=list(self.class_names), raw={},
+                                 resize=self.resize, spec=self.spec, files={"train": self._files(split).take(idx)},
+                                 channels=self.channels, native_size=self.native_size, workers=self.workers)
+
     # --- decoding
     def _decode(self, path: Path) -> np.ndarray:
         """One file as float32 [C, H, W] in [0, 1], converted to the source's channel count and resized."""

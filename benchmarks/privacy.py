@@ -1,0 +1,172 @@
+"""What a privacy budget costs a consumer and buys a publisher (not a test; run by hand, resumable).
+
+    python benchmarks/privacy.py --teacher mnist-lenet5 --epsilons inf 8 4 1 0.5 --minutes 3
+    python benchmarks/privacy.py --teacher mnist-hinton1200 --epsilons inf 8 4 1 0.5 --minutes 3
+    python benchmarks/privacy.py --table
+
+For each teacher (the claim's, made once under runs/claim) and budget epsilon (delta ``DELTA``): a release is
+exported from the teacher's training files (less the validation split) with ``--dp-epsilon`` (``inf``: exact
+statistics), every budget with the same settings (covariance rank 0, which a private export requires; the default
+layers, spectral k and clip); then
+
+- the best data-free student of the claim (DFAD with the sidecar, the claim's defaults) trains for ``--minutes`` on
+  the clock and is scored once on the test split;
+- ``dfkd_meta.audit`` measures the release: class-mean PSNR/SSIM of the best reconstruction, the tracing test's
+  AUC and advantage on a shadow release of ``--members`` examples, and the nearest-neighbour share of first-layer
+  Gaussian draws.
+
+Nothing is tuned here: every setting is a default chosen elsewhere. Writes results/privacy.json and privacy.png.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import claim  # noqa: E402
+from protocol import overran  # noqa: E402
+
+from dfkd_meta.audit import audit_release  # noqa: E402
+from dfkd_meta.config import OnlineConfig  # noqa: E402
+from dfkd_meta.distill import distill_online  # noqa: E402
+from dfkd_meta.models import build_model  # noqa: E402
+from dfkd_meta.stats.export import export_release  # noqa: E402
+
+RESULTS = HERE / "results"
+WORK = HERE.parent / "runs" / "privacy"
+DELTA = 1e-5
+TEACHERS = ("mnist-lenet5", "mnist-hinton1200")
+
+
+def eps_label(eps: float) -> str:
+    return "inf" if math.isinf(eps) else f"{eps:g}"
+
+
+def run_row(teacher: str, eps: float, minutes: float, seed: int, members: int, log) -> dict:
+    data, model, _ = claim.release(teacher, False, log)
+    folder = WORK / teacher / f"eps-{eps_label(eps)}"
+    t0 = time.perf_counter()
+    private = {} if math.isinf(eps) else {"dp_epsilon": eps, "dp_delta": DELTA}
+    exported = export_release(model, data, folder, cov_rank=0, overwrite=True, progress=False, **private)
+    export_seconds = time.perf_counter() - t0
+    log(f"  released: {exported.summary['sidecar_bytes'] / 1e6:.2f} MB in {export_seconds:.0f} s")
+    torch.manual_seed(seed)
+    arch = claim.TEACHERS[teacher][2]
+    student = build_model(arch, data.input_shape, data.num_classes)
+    cfg = OnlineConfig(method="dfad", iterations=10_000_000, minutes=minutes, seed=seed)
+    r = distill_online(exported.model_path, student, cfg, sidecar=exported.sidecar_path, device="cpu", eval_data=data,
+                       eval_split="test", progress=False, log=lambda m: log("  " + m)).report
+    loop_minutes = r["distill_seconds"] / 60
+    log("  auditing the release")
+    t1 = time.perf_counter()
+    audit = audit_release(exported.model_path, exported.sidecar_path, data, members=members, seed=seed)
+    return {"epsilon": None if math.isinf(eps) else eps, "delta": None if math.isinf(eps) else DELTA,
+            "student_accuracy": r["student_accuracy"], "teacher_accuracy": r["teacher_accuracy"], "split": "test",
+            "method": "dfad", "variant": "sidecar", "student": arch, "minutes": round(loop_minutes, 3),
+            "budget_minutes": minutes, "overran": overran(loop_minutes, minutes), "iterations": r["iterations"],
+            "teacher_forward_examples": r["teacher_forward_examples"], "stalled": r["stalled"],
+            "export_seconds": round(export_seconds, 1), "audit_seconds": round(time.perf_counter() - t1, 1),
+            "sidecar_bytes": exported.summary["sidecar_bytes"], "privacy": exported.summary["privacy"],
+            "class_mean_psnr": audit["class_means"].get("psnr"), "class_mean_ssim": audit["class_means"].get("ssim"),
+            "class_mean_best": audit["class_means"].get("best"),
+            "membership_auc": audit["membership"]["auc"], "membership_advantage": audit["membership"]["advantage"],
+            "nearest_train_share": audit["nearest_neighbours"].get("first_layer_gaussian", {}).get(
+                "train_nearer_share"), "audit": audit}
+
+
+def summary(results: dict) -> str:
+    """One Markdown table: each teacher and budget, the student's accuracy and the audit's figures."""
+    rows = sorted(results["rows"].values(), key=lambda r: (r["teacher"], -(r["epsilon"] or math.inf), r["seed"]))
+    if not rows:
+        return "No rows yet (benchmarks/privacy.py)."
+    lines = ["| teacher | epsilon | student accuracy (DFAD + sidecar) | minutes | class-mean PSNR dB / SSIM | "
+             "membership AUC / advantage | draws nearer train |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
+    for r in rows:
+        eps = "none (exact)" if r["epsilon"] is None else f"{r['epsilon']:g}"
+        psnr = "" if r["class_mean_psnr"] is None else f"{r['class_mean_psnr']:.1f} / {r['class_mean_ssim']:.3f}"
+        share = "" if r["nearest_train_share"] is None else f"{r['nearest_train_share']:.1%}"
+        lines.append(f"| {r['teacher']} | {eps} | {r['student_accuracy']:.4f} | {r['minutes']:.1f} | {psnr} | "
+                     f"{r['membership_auc']:.3f} / {r['membership_advantage']:.3f} | {share} |")
+    any_row = rows[0]
+    lines += ["", f"delta {DELTA:g}; test split, read once per row; seed {any_row['seed']}; the teacher's accuracy "
+              f"{any_row['teacher_accuracy']:.4f}; membership on a shadow release of "
+              f"{any_row['audit']['membership']['members']:,} examples."]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    from dfkd_meta.plotting import pyplot, save_png
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.8))
+    for teacher in sorted({r["teacher"] for r in results["rows"].values()}):
+        rows = sorted((r for r in results["rows"].values() if r["teacher"] == teacher),
+                      key=lambda r: r["epsilon"] or math.inf)
+        xs = [r["epsilon"] or 32.0 for r in rows]  # "exact" drawn at the right end, labelled
+        axes[0].plot(xs, [r["student_accuracy"] for r in rows], "o-", label=teacher)
+        axes[1].plot(xs, [r["membership_auc"] for r in rows], "o-", label=teacher)
+    for ax, label in zip(axes, ("student test accuracy", "membership AUC (0.5: a coin)")):
+        ax.set_xscale("log")
+        ax.set_xticks([0.5, 1, 4, 8, 32], ["0.5", "1", "4", "8", "exact"])
+        ax.set_xlabel("epsilon (delta 1e-5)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].axhline(0.5, color="grey", lw=0.8)
+    axes[0].legend()
+    save_png(fig, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", choices=TEACHERS)
+    ap.add_argument("--epsilons", type=float, nargs="+", default=[math.inf, 8, 4, 1, 0.5])
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--members", type=int, default=2000)
+    ap.add_argument("--rerun", action="store_true")
+    ap.add_argument("--table", action="store_true")
+    args = ap.parse_args(argv)
+    out = RESULTS / "privacy.json"
+    results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
+    if args.table:
+        print(summary(results))
+        return 0
+    if args.teacher is None:
+        ap.error("--teacher is required")
+
+    def log(msg):
+        print(msg, flush=True)
+    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    for seed in args.seeds:
+        for eps in args.epsilons:
+            key = f"{args.teacher}|{eps_label(eps)}|{args.minutes:g}|{seed}"
+            done = results["rows"].get(key)
+            if done is not None and not args.rerun and not done.get("overran"):
+                continue
+            log(f"{key}: running")
+            row = run_row(args.teacher, eps, args.minutes, seed, args.members, log)
+            results["rows"][key] = {**row, "teacher": args.teacher, "seed": seed, "date": dt.date.today().isoformat(),
+                                    "machine": machine}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            log(f"{key}: student {row['student_accuracy']:.4f}, membership AUC {row['membership_auc']:.3f}, "
+                f"class-mean PSNR {row['class_mean_psnr']}")
+    plot(results, out.with_suffix(".png"))
+    print(summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

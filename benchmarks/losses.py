@@ -117,7 +117,7 @@ def summary(results: dict, split: str) -> str:
     groups: dict[tuple, dict[str, dict[int, dict]]] = {}
     for key, r in results["rows"].items():
         s, teacher, inputs, loss, minutes, seed = key.split("|")
-        if s == split:
+        if s == split and not before_cache(inputs, r):  # not yet rerun: superseded, not reported
             groups.setdefault((teacher, inputs, minutes), {}).setdefault(loss, {})[int(seed)] = r
     if not groups:
         return f"No {split} rows yet (benchmarks/losses.py)."
@@ -173,6 +173,9 @@ def expand(words: list[str], results: dict, inputs: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+CACHE_REASON = "the teacher's features ran once per batch inside the clock (before distill.loop cached them)"
+
+
 def before_cache(inputs: str, row: dict) -> bool:
     """A feature loss's row on fixed inputs run while the loop still ran the teacher on every batch."""
     return inputs != "online" and bool(row.get("feature_pairs")) and "teacher_features" not in row
@@ -203,18 +206,16 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    for key in [k for k, r in results["rows"].items() if before_cache(k.split("|")[2], r)]:
+        results.setdefault("superseded", {})[key] = {**results["rows"].pop(key), "reason": CACHE_REASON}
     losses = expand(args.losses, results, args.inputs)
     log(f"losses: {' '.join(losses)}")
     for seed in args.seeds:
         for loss in order(losses, seed):
             key = f"{args.split}|{args.teacher}|{args.inputs}|{loss}|{args.minutes:g}|{seed}"
             done = results["rows"].get(key)
-            if done is not None and not args.rerun and not done.get("overran") and not before_cache(args.inputs, done):
+            if done is not None and not args.rerun and not done.get("overran"):
                 continue
-            if done is not None and before_cache(args.inputs, done):
-                results.setdefault("superseded", {})[key] = {
-                    **done, "reason": "the teacher's features ran once per batch inside the clock (before "
-                                      "distill.loop cached them)"}
             while PAUSE.exists():  # a window for other work on the machine between rows, never inside one
                 time.sleep(5)
             log(f"{key}: running")

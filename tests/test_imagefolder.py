@@ -156,6 +156,18 @@ def test_a_validation_split_is_carved_from_the_files(tmp_path):
     assert src.arrays("val", feed=RAW)[0].shape == (7, 1, 4, 4)
 
 
+def test_a_subset_holds_the_chosen_examples_as_the_in_memory_subset_does(tmp_path):
+    x, y = _images(12, 1, 4, 4)
+    _write(tmp_path, x, y, ["a", "b", "c"])
+    files = load_data(f"imagefolder:{tmp_path}")
+    idx = np.array([5, 0, 9])
+    sub = files.subset(idx, note="(test)")
+    got_x, got_y = sub.arrays("train", feed=RAW)
+    np.testing.assert_allclose(got_x, files.arrays("train", feed=RAW)[0][idx], atol=1e-6)
+    np.testing.assert_array_equal(got_y, files.labels("train")[idx])
+    assert sub.size("train") == 3 and not sub.has_split("test") and sub.class_names == files.class_names
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(3, 40), c=st.sampled_from([1, 3]), batch=st.integers(1, 17))
 def test_channel_statistics_equal_the_in_memory_computation(tmp_path_factory, n, c, batch):

@@ -193,9 +193,9 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint <output>.ckpt.")
 @click.option("--keep-checkpoint", is_flag=True, help="Keep <output>.ckpt after a successful run (it is removed "
               "by default: the run is complete).")
-@click.option("--stop-on-stall", is_flag=True, help="With --method: end the run when the student stops learning "
-              "(agreement with the teacher at chance, or its loss rising for 150 iterations); without it a stall is "
-              "a warning and the run goes on.")
+@click.option("--stop-on-stall", is_flag=True, help="End the run when the student stops learning (agreement with the "
+              "teacher at chance, or its loss rising, for 150 steps); without it a stall is a warning and the run "
+              "goes on.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 @DEVICE
 @QUIET
@@ -260,7 +260,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
             model = build_model(student, input_shape, num_classes)
             cfg = DistillConfig(temperature=temperature, loss=loss or DistillConfig.loss, alpha=alpha, epochs=epochs,
                                 batch_size=batch_size or DistillConfig.batch_size, lr=lr or DistillConfig.lr, seed=seed,
-                                force=force, features=tuple(features), minutes=minutes)
+                                force=force, features=tuple(features), minutes=minutes, stop_on_stall=stop_on_stall)
             result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
                          resume=resume, eval_data=eval_source, progress=not quiet)
         path = write_student(result.student, input_shape, output, {**result.report, "student": student},
@@ -289,7 +289,7 @@ DISTILL_OPTION_MODES = {
     "epochs": {"transfer", "data"}, "alpha": {"transfer", "data"},
     "force": {"data"},
     "iterations": {"method"}, "options": {"method"}, "gaussian_mix": {"method"},
-    "sidecar": {"method"}, "save_transfer": {"method"}, "stop_on_stall": {"method"},
+    "sidecar": {"method"}, "save_transfer": {"method"},
 }
 
 

@@ -208,6 +208,7 @@ class DistillConfig:
     lr: float = 1e-3  # Adam, cosine schedule
     seed: int = 0
     force: bool = False  # distill on real data even when the teacher fails the accuracy check there
+    stop_on_stall: bool = False  # end the run when the student stops learning (distill.monitor), not only warn
 
 
 @dataclass

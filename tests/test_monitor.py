@@ -1,7 +1,8 @@
-"""The online loop's guards: a student that stops learning is reported while the run goes on (a learning one
+"""The distillation loops' guards: a student that stops learning is reported while the run goes on (a learning one
 never is), and DFAD is indifferent to the teacher's logit scale."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -150,15 +151,36 @@ def test_dfad_learns_the_same_student_whatever_the_teachers_logit_scale(release,
     assert diff > 1e-3
 
 
-def test_stop_on_stall_is_refused_outside_method_mode(release, tmp_path):
+def test_offline_distillation_that_cannot_learn_is_reported_while_it_runs_and_can_stop(release):
+    """The offline loop watches its batches as the online one does: a student at a learning rate of 1e-12 stays at
+    chance, the warning comes during the run, and stop_on_stall ends it after the epoch of the alarm."""
+    from dfkd_meta.config import DistillConfig
+    from dfkd_meta.data import load_data
+    from dfkd_meta.distill import distill
+
+    lines = []
+    cfg = DistillConfig(epochs=3, batch_size=8, lr=1e-12, stop_on_stall=True)  # 180 steps an epoch on digits
+    torch.manual_seed(0)
+    r = distill(release.model_path, build_model("hinton-tiny", (1, 8, 8), 10), load_data("digits"), cfg,
+                device="cpu", progress=False, log=lines.append).report
+    assert [a["kind"] for a in r["stalled"]][:1] == ["chance"] and r["stopped_on_stall"] is True
+    alarm = r["stalled"][0]["iteration"]
+    assert 350 <= alarm <= 360 and r["epochs_done"] == 2  # warm-up and patience: 7 windows of 50 steps, in epoch 2
+    assert any(line.startswith("warning: distill: the student has stopped learning") for line in lines)
+
+
+def test_stop_on_stall_goes_with_every_source_and_a_learning_offline_run_raises_nothing(release, tmp_path):
     from click.testing import CliRunner
 
     from cli.main import main as cli_main
 
+    out = tmp_path / "s.onnx"
     r = CliRunner().invoke(cli_main, ["distill", "--teacher", str(release.model_path), "--data", "digits",
-                                      "--student", "hinton-tiny", "--stop-on-stall", "-o", str(tmp_path / "s.onnx")])
-    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
-    assert "--stop-on-stall: not used with --data (--stop-on-stall goes with --method)" in r.output
+                                      "--student", "hinton-tiny", "--stop-on-stall", "--epochs", "4", "-q",
+                                      "-o", str(out)])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["stalled"] == [] and report["stopped_on_stall"] is False and report["epochs_done"] == 4
 
 
 def test_the_logit_scale_probe_leaves_the_generator_as_initialised(release):

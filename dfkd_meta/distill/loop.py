@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..config import DEFAULT_TEMPERATURE, DistillConfig, changed, settings
 from ..convention import InputConvention, from_domain, resolve
@@ -37,6 +38,7 @@ from ..stats.teacher_check import AccuracyMeter, default_min_accuracy, require_f
 from ..transfer import TransferSet
 from .features import FeaturePair, pair_features, student_features, student_taps, teacher_features
 from .losses import Objective, Outputs, build_objective
+from .monitor import StallMonitor
 from .student import evaluate_pair, predict, teacher_input, teacher_logits
 
 FEATURE_CACHE_BYTES = 2 << 30  # the teacher's paired tensors for every input are kept when they fit in this
@@ -72,16 +74,18 @@ def teacher_convention(teacher: str | Path, source: TransferSet | DataSource,
 
 
 def _save_checkpoint(path: Path, student: nn.Module, opt, sched, epoch: int, history: list, run: dict,
-                     objective: Objective | None = None, *, loop_seconds: float = 0.0) -> None:
+                     objective: Objective | None = None, *, loop_seconds: float = 0.0,
+                     monitor: StallMonitor | None = None) -> None:
     with atomic_path(path) as tmp:
         torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "objective": objective.state_dict() if objective is not None else {},
                     "epoch": epoch, "history": json.dumps(history), "run": json.dumps(run, sort_keys=True),
-                    "loop_seconds": float(loop_seconds)}, tmp)
+                    "loop_seconds": float(loop_seconds),
+                    "monitor": json.dumps(monitor.state_dict() if monitor is not None else {})}, tmp)
 
 
 def _load_checkpoint(path: Path, student: nn.Module, opt, sched, run: dict,
-                     objective: Objective | None = None) -> tuple[int, list, float]:
+                     objective: Objective | None = None, monitor: StallMonitor | None = None) -> tuple[int, list, float]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
         recorded = json.loads(state["run"]) if "run" in state else None
@@ -98,6 +102,8 @@ def _load_checkpoint(path: Path, student: nn.Module, opt, sched, run: dict,
             objective.load_state_dict(state.get("objective", {}))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if monitor is not None:  # checkpoints from before the monitor have none: it starts afresh
+            monitor.load_state_dict(json.loads(state.get("monitor", "{}")))
         return int(state["epoch"]), json.loads(state["history"]), float(state.get("loop_seconds", 0.0))
     except Exception as exc:
         raise DfkdError(f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); "
@@ -107,26 +113,29 @@ def _load_checkpoint(path: Path, student: nn.Module, opt, sched, run: dict,
 def distill(teacher: str | Path, student: nn.Module, source: TransferSet | DataSource, cfg: DistillConfig, *,
             input_norm: str | InputConvention | None = None, device: str = "auto",
             checkpoint: str | Path | None = None, resume: bool = False, eval_data: DataSource | None = None,
-            eval_split: str | None = None, progress: bool = True) -> DistillResult:
+            eval_split: str | None = None, progress: bool = True, log=None) -> DistillResult:
     """Train ``student`` to match the teacher on ``source``'s inputs (a transfer set, or real data's train split).
 
     The student takes what the teacher takes: a transfer set's model inputs, or real data fed
     through the teacher's input convention (``input_norm``, else the teacher's metadata, else raw
     values), in the data's own shape. On real data the teacher must pass the accuracy check first.
     ``eval_split``: the split of ``eval_data`` the final student is scored on (default ``test`` where there is
-    one, else ``train``); benchmarks choose settings on ``val``.
+    one, else ``train``); benchmarks choose settings on ``val``. A student that stops learning is reported
+    while the run goes on (``distill.monitor``: a warning through ``log``, or the end of the run with
+    ``cfg.stop_on_stall``).
     """
     with PrivateFolder() as folder:
         # the teacher is copied once, hashed as copied: the copy is what runs and what the hash describes
         copy = copy_model(folder, require_file(teacher, "teacher"))
         result = _distill(copy, student, source, cfg, input_norm=input_norm, device=device, checkpoint=checkpoint,
-                          resume=resume, eval_data=eval_data, eval_split=eval_split, progress=progress)
+                          resume=resume, eval_data=eval_data, eval_split=eval_split, progress=progress,
+                          log=log or (tqdm.write if progress else None))
     result.report["teacher"] = str(teacher)
     return result
 
 
 def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: DistillConfig, *, input_norm, device,
-             checkpoint, resume, eval_data, eval_split, progress) -> DistillResult:
+             checkpoint, resume, eval_data, eval_split, progress, log) -> DistillResult:
     teacher_sha256 = copy.sha256
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or not 0 <= cfg.alpha <= 1:
         raise UsageError("{epochs} and {batch_size} must be >= 1, {lr} > 0 and 0 <= {alpha} <= 1")
@@ -183,9 +192,11 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     ckpt = Path(checkpoint) if checkpoint else None
     run = {"config": settings(cfg), "teacher_sha256": teacher_sha256, "source": _source_identity(source)}
     start, history, loop_before = 0, [], 0.0
+    monitor = StallMonitor(int(t_logits.shape[1]))
     if resume and ckpt is not None and ckpt.exists():
-        start, history, loop_before = _load_checkpoint(ckpt, student, opt, sched, run, objective)
+        start, history, loop_before = _load_checkpoint(ckpt, student, opt, sched, run, objective, monitor)
     loop_t0, steps, out_of_time = time.perf_counter(), 0, budget is not None and loop_before >= budget
+    stopped_on_stall = False
     for epoch in range(start, cfg.epochs):
         if out_of_time:
             break
@@ -223,6 +234,14 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
             sched.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
+            alarm = monitor.update(out, t_t[idx], losses[-1], epoch * steps_per_epoch + i + 1,
+                                   loop_before + time.perf_counter() - loop_t0)
+            if alarm is not None:
+                if log is not None:
+                    log(f"warning: distill: {alarm['message']}. The final student will likely be poor; try a lower "
+                        "--lr, other loss weights, or check the teacher's input convention (--input-norm)")
+                if cfg.stop_on_stall:
+                    out_of_time = stopped_on_stall = True  # ends the run after this epoch's checkpoint
             if out_of_time:
                 break
         bar.close()
@@ -230,7 +249,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
                        ({"steps": len(losses)} if len(losses) < steps_per_epoch else {}))
         if ckpt is not None:
             _save_checkpoint(ckpt, student, opt, sched, epoch + 1, history, run, objective,
-                             loop_seconds=loop_before + time.perf_counter() - loop_t0)
+                             loop_seconds=loop_before + time.perf_counter() - loop_t0, monitor=monitor)
     student.eval()
     seconds = time.perf_counter() - t0
     agreement_on_inputs = float((predict(student, x, dev) == t_logits.argmax(1)).mean())
@@ -249,6 +268,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
               "distill_seconds": round(seconds, 3), "history": history,
               "loop_seconds": round(loop_before + time.perf_counter() - loop_t0, 3), "budget_minutes": cfg.minutes,
               "steps_this_run": steps, "epochs_done": len(history),
+              "stalled": monitor.alarms, "stopped_on_stall": stopped_on_stall,
               "agreement_on_training_inputs": agreement_on_inputs}
     if eval_data is not None:
         split = eval_split or ("test" if eval_data.has_split("test") else "train")

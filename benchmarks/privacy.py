@@ -46,6 +46,7 @@ from dfkd_meta.stats.export import export_release  # noqa: E402
 
 RESULTS = HERE / "results"
 WORK = HERE.parent / "runs" / "privacy"
+PAUSE = HERE.parent / "runs" / "pause"
 DELTA = 1e-5
 TEACHERS = ("mnist-lenet5", "mnist-hinton1200")
 
@@ -155,6 +156,8 @@ def main(argv=None) -> int:
             done = results["rows"].get(key)
             if done is not None and not args.rerun and not done.get("overran"):
                 continue
+            while PAUSE.exists():  # a window for other work on the machine between rows, never inside one
+                time.sleep(5)
             log(f"{key}: running")
             row = run_row(args.teacher, eps, args.minutes, seed, args.members, log)
             results["rows"][key] = {**row, "teacher": args.teacher, "seed": seed, "date": dt.date.today().isoformat(),

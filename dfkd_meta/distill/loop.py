@@ -217,7 +217,8 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
             elif pairs:  # the teacher's paired tensors of this batch, from one more ONNX Runtime pass
                 ran = tapped.run(teacher_input(tapped, xb.numpy(), teacher))
                 t_feats = {p.key: torch.from_numpy(ran[p.teacher]).to(dev) for p in pairs}
-            loss = objective(Outputs(out, s_feats), Outputs(t_t[idx].to(dev), t_feats), temperature)
+            t_batch = t_t[idx].to(dev)
+            loss = objective(Outputs(out, s_feats), Outputs(t_batch, t_feats), temperature)
             if not torch.isfinite(loss):  # a diverged student would otherwise train on to chance, silently
                 kept = (f"; the checkpoint in {ckpt} (the last finished epoch) is kept: --resume continues from it"
                         if ckpt is not None and ckpt.exists() else "; nothing was written")
@@ -234,7 +235,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
             sched.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
-            alarm = monitor.update(out, t_t[idx], losses[-1], epoch * steps_per_epoch + i + 1,
+            alarm = monitor.update(out, t_batch, losses[-1], epoch * steps_per_epoch + i + 1,
                                    loop_before + time.perf_counter() - loop_t0)
             if alarm is not None:
                 if log is not None:

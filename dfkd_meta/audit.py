@@ -100,9 +100,7 @@ class RawSpace:
 
     def __init__(self, sidecar: Sidecar):
         dom = sidecar.model.input_domain
-        self.convention = from_domain({"layout": dom.layout, "norm_mean": dom.norm_mean, "norm_std": dom.norm_std,
-                                       "value_min": dom.value_min, "value_max": dom.value_max,
-                                       "convention": dom.convention.name if dom.convention else None})
+        self.convention = from_domain(dom.as_record())
         self.shape = tuple(sidecar.model.input_shape[1:])
         self.feed = Feed(self.convention, self.shape)
         self.range = float(dom.value_max - dom.value_min)

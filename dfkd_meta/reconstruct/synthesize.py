@@ -49,10 +49,7 @@ def batch_generator(seed: int, b: int) -> torch.Generator:
 
 def input_domain_record(binding) -> dict:
     """The sidecar's input domain as the transfer file records it (SPEC §6.1, TRANSFER.md)."""
-    dom = binding.input_domain
-    return {"layout": dom.layout, "value_min": dom.value_min, "value_max": dom.value_max,
-            "norm_mean": list(dom.norm_mean), "norm_std": list(dom.norm_std),
-            "convention": dom.convention.name if dom.convention else None,
+    return {**binding.input_domain.as_record(),
             "image_shape": list(binding.image_shape) if binding.image_shape else None}
 
 

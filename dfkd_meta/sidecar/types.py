@@ -116,6 +116,12 @@ class InputDomain:
     norm_std: tuple[float, ...] = (1.0,)
     convention: ConventionRecord | None = None
 
+    def as_record(self) -> dict:
+        """The domain as the plain record ``convention.from_domain`` (and a transfer set's ``input_domain``) reads."""
+        return {"layout": self.layout, "norm_mean": list(self.norm_mean), "norm_std": list(self.norm_std),
+                "value_min": self.value_min, "value_max": self.value_max,
+                "convention": self.convention.name if self.convention else None}
+
     def normalized_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (low, high) bounds of the model input after normalisation."""
         mean, std = np.asarray(self.norm_mean, np.float64), np.asarray(self.norm_std, np.float64)

@@ -25,11 +25,7 @@ def recheck_release(sidecar: Sidecar, model: str, data: DataSource, *, split: st
     """Findings (rules DM90x, SPEC §12) and the measured numbers, for a validated, bound sidecar."""
     binding, check = sidecar.model, sidecar.dataset.teacher_check
     split = split or (check.split if check is not None and data.has_split(check.split) else "train")
-    dom = binding.input_domain
-    domain = {"layout": dom.layout, "norm_mean": dom.norm_mean, "norm_std": dom.norm_std,
-              "value_min": dom.value_min, "value_max": dom.value_max,
-              "convention": dom.convention.name if dom.convention else None}
-    recorded = from_domain(domain)
+    recorded = from_domain(binding.input_domain.as_record())
     feed = Feed(recorded, tuple(binding.input_shape[1:]))
     logits_layer = next((x for x in sidecar.layers if x.kind == "logits" and x.per_unit), None)
     if sidecar.privacy is not None and "layers" in sidecar.privacy.applies_to:

@@ -92,10 +92,7 @@ class SynthesisContext:
                 raise DfkdError(f"{self.sidecar_path}: {{input_norm}} {self.input_norm!r} contradicts the input "
                                 f"normalisation the sidecar records (mean {list(dom.norm_mean)}, std "
                                 f"{list(dom.norm_std)}, measured on the training data); drop {{input_norm}}")
-            record = {"layout": dom.layout, "value_min": dom.value_min, "value_max": dom.value_max,
-                      "norm_mean": list(dom.norm_mean), "norm_std": list(dom.norm_std),
-                      "convention": dom.convention.name if dom.convention else None,
-                      "image_shape": list(binding.image_shape) if binding.image_shape else None}
+            record = {**dom.as_record(), "image_shape": list(binding.image_shape) if binding.image_shape else None}
             return ImageView.of(binding), domain_bounds(binding, self.device), record
         shape = self.input_shape
         view = ImageView("NCHW", shape, shape) if len(shape) == 3 else None

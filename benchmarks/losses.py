@@ -113,7 +113,8 @@ LABEL = {"data": "real data (training files less the validation split)",
 
 def summary(results: dict, split: str) -> str:
     """One Markdown table per (teacher, inputs, budget) on ``split``: each loss's mean accuracy over its seeds (range
-    in brackets), the difference from the inputs' baseline loss on the same seeds, minutes and student steps."""
+    in brackets; how many runs the stall monitor flagged while they ran), the difference from the inputs' baseline
+    loss on the same seeds, minutes and student steps."""
     groups: dict[tuple, dict[str, dict[int, dict]]] = {}
     for key, r in results["rows"].items():
         s, teacher, inputs, loss, minutes, seed = key.split("|")
@@ -136,7 +137,9 @@ def summary(results: dict, split: str) -> str:
                      f"{100 * sum(rows[s]['accuracy'] - base[s]['accuracy'] for s in shared) / len(shared):+.2f}")
             mins = sum(r["minutes"] for r in rows.values()) / len(rows)
             steps = sum(r["steps"] for r in rows.values()) / len(rows)
-            lines.append(f"| `{loss}` | {len(rows)} | {sum(acc) / len(acc):.4f}{spread} | {delta} | {mins:.2f} | "
+            stalled = sum(bool(r.get("stalled")) for r in rows.values())
+            flag = f" (stalled: {stalled} of {len(rows)})" if stalled else ""
+            lines.append(f"| `{loss}` | {len(rows)} | {sum(acc) / len(acc):.4f}{spread}{flag} | {delta} | {mins:.2f} | "
                          f"{steps:.0f} |")
         out.append("\n".join(lines))
     return "\n\n".join(out)

@@ -24,10 +24,7 @@ students, data splits and releases are the claim's (benchmarks/claim.py), made o
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,7 +36,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import claim  # noqa: E402
-from protocol import order, overran  # noqa: E402
+from protocol import order, overran, run_rows  # noqa: E402
 
 from dfkd_meta.config import DistillConfig, OnlineConfig  # noqa: E402
 from dfkd_meta.distill import distill, distill_online  # noqa: E402
@@ -47,7 +44,6 @@ from dfkd_meta.models import build_model  # noqa: E402
 from dfkd_meta.transfer import read_transfer  # noqa: E402
 
 RESULTS = HERE / "results"
-PAUSE = HERE.parent / "runs" / "pause"
 INPUTS = ("data", "transfer", "online")
 TRANSFER_SAMPLES = 16_000
 
@@ -208,25 +204,15 @@ def main(argv=None) -> int:
 
     def log(msg):
         print(msg, flush=True)
-    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
     for key in [k for k, r in results["rows"].items() if before_cache(k.split("|")[2], r)]:
         results.setdefault("superseded", {})[key] = {**results["rows"].pop(key), "reason": CACHE_REASON}
     losses = expand(args.losses, results, args.inputs)
     log(f"losses: {' '.join(losses)}")
-    for seed in args.seeds:
-        for loss in order(losses, seed):
-            key = f"{args.split}|{args.teacher}|{args.inputs}|{loss}|{args.minutes:g}|{seed}"
-            done = results["rows"].get(key)
-            if done is not None and not args.rerun and not done.get("overran"):
-                continue
-            while PAUSE.exists():  # a window for other work on the machine between rows, never inside one
-                time.sleep(5)
-            log(f"{key}: running")
-            row = run_row(args.teacher, args.inputs, loss, args.minutes, seed, args.split, log)
-            results["rows"][key] = {**row, "date": dt.date.today().isoformat(), "machine": machine}
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-            log(f"{key}: {row['accuracy']:.4f} ({row['minutes']:.2f} min, {row['steps']} steps)")
+    jobs = ((f"{args.split}|{args.teacher}|{args.inputs}|{loss}|{args.minutes:g}|{seed}",
+             lambda loss=loss, seed=seed: run_row(args.teacher, args.inputs, loss, args.minutes, seed, args.split, log))
+            for seed in args.seeds for loss in order(losses, seed))
+    run_rows(out, results, jobs, rerun=args.rerun, log=log,
+             done=lambda key, row: f"{row['accuracy']:.4f} ({row['minutes']:.2f} min, {row['steps']} steps)")
     print(table(results))
     return 0
 

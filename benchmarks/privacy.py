@@ -20,11 +20,8 @@ Nothing is tuned here: every setting is a default chosen elsewhere. Writes resul
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,7 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import claim  # noqa: E402
-from protocol import overran  # noqa: E402
+from protocol import overran, run_rows  # noqa: E402
 
 from dfkd_meta.audit import audit_release  # noqa: E402
 from dfkd_meta.config import OnlineConfig  # noqa: E402
@@ -46,7 +43,6 @@ from dfkd_meta.stats.export import export_release  # noqa: E402
 
 RESULTS = HERE / "results"
 WORK = HERE.parent / "runs" / "privacy"
-PAUSE = HERE.parent / "runs" / "pause"
 DELTA = 1e-5
 TEACHERS = ("mnist-lenet5", "mnist-hinton1200")
 
@@ -149,23 +145,14 @@ def main(argv=None) -> int:
 
     def log(msg):
         print(msg, flush=True)
-    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
-    for seed in args.seeds:
-        for eps in args.epsilons:
-            key = f"{args.teacher}|{eps_label(eps)}|{args.minutes:g}|{seed}"
-            done = results["rows"].get(key)
-            if done is not None and not args.rerun and not done.get("overran"):
-                continue
-            while PAUSE.exists():  # a window for other work on the machine between rows, never inside one
-                time.sleep(5)
-            log(f"{key}: running")
-            row = run_row(args.teacher, eps, args.minutes, seed, args.members, log)
-            results["rows"][key] = {**row, "teacher": args.teacher, "seed": seed, "date": dt.date.today().isoformat(),
-                                    "machine": machine}
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-            log(f"{key}: student {row['student_accuracy']:.4f}, membership AUC {row['membership_auc']:.3f}, "
-                f"class-mean PSNR {row['class_mean_psnr']}")
+    def job(eps, seed):
+        return {**run_row(args.teacher, eps, args.minutes, seed, args.members, log), "teacher": args.teacher,
+                "seed": seed}
+    jobs = ((f"{args.teacher}|{eps_label(eps)}|{args.minutes:g}|{seed}", lambda eps=eps, seed=seed: job(eps, seed))
+            for seed in args.seeds for eps in args.epsilons)
+    run_rows(out, results, jobs, rerun=args.rerun, log=log,
+             done=lambda key, row: f"student {row['student_accuracy']:.4f}, membership AUC "
+                                   f"{row['membership_auc']:.3f}, class-mean PSNR {row['class_mean_psnr']}")
     plot(results, out.with_suffix(".png"))
     print(summary(results))
     return 0

@@ -13,6 +13,12 @@
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dfkd_meta.data import DataSource, load_data
@@ -23,6 +29,7 @@ OVERRUN = 0.10  # a row this far over its budget is rerun
 # the per-data-set normalisation constants a publisher elsewhere uses (raw [0, 1] -> (x - mean) / std)
 NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PAUSE = Path(__file__).resolve().parents[1] / "runs" / "pause"  # while it exists, no new row starts
 
 
 def carve(data_spec: str, resize: int | None = None) -> DataSource:
@@ -37,3 +44,25 @@ def order(variants: list[str], seed: int) -> list[str]:
 
 def overran(minutes: float, budget: float) -> bool:
     return minutes > budget * (1.0 + OVERRUN)
+
+
+def run_rows(out: Path, results: dict, jobs: Iterable[tuple[str, Callable[[], dict]]], *, rerun: bool, log,
+             done: Callable[[str, dict], str]) -> None:
+    """Run each (key, job) not yet in ``results["rows"]`` (or ``rerun``, or overran), one at a time, waiting
+    between rows while ``PAUSE`` exists (a window for other work on the machine, never inside a row); each row is
+    recorded with its date and the machine, and ``out`` rewritten after it, so a stopped run resumes."""
+    import torch
+
+    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    for key, job in jobs:
+        old = results["rows"].get(key)
+        if old is not None and not rerun and not old.get("overran"):
+            continue
+        while PAUSE.exists():
+            time.sleep(5)
+        log(f"{key}: running")
+        row = job()
+        results["rows"][key] = {**row, "date": dt.date.today().isoformat(), "machine": machine}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        log(f"{key}: {done(key, row)}")

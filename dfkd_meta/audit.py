@@ -34,7 +34,8 @@ from .convention import from_domain
 from .data import DataSource, Feed
 from .errors import DfkdError, UsageError
 from .fileio import PrivateFolder, require_file
-from .onnx.inspect import copy_model, load_model_proto
+from .onnx.graph import load_onnx
+from .onnx.inspect import copy_model
 from .onnx.runtime import OrtModel
 from .sidecar import open_sidecar
 from .sidecar.types import LayerStats, Sidecar
@@ -318,7 +319,7 @@ def audit_release(model: str | Path, sidecar: str | Path, data: DataSource, *, t
             import torch
 
             from .reconstruct.init import FirstLayerGaussian
-            gaussian = FirstLayerGaussian(sc, load_model_proto(copy.path), source=str(sidecar))
+            gaussian = FirstLayerGaussian(sc, load_onnx(copy.path), source=str(sidecar))  # external data too
             candidates["first_layer_mean"] = space.raw(gaussian.mean)
             gen = torch.Generator().manual_seed(seed)
             per_class = np.arange(samples) % classes

@@ -105,3 +105,24 @@ def test_cli_audit_writes_its_report_and_refuses_what_cannot_run(releases, tmp_p
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 2 and text in r.output and "Traceback" not in r.output, r.output
         assert not bad.exists()
+
+
+def test_a_teacher_with_its_weights_in_an_external_data_file_is_audited(releases, tmp_path):
+    """The dynamo exporter writes weights beside the graph (teacher.onnx.data): the audit copies and reads both."""
+    import onnx
+
+    from dfkd_meta.audit import audit_release
+    from dfkd_meta.data import load_data
+    from dfkd_meta.stats.export import export_release
+
+    model = onnx.load(str(releases[0].model_path))
+    path = tmp_path / "external" / "teacher.onnx"
+    path.parent.mkdir()
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="teacher.onnx.data", size_threshold=0)
+    data = load_data("digits")
+    release = export_release(path, data, tmp_path / "release", spectral_k=0, min_class_count=0, progress=False)
+    assert (tmp_path / "release" / "teacher.onnx.data").is_file()
+    report = audit_release(release.model_path, release.sidecar_path, data, members=200, samples=50)
+    assert report["class_means"]["best"] == "first_layer_mean" and report["class_means"]["psnr"] > 40
+    assert report["membership"]["members"] == 200

@@ -96,10 +96,11 @@ def summary(results: dict) -> str:
         share = "" if r["nearest_train_share"] is None else f"{r['nearest_train_share']:.1%}"
         lines.append(f"| {r['teacher']} | {eps} | {r['student_accuracy']:.4f} | {r['minutes']:.1f} | {psnr} | "
                      f"{r['membership_auc']:.3f} / {r['membership_advantage']:.3f} | {share} |")
-    any_row = rows[0]
-    lines += ["", f"delta {DELTA:g}; test split, read once per row; seed {any_row['seed']}; the teacher's accuracy "
-              f"{any_row['teacher_accuracy']:.4f}; membership on a shadow release of "
-              f"{any_row['audit']['membership']['members']:,} examples."]
+    teachers = ", ".join(f"{t} {a:.4f}" for t, a in sorted({(r["teacher"], r["teacher_accuracy"]) for r in rows}))
+    seeds = ", ".join(str(x) for x in sorted({r["seed"] for r in rows}))
+    members = ", ".join(f"{m:,}" for m in sorted({r["audit"]["membership"]["members"] for r in rows}))
+    lines += ["", f"delta {DELTA:g}; test split, read once per row; seeds {seeds}; the teachers' accuracy: {teachers}; "
+              f"membership on a shadow release of {members} examples."]
     return "\n".join(lines)
 
 

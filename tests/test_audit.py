@@ -84,6 +84,7 @@ def test_an_exact_release_leaks_membership_and_class_means_and_a_private_one_muc
     for report in (exact, private):
         nn = report["nearest_neighbours"]["first_layer_gaussian"]
         assert nn["samples"] == 200 and nn["pool"] == 300 and 0 <= nn["train_nearer_share"] <= 1
+        assert nn["unseen_split"] == "test"  # digits holds no examples out of the train split
         assert len(report["class_means"]["candidates"]["first_layer_mean"]["psnr"]) == 10
 
 
@@ -120,9 +121,11 @@ def test_a_teacher_with_its_weights_in_an_external_data_file_is_audited(releases
     path.parent.mkdir()
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
               location="teacher.onnx.data", size_threshold=0)
-    data = load_data("digits")
+    data = load_data("digits").with_validation(300)  # the release never sees the validation split
     release = export_release(path, data, tmp_path / "release", spectral_k=0, min_class_count=0, progress=False)
     assert (tmp_path / "release" / "teacher.onnx.data").is_file()
     report = audit_release(release.model_path, release.sidecar_path, data, members=200, samples=50)
     assert report["class_means"]["best"] == "first_layer_mean" and report["class_means"]["psnr"] > 40
     assert report["membership"]["members"] == 200
+    nn = report["nearest_neighbours"]["first_layer_gaussian"]
+    assert nn["unseen_split"] == "val" and nn["pool"] == 200

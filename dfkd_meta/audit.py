@@ -172,11 +172,9 @@ def shadow_config(sidecar: Sidecar) -> ExportConfig:
     return cfg
 
 
-def _released_means(layer: LayerStats) -> tuple[np.ndarray, str]:
-    """The class means [C, V] the test reads, and whether they are per unit or per channel."""
-    if layer.per_unit:
-        return layer.mean.astype(np.float64), "unit"
-    return layer.channel.mean.astype(np.float64), "channel"
+def _released_means(layer: LayerStats) -> np.ndarray:
+    """The class means [C, V] the test reads: per unit where stored so, else per channel."""
+    return (layer.mean if layer.per_unit else layer.channel.mean).astype(np.float64)
 
 
 def _activations(runner: OrtModel, layers: list[LayerStats], x: np.ndarray) -> list[np.ndarray]:
@@ -203,8 +201,9 @@ def tracing_scores(runner: OrtModel, shadow: Sidecar, data: DataSource, space: R
     ``reference // 4`` leading principal directions, since a layer's units are far from independent."""
     layers = shadow.layers_in_order()
     classes = shadow.model.num_classes
-    released = np.concatenate([_released_means(layer)[0] for layer in layers], axis=1)  # [C, V]
-    keep = np.arange(released.shape[1])
+    released = np.concatenate([_released_means(layer) for layer in layers], axis=1)  # [C, V]
+    values_released = released.shape[1]
+    keep = np.arange(values_released)
     if len(keep) > MAX_TRACED_VALUES:
         keep = np.sort(np.random.default_rng(seed).choice(len(keep), MAX_TRACED_VALUES, replace=False))
     released = released[:, keep]
@@ -232,8 +231,7 @@ def tracing_scores(runner: OrtModel, shadow: Sidecar, data: DataSource, space: R
     for name, (split, idx) in candidates.items():
         y, vals = pass_over(split, idx)
         scores[name] = ((((vals - centre[y]) / scale) @ basis.T) * target[y] / var).sum(1)
-    return scores, {"values": int(len(keep)), "values_released": int(sum(_released_means(x)[0].shape[1]
-                                                                         for x in layers)), "directions": k}
+    return scores, {"values": int(len(keep)), "values_released": int(values_released), "directions": k}
 
 
 def membership(model: Path, sidecar: Sidecar, data: DataSource, space: RawSpace, *, members: int, seed: int,

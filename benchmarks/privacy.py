@@ -3,6 +3,7 @@
     python benchmarks/privacy.py --teacher mnist-lenet5 --epsilons inf 8 4 1 0.5 --minutes 3
     python benchmarks/privacy.py --teacher mnist-hinton1200 --epsilons inf 8 4 1 0.5 --minutes 3
     python benchmarks/privacy.py --table
+    python benchmarks/privacy.py --teacher mnist-lenet5 --choose-clip 0.25 0.5 1 2 4 --epsilons 8   # validation rows
 
 For each teacher (the claim's, made once under runs/claim) and budget epsilon (delta ``DELTA``): a release is
 exported from the teacher's training files (less the validation split) with ``--dp-epsilon`` (``inf``: exact
@@ -15,7 +16,9 @@ layers, spectral k and clip); then
   AUC and advantage on a shadow release of ``--members`` examples, and the nearest-neighbour share of first-layer
   Gaussian draws.
 
-Nothing is tuned here: every setting is a default chosen elsewhere. Writes results/privacy.json and privacy.png.
+Nothing is tuned on the test split: the one setting chosen here, the clip default (``--dp-clip``), is chosen by
+``--choose-clip`` on the validation split (the same student, scored on ``val``; results/privacy-clip.json, no audit:
+the clip changes what the noise hides, not the budget). Writes results/privacy.json and privacy.png.
 """
 from __future__ import annotations
 
@@ -75,6 +78,41 @@ def run_row(teacher: str, eps: float, minutes: float, seed: int, members: int, l
             "export_seconds": round(export_seconds, 1), "sidecar_bytes": exported.summary["sidecar_bytes"],
             "privacy": exported.summary["privacy"], **audited(exported.model_path, exported.sidecar_path, data,
                                                               members, seed)}
+
+
+def run_clip_row(teacher: str, eps: float, clip: float, minutes: float, seed: int, log) -> dict:
+    """A validation row for the clip default: a release at ``eps`` clipped at ``clip``, the student scored on val."""
+    data, model, _ = claim.release(teacher, False, log)
+    folder = WORK / teacher / f"clip-{clip:g}-eps-{eps_label(eps)}"
+    exported = export_release(model, data, folder, cov_rank=0, overwrite=True, progress=False, dp_epsilon=eps,
+                              dp_delta=DELTA, dp_clip=clip)
+    torch.manual_seed(seed)
+    arch = claim.TEACHERS[teacher][2]
+    student = build_model(arch, data.input_shape, data.num_classes)
+    cfg = OnlineConfig(method="dfad", iterations=10_000_000, minutes=minutes, seed=seed)
+    r = distill_online(exported.model_path, student, cfg, sidecar=exported.sidecar_path, device="cpu", eval_data=data,
+                       eval_split="val", progress=False, log=lambda m: log("  " + m)).report
+    loop_minutes = r["distill_seconds"] / 60
+    return {"teacher": teacher, "epsilon": eps, "delta": DELTA, "clip": clip, "seed": seed, "split": "val",
+            "student_accuracy": r["student_accuracy"], "teacher_accuracy": r["teacher_accuracy"], "method": "dfad",
+            "variant": "sidecar", "student": arch, "minutes": round(loop_minutes, 3), "budget_minutes": minutes,
+            "overran": overran(loop_minutes, minutes), "iterations": r["iterations"], "stalled": r["stalled"],
+            "noise_std": exported.summary["privacy"]["noise_std"]}
+
+
+def clip_summary(results: dict) -> str:
+    """The validation rows the clip default was chosen on."""
+    rows = sorted(results["rows"].values(), key=lambda r: (r["teacher"], r["epsilon"], r["clip"], r["seed"]))
+    if not rows:
+        return "No rows yet (benchmarks/privacy.py --choose-clip)."
+    lines = ["| teacher | epsilon | clip (RMS per unit) | student accuracy on val (DFAD + sidecar) | minutes | iterations |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['teacher']} | {r['epsilon']:g} | {r['clip']:g} | {r['student_accuracy']:.4f} | "
+                     f"{r['minutes']:.1f} | {r['iterations']:,} |")
+    seeds = ", ".join(str(x) for x in sorted({r["seed"] for r in rows}))
+    lines += ["", f"delta {DELTA:g}; validation split (held out of the teacher's training files); seeds {seeds}."]
+    return "\n".join(lines)
 
 
 def audited(model: Path, sidecar: Path, data, members: int, seed: int) -> dict:
@@ -154,6 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rerun", action="store_true")
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--reaudit", action="store_true", help="audit the teacher's rows' releases again (see reaudit)")
+    ap.add_argument("--choose-clip", type=float, nargs="+", metavar="CLIP",
+                    help="validation rows for the clip default: each clip at each of --epsilons")
     args = ap.parse_args(argv)
     out = RESULTS / "privacy.json"
     results = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
@@ -165,6 +205,16 @@ def main(argv=None) -> int:
 
     def log(msg):
         print(msg, flush=True)
+    if args.choose_clip:
+        clip_out = RESULTS / "privacy-clip.json"
+        clip_results = json.loads(clip_out.read_text()) if clip_out.is_file() else {"rows": {}}
+        clip_jobs = ((f"{args.teacher}|{eps_label(eps)}|{clip:g}|{args.minutes:g}|{seed}",
+                      lambda eps=eps, clip=clip, seed=seed: run_clip_row(args.teacher, eps, clip, args.minutes, seed, log))
+                     for seed in args.seeds for eps in args.epsilons for clip in args.choose_clip)
+        run_rows(clip_out, clip_results, clip_jobs, rerun=args.rerun, log=log,
+                 done=lambda key, row: f"val {row['student_accuracy']:.4f}, {row['iterations']} iterations")
+        print(clip_summary(clip_results))
+        return 0
     if args.reaudit:
         reaudit(results, args.teacher, log)
         out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")

@@ -1,6 +1,8 @@
 """What every command shares: error rendering with flag names, registry-backed choices, common options."""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 import click
@@ -100,9 +102,10 @@ class Command(click.Command):
     differ from it (``{"name": "--student"}``).
     """
 
-    def __init__(self, *args, flag_aliases: dict[str, str] | None = None, **kwargs):
+    def __init__(self, *args, flag_aliases: dict[str, str] | None = None, distributed: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.flag_aliases = flag_aliases or {}
+        self.distributed = distributed  # runs as several processes under torchrun (export, reconstruct, distill)
 
     def flag_names(self) -> dict[str, str]:
         names = {p.name: max(p.opts, key=len) for p in self.params if isinstance(p, click.Option) and p.name}
@@ -110,8 +113,24 @@ class Command(click.Command):
         return {**names, **self.flag_aliases}
 
     def invoke(self, ctx: click.Context):
+        from dfkd_meta import dist
+
         try:
-            return super().invoke(ctx)
+            if not dist.launched():
+                return super().invoke(ctx)
+            if not self.distributed:
+                raise UsageError(f"`dfkd-meta {ctx.info_name}` runs in one process; start it without torchrun (export, "
+                                 "reconstruct and distill run on several)")
+            dist.init_from_env(ctx.params.get("device") or "cpu")  # export has no --device: ONNX Runtime on the CPU
+            try:
+                if not dist.is_main_process():  # one voice: the main process prints and shows progress
+                    if "quiet" in ctx.params:
+                        ctx.params["quiet"] = True
+                    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                        return super().invoke(ctx)
+                return super().invoke(ctx)
+            finally:
+                dist.shutdown()
         except DfkdError as exc:
             fail(exc, self.flag_names())
 

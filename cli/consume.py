@@ -1,6 +1,7 @@
 """The consumer's commands: reconstruct a transfer set, distill a student, and the end-to-end demo."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -39,7 +40,7 @@ from .common import (
 )
 
 
-@click.command(cls=Command, flag_aliases={"feature": "--feature-weight"})
+@click.command(cls=Command, flag_aliases={"feature": "--feature-weight"}, distributed=True)
 @click.option("--model", required=True, type=click.Path(dir_okay=False), help="The ONNX teacher.")
 @click.option("--sidecar", required=True, type=click.Path(dir_okay=False), help="Its .dfkd.h5 statistics sidecar.")
 @click.option("--objective", cls=RegistryOption, type=RegistryChoice(objectives),
@@ -111,6 +112,7 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
       dfkd-meta reconstruct --model release/teacher.onnx --sidecar release/teacher.dfkd.h5 \\
           --objective spectral_layer_pairs --preset lopes2017 --samples 2560 -o transfer.h5 --resume
     """
+    from dfkd_meta import dist
     from dfkd_meta.fileio import require_file
     from dfkd_meta.reconstruct.synthesize import reconstruct as run
 
@@ -130,6 +132,8 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
             k: v for k, v in prior_values.items() if given(k) == ParameterSource.COMMANDLINE})
         cfg = reconstruct_preset(preset, **explicit, priors=priors)
     result = run(model, sidecar, output, cfg, device=device, resume=resume, progress=not quiet, preview=preview)
+    if not dist.is_main_process():  # under torchrun: the main process wrote the transfer set and reports it
+        return
     s = result.summary
     if as_json:
         click.echo(json.dumps(s, indent=2))
@@ -139,7 +143,8 @@ def reconstruct(model, sidecar, objective, samples, output, steps, batch_size, l
                + (f" (resumed after {s['resumed_batches']} batches)" if s["resumed_batches"] else ""))
 
 
-@click.command(cls=Command, flag_aliases={"name": "--student", "source": "--transfer/--data", "options": "--set"})
+@click.command(cls=Command, flag_aliases={"name": "--student", "source": "--transfer/--data", "options": "--set"},
+                distributed=True)
 @click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="The ONNX teacher.")
 @click.option("--transfer", type=click.Path(dir_okay=False), help="A transfer set from `dfkd-meta reconstruct`.")
 @click.option("--data", help="Distill on real data instead (vanilla KD baseline): " + DATA_HELP)
@@ -215,6 +220,7 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
     """
     import torch
 
+    from dfkd_meta import dist
     from dfkd_meta.data import load_data
     from dfkd_meta.device import retain_freed_memory
     from dfkd_meta.distill import distill as run
@@ -232,7 +238,8 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
     if mode == "method" and sidecar is None and \
             click.get_current_context().get_parameter_source("gaussian_mix") == ParameterSource.COMMANDLINE:
         raise UsageError("--gaussian-mix draws from the sidecar's first-layer Gaussian: pass --sidecar too, or drop it")
-    with output_lock(output):  # a second run on the same -o fails at once instead of racing
+    main = dist.is_main_process()  # under torchrun: the main process alone locks, writes and reports
+    with output_lock(output) if main else contextlib.nullcontext():  # a second run on the same -o fails at once
         eval_source = load_data(eval_spec, resize) if eval_spec else None
         torch.manual_seed(seed)
         if method is not None:
@@ -263,6 +270,8 @@ def distill(teacher, transfer, data, method, sidecar, iterations, minutes, optio
                                 force=force, features=tuple(features), minutes=minutes, stop_on_stall=stop_on_stall)
             result = run(teacher, model, source, cfg, input_norm=input_norm, device=device, checkpoint=output + ".ckpt",
                          resume=resume, eval_data=eval_source, progress=not quiet)
+        if not main:
+            return
         path = write_student(result.student, input_shape, output, {**result.report, "student": student},
                              convention=result.convention, image_shape=result.image_shape)
         if not keep_checkpoint:

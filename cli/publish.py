@@ -71,7 +71,7 @@ def train(name, data, resize, output, input_norm, epochs, batch_size, lr, seed, 
                    f"{result.convention.describe()}")
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, distributed=True)
 @click.option("--model", required=True, type=click.Path(dir_okay=False), help="The trained ONNX teacher.")
 @click.option("--data", default="digits", show_default=True, help="The labelled data the statistics are taken from: "
               + DATA_HELP)
@@ -134,6 +134,7 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
       dfkd-meta export --model teacher.onnx --data npz:train.npz -o release/
       dfkd-meta export --model resnet.onnx --data npz:images.npz --input-norm imagenet -o release/
     """
+    from dfkd_meta import dist
     from dfkd_meta.data import load_data
     from dfkd_meta.errors import UsageError
     from dfkd_meta.fileio import require_file
@@ -153,6 +154,8 @@ def export(model, data, resize, output, input_norm, value_range, min_accuracy, f
                        max_size=max_size, spectral_max_nodes=spectral_max_nodes, min_class_count=min_class_count,
                        **private)
     result = export_release(model, source, output, cfg, name=name, progress=not quiet, overwrite=overwrite)
+    if not dist.is_main_process():  # under torchrun: the main process wrote the release and reports it
+        return
     s = result.summary
     if as_json:
         click.echo(json.dumps(s, indent=2))

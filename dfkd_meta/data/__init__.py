@@ -187,14 +187,17 @@ class DataSource:
         return x
 
     def batches(self, split: str = "train", batch_size: int = 256, *, feed: Feed, shuffle: bool = False,
-                seed: int = 0, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                seed: int = 0, limit: int | None = None, shard: tuple[int, int] = (0, 1)
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(model inputs float32 [B, ...] through ``feed``, labels int64 [B]) batches; only one batch's raw values
-        are made at a time (``_take``)."""
+        are made at a time (``_take``). ``shard`` (rank, world size): only the batches whose index is ``rank``
+        modulo the world size, so each process of a run reads (and decodes) its own share and nothing else."""
         y = self.labels(split)
         order = np.random.default_rng(seed).permutation(len(y)) if shuffle else np.arange(len(y))
         if limit is not None:
             order = order[:limit]
-        for start in range(0, len(order), batch_size):
+        rank, world = shard
+        for start in range(rank * batch_size, len(order), world * batch_size):
             idx = order[start:start + batch_size]
             yield feed(self._take(split, idx)), y[idx]
 

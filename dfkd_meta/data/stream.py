@@ -122,9 +122,18 @@ class BatchStreamSource(DataSource):
         for x, _ in self._pass():
             yield resize_images(x, self.resize) if self.resize and x.ndim == 4 else x
 
-    def batches(self, split="train", batch_size=256, *, feed, shuffle=False, seed=0, limit=None):
+    def batches(self, split="train", batch_size=256, *, feed, shuffle=False, seed=0, limit=None, shard=(0, 1)):
         """(model inputs through ``feed``, labels) re-batched to ``batch_size``; ``shuffle`` keeps the stream's own
-        order (a loader shuffles itself); ``limit`` stops after that many examples."""
+        order (a loader shuffles itself); ``limit`` stops after that many examples. ``shard`` (rank, world size):
+        the re-batched batches whose index is ``rank`` modulo the world size. Every process still iterates the whole
+        stream (a Python iterable cannot be split from outside): give each process its own loader's shard instead
+        where reading is the cost."""
+        if shard != (0, 1):
+            rank, world = shard
+            for i, batch in enumerate(self.batches(split, batch_size, feed=feed, limit=limit)):
+                if i % world == rank:
+                    yield batch
+            return
         self._check_split(split)
         xs, ys, held, given = [], [], 0, 0
         for x, y in self._pass():

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import dist
 from ..config import DEFAULT_TEMPERATURE, DistillConfig, changed, settings
 from ..convention import InputConvention, from_domain, resolve
 from ..data import DataSource, Feed
@@ -164,7 +165,9 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     if temperature <= 0:
         raise UsageError(f"{{temperature}} {temperature}: must be > 0")
     t0 = time.perf_counter()
-    t_logits = teacher_logits(teacher, x)
+    # under torchrun each process labels its block of the inputs and every process gets all the labels
+    mine = dist.shard_range(len(x))
+    t_logits = dist.all_gather_rows(teacher_logits(teacher, x[mine.start:mine.stop]), len(x))
     if isinstance(source, DataSource):
         meter = AccuracyMeter()
         meter.update(t_logits, y)
@@ -181,7 +184,14 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     objective.to(dev)
     params += list(objective.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    steps_per_epoch = -(-len(x) // cfg.batch_size)
+    world, rank = dist.world_size(), dist.rank()
+    # the student under DistributedDataParallel (several processes): each takes every world-th example of the
+    # global batch, gradients are averaged, and every process holds the same student after each step
+    model = ddp_wrap(student, dev)
+    dist.broadcast_parameters(objective.parameters())  # FitNet's regressors: the main process's draw everywhere
+    # a global batch smaller than the number of processes would leave one with nothing: that last batch is skipped
+    full, rest = divmod(len(x), cfg.batch_size)
+    steps_per_epoch = full + (rest >= world)
     budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
     clock = {"progress": 0.0}
     if budget is None:
@@ -206,10 +216,10 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
         bar = progress_bar(range(steps_per_epoch), desc=f"distill epoch {epoch + 1}/{cfg.epochs}", unit="step",
                            enabled=progress)
         for i in bar:
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
             xb = x_t[idx]
             with student_taps(student, pairs) as feats:
-                out = student(xb.to(dev))
+                out = model(xb.to(dev))
                 s_feats = dict(feats)
             t_feats = {}
             if feature_cache is not None:
@@ -219,7 +229,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
                 t_feats = {p.key: torch.from_numpy(ran[p.teacher]).to(dev) for p in pairs}
             t_batch = t_t[idx].to(dev)
             loss = objective(Outputs(out, s_feats), Outputs(t_batch, t_feats), temperature)
-            if not torch.isfinite(loss):  # a diverged student would otherwise train on to chance, silently
+            if dist.any_rank(not torch.isfinite(loss))[0]:  # a diverged student would train on to chance, silently
                 kept = (f"; the checkpoint in {ckpt} (the last finished epoch) is kept: --resume continues from it"
                         if ckpt is not None and ckpt.exists() else "; nothing was written")
                 raise DfkdError(f"{cfg.loss}: the student's loss became NaN or infinite at epoch {epoch + 1}, step "
@@ -227,32 +237,36 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
                                 "check the teacher's input convention ({input_norm})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.average_gradients(objective.parameters())  # the student's are averaged by DDP in backward
             opt.step()
             steps += 1
-            if budget is not None:  # one clock reading per step, for the schedule and the stop
-                clock["progress"] = (loop_before + time.perf_counter() - loop_t0) / budget
+            if budget is not None:  # one clock reading per step (the main process's), for the schedule and the stop
+                clock["progress"] = dist.from_main((loop_before + time.perf_counter() - loop_t0) / budget)
                 out_of_time = clock["progress"] >= 1.0
             sched.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
             alarm = monitor.update(out, t_batch, losses[-1], epoch * steps_per_epoch + i + 1,
                                    loop_before + time.perf_counter() - loop_t0)
-            if alarm is not None:
-                if log is not None:
-                    log(f"warning: distill: {alarm['message']}. The final student will likely be poor; try a lower "
-                        "--lr, other loss weights, or check the teacher's input convention (--input-norm)")
-                if cfg.stop_on_stall:
-                    out_of_time = stopped_on_stall = True  # ends the run after this epoch's checkpoint
+            if alarm is not None and log is not None:
+                log(f"warning: distill: {alarm['message']}. The final student will likely be poor; try a lower "
+                    "--lr, other loss weights, or check the teacher's input convention (--input-norm)")
+            # every process stops together: on any process's alarm (each watches its own batches)
+            if cfg.stop_on_stall and dist.any_rank(alarm is not None)[0]:
+                out_of_time = stopped_on_stall = True  # ends the run after this epoch's checkpoint
             if out_of_time:
                 break
         bar.close()
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))} |
                        ({"steps": len(losses)} if len(losses) < steps_per_epoch else {}))
-        if ckpt is not None:
+        if ckpt is not None and dist.is_main_process():
             _save_checkpoint(ckpt, student, opt, sched, epoch + 1, history, run, objective,
                              loop_seconds=loop_before + time.perf_counter() - loop_t0, monitor=monitor)
     student.eval()
     seconds = time.perf_counter() - t0
+    if not dist.is_main_process():  # the same student as the main process's, which evaluates and reports it
+        return DistillResult(student, {"rank": rank, "processes": world, "steps_this_run": steps,
+                                       "stalled": monitor.alarms, "loop_seconds": round(seconds, 3)}, convention)
     agreement_on_inputs = float((predict(student, x, dev) == t_logits.argmax(1)).mean())
     report = {"settings": {**settings(cfg), "temperature": temperature}, "source": source_info,
               "objective": dict(objective.weights),
@@ -268,7 +282,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
                   "norm_std": list(convention.norm_std)},
               "distill_seconds": round(seconds, 3), "history": history,
               "loop_seconds": round(loop_before + time.perf_counter() - loop_t0, 3), "budget_minutes": cfg.minutes,
-              "steps_this_run": steps, "epochs_done": len(history),
+              "steps_this_run": steps, "epochs_done": len(history), "processes": world,
               "stalled": monitor.alarms, "stopped_on_stall": stopped_on_stall,
               "agreement_on_training_inputs": agreement_on_inputs}
     if eval_data is not None:
@@ -279,6 +293,16 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     return DistillResult(student, report, convention, tuple(image) if image and len(x.shape) == 2 else None)
 
 
+
+
+def ddp_wrap(student: nn.Module, dev: torch.device) -> nn.Module:
+    """``student`` under DistributedDataParallel when several processes run (its parameters broadcast from the main
+    process, gradients averaged in backward); ``student`` itself in one process."""
+    if dist.world_size() == 1:
+        return student
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 def bind_features(objective: Objective, teacher: str | Path, student: nn.Module, input_shape: tuple[int, ...],

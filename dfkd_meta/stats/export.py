@@ -9,9 +9,9 @@ low-rank covariances, and the spectral coefficients of every spectral block.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -31,7 +31,7 @@ from ..data import DataSource, Feed, fits
 from ..errors import DfkdError, UsageError
 from ..fileio import output_lock
 from ..onnx.graph import load_onnx
-from ..onnx.inspect import candidate_layers, external_data_locations, model_facts
+from ..onnx.inspect import external_data_locations, model_facts
 from ..onnx.runtime import OrtModel
 from ..onnx.torch_export import dropout_keep_from_metadata, export_onnx, model_metadata
 from ..progress import progress as progress_bar
@@ -51,6 +51,7 @@ from ..sidecar.card import CARD_NAME, render_card
 from ..sidecar.types import ConventionRecord, InputDomain
 from .budget import LAYER_OVERHEAD, MB, LayerChoice, default_budget, plan_budget
 from .folder import publish, stage_folder
+from .layers import choose_layers as _choose_layers
 from .moments import ChannelMoments, ClassMoments, PooledUnitMoments, pool_positions, sketch_width
 from .private import PrivateRelease, clip_rows, noise_generator, require_class_counts
 from .spectral import LayerRef, plan_spectral
@@ -81,18 +82,6 @@ class ExportResult:
     model_path: Path
     sidecar_path: Path
     summary: dict = field(default_factory=dict)
-
-
-def layer_key(tensor: str, taken: set[str]) -> str:
-    """A group name matching SPEC §8 for an ONNX tensor name, unique among ``taken``."""
-    key = re.sub(r"[^A-Za-z0-9_.-]+", "_", tensor).strip("_.") or "layer"
-    key = key[-60:]
-    candidate, n = key, 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{key[:57]}_{n}"
-    taken.add(candidate)
-    return candidate
 
 
 @dataclass
@@ -189,37 +178,42 @@ def export_release(model: str | Path | torch.nn.Module, data: DataSource, out_di
     """
     cfg = replace(config or ExportConfig(), **settings)
     cfg.check()
-    dist.require_main(f"write the release folder {out_dir}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir}: exists and is not a folder; {{output}} names the release folder")
+    main = dist.is_main_process()  # under torchrun every process streams its shard; the main one alone writes
     t0 = time.perf_counter()
-    with output_lock(out_dir), tempfile.TemporaryDirectory(prefix="dfkd-export-") as scratch:
-        if isinstance(model, torch.nn.Module):
-            from ..models import hidden_dropout_keep_probs
+    with output_lock(out_dir) if main else contextlib.nullcontext(), \
+            tempfile.TemporaryDirectory(prefix="dfkd-export-") as scratch:
+        with dist.together("export"):
+            if main and out_dir.exists() and not out_dir.is_dir():
+                raise UsageError(f"{out_dir}: exists and is not a folder; {{output}} names the release folder")
+            if isinstance(model, torch.nn.Module):
+                from ..models import hidden_dropout_keep_probs
 
-            conv = resolve(cfg.input_norm, {}, data_stats=data.channel_stats)
-            cfg = replace(cfg, input_norm=conv)  # the module's convention: recorded in its ONNX file too
-            source = export_onnx(model, data.input_shape, Path(scratch) / f"{name or 'teacher'}.onnx",
-                                 convention=conv, dropout_keep=hidden_dropout_keep_probs(model))
-        else:
-            source = Path(model)
-        sidecar_name = f"{name or source.stem}.dfkd.h5"
-        for existing, what in ((sidecar_name, "a release"), (CARD_NAME, "a model card")):
-            if os.path.lexists(out_dir / existing) and not overwrite:
-                raise UsageError(f"{out_dir}: already holds {what} ({existing}); pass {{overwrite}} to replace it, "
-                                 "or choose another folder")
-        plan = _plan(source, data, cfg)
-        comparison = _precheck(plan, data, cfg)
-        stage = stage_folder(out_dir)
+                conv = resolve(cfg.input_norm, {}, data_stats=data.channel_stats)
+                cfg = replace(cfg, input_norm=conv)  # the module's convention: recorded in its ONNX file too
+                source = export_onnx(model, data.input_shape, Path(scratch) / f"{name or 'teacher'}.onnx",
+                                     convention=conv, dropout_keep=hidden_dropout_keep_probs(model))
+            else:
+                source = Path(model)
+            sidecar_name = f"{name or source.stem}.dfkd.h5"
+            for existing, what in ((sidecar_name, "a release"), (CARD_NAME, "a model card")):
+                if main and os.path.lexists(out_dir / existing) and not overwrite:
+                    raise UsageError(f"{out_dir}: already holds {what} ({existing}); pass {{overwrite}} to replace "
+                                     "it, or choose another folder")
+            plan = _plan(source, data, cfg)
+            comparison = _precheck(plan, data, cfg)
+        stage = stage_folder(out_dir) if main else out_dir
         try:
-            result = _export(plan, data, stage, t0, cfg, comparison, name=name, dropout_keep=dropout_keep, progress=progress)
-            publish(stage, out_dir, last=result.sidecar_path.name)
+            result = _export(plan, data, stage, t0, cfg, comparison, name=name, dropout_keep=dropout_keep,
+                             progress=progress and main)
+            if main:
+                publish(stage, out_dir, last=result.sidecar_path.name)
         except DfkdError as exc:  # messages about the staged files name the release folder, not the staging one
             exc.template = exc.template.replace(str(stage), str(out_dir))
             raise
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            if main:
+                shutil.rmtree(stage, ignore_errors=True)
     model_path, sidecar_path = out_dir / result.model_path.name, out_dir / result.sidecar_path.name
     summary = {**result.summary, "model": str(model_path), "sidecar": str(sidecar_path)}
     return ExportResult(model_path, sidecar_path, summary)
@@ -261,18 +255,65 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
                                               for key, _, _, shape in chosen], [(p.key, [r.key for r in p.layers])
                                                                                 for p in plans])
     bounds = {key: layer_bound(cfg.dp_clip, shape) for key, _, _, shape in chosen} if private else {}
-    runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen], spin=False)  # see _inference_ahead
+    # several processes on one machine: as many ONNX Runtime threads as torchrun gives each (OMP_NUM_THREADS)
+    threads = torch.get_num_threads() if dist.world_size() > 1 else None
+    runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen], spin=False, threads=threads)  # see _inference_ahead
     meter = AccuracyMeter()
     n_total = min(data.size(cfg.split), cfg.limit) if cfg.limit else data.size(cfg.split)
-    seen, t1 = 0, time.perf_counter()
-    bar = progress_bar(total=n_total, desc="statistics", unit="ex", enabled=progress)
+    seen, t1, sent = 0, time.perf_counter(), dist.traffic["bytes"]
     batch_size = cfg.batch_size or auto_batch_size(chosen, model_shape)
-    for out, y in _inference_ahead(runner, data.batches(cfg.split, batch_size, feed=plan.feed, limit=cfg.limit)):
+    world = dist.world_size()
+    if world > 1:  # this process's batches: every world-th, from its rank on
+        n_batches = -(-n_total // batch_size)
+        n_total = sum(min(batch_size, n_total - b * batch_size) for b in range(dist.rank(), n_batches, world))
+    bar = progress_bar(total=n_total, desc="statistics", unit="ex", enabled=progress)
+    batches = data.batches(cfg.split, batch_size, feed=plan.feed, limit=cfg.limit, shard=(dist.rank(), world)) \
+        if world > 1 else data.batches(cfg.split, batch_size, feed=plan.feed, limit=cfg.limit)
+    with dist.together("export: the statistics pass"):
+        seen = _statistics_pass(plan, runner, batches, chosen, plans, moments, coef, bases, meter, bar, private,
+                                bounds, cfg.temperature)
+    bar.close()
+    if world > 1:  # Chan's merge across processes: every process then holds the statistics of all the data
+        for accumulators in moments.values():
+            for m in accumulators:
+                m.merge_across_processes()
+        for m in coef.values():
+            m.merge_across_processes()
+        meter.merge_across_processes()
+        seen = int(dist.reduce_array(seen))
+    t_pass, sent = time.perf_counter() - t1, dist.traffic["bytes"] - sent
+    if seen == 0:
+        raise DfkdError(f"{data.spec or data.name}: the {cfg.split!r} split is empty")
+    require_fit(meter, plan.min_accuracy, model=str(plan.source), data=data.spec or data.name,
+                convention=plan.convention.describe(), force=cfg.force)
+    # forced: exported past either check (the threshold, or a rival convention that fits clearly better)
+    check = meter.result(cfg.split, plan.min_accuracy, cfg.force and (
+        meter.accuracy < plan.min_accuracy or comparison.clearly_better() is not None))
+
+    labels = data.labels(cfg.split)[:cfg.limit] if cfg.limit else data.labels(cfg.split)
+    class_counts = np.bincount(labels, minlength=c).astype(np.int64)
+    onnx_path = out_dir / f"{name or plan.source.stem}.onnx"
+    if not dist.is_main_process():  # the merged statistics are the main process's to write; wait for its outcome
+        with dist.together("export: writing the release"):
+            pass
+        return ExportResult(onnx_path, out_dir / f"{onnx_path.stem}.dfkd.h5", {"rank": dist.rank(), "samples": seen})
+    with dist.together("export: writing the release"):
+        return _write_release(plan, data, out_dir, t0, cfg, comparison, name=name, keep=keep, chosen=chosen,
+                              budget=budget, moments=moments, coef=coef, plans=plans, private=private, check=check,
+                              class_counts=class_counts, seen=seen, omitted=omitted, batch_size=batch_size,
+                              t_graph=t_graph, t_spectral=t_spectral, t_pass=t_pass, sent=sent)
+
+
+def _statistics_pass(plan: _Plan, runner: OrtModel, batches, chosen, plans, moments, coef, bases,
+                     meter: AccuracyMeter, bar, private, bounds, temperature: float) -> int:
+    """Fold every batch's tapped tensors into the accumulators; returns the examples seen."""
+    seen = 0
+    for out, y in _inference_ahead(runner, batches):
         meter.update(out[plan.logits], y)
         values = {}
         for key, tensor, kind, _ in chosen:
             v = out[tensor].reshape(len(y), -1)
-            values[key] = v / np.float32(cfg.temperature) if kind == "logits" else v
+            values[key] = v / np.float32(temperature) if kind == "logits" else v
             if private:  # one example's influence on every statistic of the layer is bounded from here on
                 values[key] = clip_rows(values[key], bounds[key])
             for m in moments[key]:
@@ -284,18 +325,14 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
             coef[p.key].update(signal @ bases[p.key], y)
         seen += len(y)
         bar.update(len(y))
-    bar.close()
-    t_pass = time.perf_counter() - t1
-    if seen == 0:
-        raise DfkdError(f"{data.spec or data.name}: the {cfg.split!r} split is empty")
-    require_fit(meter, plan.min_accuracy, model=str(plan.source), data=data.spec or data.name,
-                convention=plan.convention.describe(), force=cfg.force)
-    # forced: exported past either check (the threshold, or a rival convention that fits clearly better)
-    check = meter.result(cfg.split, plan.min_accuracy, cfg.force and (
-        meter.accuracy < plan.min_accuracy or comparison.clearly_better() is not None))
+    return seen
 
-    labels = data.labels(cfg.split)[:cfg.limit] if cfg.limit else data.labels(cfg.split)
-    class_counts = np.bincount(labels, minlength=c).astype(np.int64)
+
+def _write_release(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: ExportConfig,
+                   comparison: ConventionComparison, *, name, keep, chosen, budget, moments, coef, plans, private,
+                   check, class_counts, seen, omitted, batch_size, t_graph, t_spectral, t_pass, sent) -> ExportResult:
+    """The main process's part: noise (a private release), the model's copy, the sidecar, its validation, the card."""
+    c = plan.classes
     privacy_block = None
     if private:
         class_counts = private.noise_everything(class_counts, moments, coef, noise_generator())
@@ -351,6 +388,7 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
         "seconds": round(time.perf_counter() - t0, 3), "graph_seconds": round(t_graph, 3),
         "spectral_planning_seconds": round(t_spectral, 3),
         "pass_seconds": round(t_pass, 3), "samples_per_second": round(seen / max(t_pass, 1e-9), 1),
+        "processes": dist.world_size(), "communicated_bytes": sent,  # by this process, to merge the statistics
     }
     return ExportResult(onnx_path, sidecar_path, summary)
 
@@ -451,36 +489,3 @@ def _logits_name(facts, path: Path) -> str:
     if len(facts.outputs) != 1:
         raise DfkdError(f"{path}: {len(facts.outputs)} outputs; export needs a single logits output")
     return facts.outputs[0].name
-
-
-def _choose_layers(proto, facts, logits: str, names: list[str] | None, path: Path) -> list[tuple]:
-    """(key, tensor, kind, per-example shape) for each statistics layer, in graph order."""
-    candidates = candidate_layers(facts, proto, logits)
-    by_name = {c.name: c for c in candidates}
-    if names is None:
-        picked = [c for c in candidates if c.default]
-    else:
-        order = {o: k for k, n in enumerate(proto.graph.node) for o in n.output}
-        unknown = [n for n in names if n not in order]
-        if unknown:
-            raise UsageError(f"{path}: {{layers}} names unknown tensors {unknown}; `dfkd-meta inspect {path}` lists them")
-        picked = []
-        for n in sorted(dict.fromkeys(names), key=order.__getitem__):
-            if n in by_name:
-                picked.append(by_name[n])
-            else:
-                info = facts.value_info.get(n)
-                kind = "logits" if n == logits else "pre_activation"
-                picked.append(type(candidates[0])(n, "", info.per_example_shape if info else None, kind, False)
-                              if candidates else None)
-    if not any(c.kind == "logits" for c in picked) and logits in by_name and names is None:
-        picked.append(by_name[logits])
-    taken: set[str] = set()
-    out = []
-    for c in picked:
-        if c.shape is None:
-            raise DfkdError(f"{path}: the shape of {c.name!r} is not known statically; choose other {{layers}}")
-        out.append((layer_key("logits" if c.kind == "logits" else c.name, taken), c.name, c.kind, c.shape))
-    if not out:
-        raise DfkdError(f"{path}: no statistics layers found; name them with {{layers}} (see `dfkd-meta inspect`)")
-    return out

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import dist
+
 
 def sketch_width(units: int, rank: int) -> int:
     """Columns of the covariance sketch for factors of ``rank``."""
@@ -90,6 +92,24 @@ class ClassMoments:
         for c in np.flatnonzero(other.count):
             self._merge(int(c), int(other.count[c]), other.mean[c], other.m2[c],
                         other.sketch[c] if other.sketch is not None else None)
+
+    def merge_across_processes(self) -> None:
+        """Fold in every other process's moments (each streamed its own shard of the data): Chan et al.'s pairwise
+        merge in its parallel form, three float64 all-reduces (counts; count-weighted means; each shard's M2 and
+        sketch plus its count times the outer product of its mean's offset from the merged mean), so memory stays one
+        accumulator whatever the number of processes. Every process ends with the merged moments; no-op in one."""
+        if dist.world_size() == 1:
+            return
+        n_local = self.count.astype(np.float64)
+        self.count = dist.reduce_array(self.count)
+        n = np.maximum(self.count, 1).astype(np.float64)[:, None]
+        mean = dist.reduce_array(n_local[:, None] * self.mean) / n
+        delta = self.mean - mean  # rows of classes this process never saw: mean 0, but weighted by a count of 0
+        self.m2 = dist.reduce_array(self.m2 + n_local[:, None] * delta ** 2)
+        if self.sketch is not None:
+            self.sketch = dist.reduce_array(self.sketch + n_local[:, None, None] * delta[:, :, None]
+                                            * (delta @ self.omega)[:, None, :])
+        self.mean = mean
 
     def std(self) -> np.ndarray:
         """Population standard deviation (divisor n, SPEC §8.1); 0 for empty classes."""
@@ -185,6 +205,10 @@ class ChannelMoments(ClassMoments):
     def merge(self, other: ChannelMoments) -> None:
         super().merge(other)
         self.examples += other.examples
+
+    def merge_across_processes(self) -> None:
+        super().merge_across_processes()
+        self.examples = dist.reduce_array(self.examples)
 
 
 class PooledUnitMoments(ClassMoments):

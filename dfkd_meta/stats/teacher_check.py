@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import dist
 from ..convention import IMAGENET_MEAN, IMAGENET_STD, InputConvention
 from ..data import RAW, DataSource, Feed
 from ..errors import DfkdError
@@ -54,6 +55,13 @@ class AccuracyMeter:
         self.correct += int((z.argmax(1) == labels).sum())
         self.total += len(labels)
         self.confidence += float(p.max(1).sum())
+
+    def merge_across_processes(self) -> None:
+        """Sum every process's counts (each saw its own shard); no-op in one process."""
+        correct, total, out_of_range, confidence = dist.reduce_array(
+            np.array([self.correct, self.total, self.out_of_range, self.confidence], np.float64))
+        self.correct, self.total, self.out_of_range = int(correct), int(total), int(out_of_range)
+        self.confidence = float(confidence)
 
     @property
     def accuracy(self) -> float:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .. import dist
 from ..errors import DfkdError, UsageError
 from .bank import MemoryBank
 from .context import SynthesisContext
@@ -49,7 +50,8 @@ class Method:
         """The step indices of one synthesis round of ``steps``: all of them or, once ``deadline`` has passed, those
         begun so far (at least one: the round's batch is then less optimised, and the loop ends the run after it)."""
         for step in range(steps):
-            if step and self.deadline is not None and time.perf_counter() >= self.deadline:
+            # the main process's clock decides, so every process runs the same steps (their collectives pair up)
+            if step and self.deadline is not None and dist.from_main(float(time.perf_counter() >= self.deadline)):
                 return
             yield step
 
@@ -126,7 +128,8 @@ class BankMethod(Method):
         if self.calls % int(self.opt["every"]) == 0 or len(self.bank) == 0:
             was_training = student.training
             student.eval()
-            x = self.synthesise(student, int(self.opt.get("synth_batch", n)))
+            # under several processes each synthesises its share of the batch into its own bank
+            x = self.synthesise(student, dist.share(int(self.opt["synth_batch"])) if "synth_batch" in self.opt else n)
             student.train(was_training)
             self.bank.add(x, self.ctx.teacher_logits(x))
         self.calls += 1

@@ -39,7 +39,7 @@ import claim  # noqa: E402
 from protocol import overran, run_rows  # noqa: E402
 
 from dfkd_meta.audit import audit_release  # noqa: E402
-from dfkd_meta.config import OnlineConfig  # noqa: E402
+from dfkd_meta.config import ExportConfig, OnlineConfig  # noqa: E402
 from dfkd_meta.distill import distill_online  # noqa: E402
 from dfkd_meta.models import build_model  # noqa: E402
 from dfkd_meta.stats.export import export_release  # noqa: E402
@@ -47,6 +47,7 @@ from dfkd_meta.stats.export import export_release  # noqa: E402
 RESULTS = HERE / "results"
 WORK = HERE.parent / "runs" / "privacy"
 DELTA = 1e-5
+FIRST_CLIP = 1.0  # the clip of the first rows (the default before --choose-clip chose one)
 TEACHERS = ("mnist-lenet5", "mnist-hinton1200")
 
 
@@ -54,11 +55,18 @@ def eps_label(eps: float) -> str:
     return "inf" if math.isinf(eps) else f"{eps:g}"
 
 
-def run_row(teacher: str, eps: float, minutes: float, seed: int, members: int, log) -> dict:
+def row_key(teacher: str, eps: float, minutes: float, seed: int, clip: float) -> str:
+    """A row's key; a private row clipped at other than the first rows' 1.0 says its clip."""
+    tail = f"|clip{clip:g}" if not math.isinf(eps) and clip != FIRST_CLIP else ""
+    return f"{teacher}|{eps_label(eps)}|{minutes:g}|{seed}{tail}"
+
+
+def run_row(teacher: str, eps: float, minutes: float, seed: int, members: int, log, clip: float) -> dict:
     data, model, _ = claim.release(teacher, False, log)
-    folder = WORK / teacher / f"eps-{eps_label(eps)}"
+    folder = WORK / teacher / f"eps-{eps_label(eps)}" if clip == FIRST_CLIP else \
+        WORK / teacher / f"eps-{eps_label(eps)}-clip-{clip:g}"
     t0 = time.perf_counter()
-    private = {} if math.isinf(eps) else {"dp_epsilon": eps, "dp_delta": DELTA}
+    private = {} if math.isinf(eps) else {"dp_epsilon": eps, "dp_delta": DELTA, "dp_clip": clip}
     exported = export_release(model, data, folder, cov_rank=0, overwrite=True, progress=False, **private)
     export_seconds = time.perf_counter() - t0
     log(f"  released: {exported.summary['sidecar_bytes'] / 1e6:.2f} MB in {export_seconds:.0f} s")
@@ -133,44 +141,77 @@ def reaudit(results: dict, teacher: str, log) -> None:
     data, _, _ = claim.release(teacher, False, log)
     for key, row in results["rows"].items():
         if row["teacher"] == teacher:
-            folder = WORK / teacher / f"eps-{key.split('|')[1]}"
+            clip = (row["privacy"] or {}).get("clip", FIRST_CLIP)
+            folder = WORK / teacher / f"eps-{key.split('|')[1]}" + ("" if clip == FIRST_CLIP else f"-clip-{clip:g}")
             log(f"{key}: auditing {folder} again")
             row.update(audited(folder / "teacher.onnx", folder / "teacher.dfkd.h5", data,
                                row["audit"]["membership"]["members"], row["seed"]))
 
 
+def _groups(results: dict) -> list[list[dict]]:
+    """Rows of the same teacher, budget and clip (their seeds), ordered by teacher, then budget (exact first)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results["rows"].values():
+        clip = (r["privacy"] or {}).get("clip")
+        groups.setdefault((r["teacher"], -(r["epsilon"] or math.inf), clip or 0.0), []).append(r)
+    return [sorted(groups[k], key=lambda r: r["seed"]) for k in sorted(groups)]
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
 def summary(results: dict) -> str:
-    """One Markdown table: each teacher and budget, the student's accuracy and the audit's figures."""
-    rows = sorted(results["rows"].values(), key=lambda r: (r["teacher"], -(r["epsilon"] or math.inf), r["seed"]))
-    if not rows:
+    """One Markdown table: each teacher, budget and clip, the student's accuracy (mean over seeds, range) and the
+    audit's figures (means)."""
+    if not results["rows"]:
         return "No rows yet (benchmarks/privacy.py)."
-    lines = ["| teacher | epsilon | student accuracy (DFAD + sidecar) | minutes | class-mean PSNR dB / SSIM | "
-             "membership AUC / advantage | draws nearer train |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
-    for r in rows:
-        eps = "none (exact)" if r["epsilon"] is None else f"{r['epsilon']:g}"
-        psnr = "" if r["class_mean_psnr"] is None else f"{r['class_mean_psnr']:.1f} / {r['class_mean_ssim']:.3f}"
-        share = "" if r["nearest_train_share"] is None else f"{r['nearest_train_share']:.1%}"
-        lines.append(f"| {r['teacher']} | {eps} | {r['student_accuracy']:.4f} | {r['minutes']:.1f} | {psnr} | "
-                     f"{r['membership_auc']:.3f} / {r['membership_advantage']:.3f} | {share} |")
+    lines = ["| teacher | epsilon | seeds | student accuracy (DFAD + sidecar) | minutes | class-mean PSNR dB / SSIM | "
+             "membership AUC / advantage | draws nearer train |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
+    for rows in _groups(results):
+        r = rows[0]
+        eps = "none (exact)" if r["epsilon"] is None else f"{r['epsilon']:g} (clip {r['privacy']['clip']:g})"
+        acc = f"{_mean(rows, 'student_accuracy'):.4f}"
+        if len(rows) > 1:
+            acc += f" ({min(x['student_accuracy'] for x in rows):.4f}..{max(x['student_accuracy'] for x in rows):.4f})"
+        psnr = "" if _mean(rows, "class_mean_psnr") is None else \
+            f"{_mean(rows, 'class_mean_psnr'):.1f} / {_mean(rows, 'class_mean_ssim'):.3f}"
+        share = "" if _mean(rows, "nearest_train_share") is None else f"{_mean(rows, 'nearest_train_share'):.1%}"
+        lines.append(f"| {r['teacher']} | {eps} | {', '.join(str(x['seed']) for x in rows)} | {acc} | "
+                     f"{_mean(rows, 'minutes'):.1f} | {psnr} | {_mean(rows, 'membership_auc'):.3f} / "
+                     f"{_mean(rows, 'membership_advantage'):.3f} | {share} |")
+    rows = list(results["rows"].values())
     teachers = ", ".join(f"{t} {a:.4f}" for t, a in sorted({(r["teacher"], r["teacher_accuracy"]) for r in rows}))
-    seeds = ", ".join(str(x) for x in sorted({r["seed"] for r in rows}))
     members = ", ".join(f"{m:,}" for m in sorted({r["audit"]["membership"]["members"] for r in rows}))
-    lines += ["", f"delta {DELTA:g}; test split, read once per row; seeds {seeds}; the teachers' accuracy: {teachers}; "
-              f"membership on a shadow release of {members} examples."]
+    lines += ["", f"delta {DELTA:g}; test split, read once per row; several seeds: their mean (range), the audit's "
+              f"figures averaged; the teachers' accuracy: {teachers}; membership on a shadow release of {members} "
+              "examples."]
     return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
+    """Student accuracy and membership AUC against epsilon: a line per teacher and clip (through the teacher's exact
+    rows), each point a mean over its seeds with their range as a bar."""
     from dfkd_meta.plotting import pyplot, save_png
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.8))
+    groups = _groups(results)
     for teacher in sorted({r["teacher"] for r in results["rows"].values()}):
-        rows = sorted((r for r in results["rows"].values() if r["teacher"] == teacher),
-                      key=lambda r: r["epsilon"] or math.inf)
-        xs = [r["epsilon"] or 32.0 for r in rows]  # "exact" drawn at the right end, labelled
-        axes[0].plot(xs, [r["student_accuracy"] for r in rows], "o-", label=teacher)
-        axes[1].plot(xs, [r["membership_auc"] for r in rows], "o-", label=teacher)
+        exact = [g for g in groups if g[0]["teacher"] == teacher and g[0]["epsilon"] is None]
+        for clip in sorted({g[0]["privacy"]["clip"] for g in groups if g[0]["teacher"] == teacher
+                            and g[0]["epsilon"] is not None}):
+            line = exact + [g for g in groups if g[0]["teacher"] == teacher and g[0]["epsilon"] is not None
+                            and g[0]["privacy"]["clip"] == clip]
+            line.sort(key=lambda g: g[0]["epsilon"] or math.inf)
+            xs = [g[0]["epsilon"] or 32.0 for g in line]  # "exact" drawn at the right end, labelled
+            for ax, key in zip(axes, ("student_accuracy", "membership_auc")):
+                mean = [_mean(g, key) for g in line]
+                err = [[m - min(r[key] for r in g) for m, g in zip(mean, line)],
+                       [max(r[key] for r in g) - m for m, g in zip(mean, line)]]
+                ax.errorbar(xs, mean, yerr=err, fmt="o-", capsize=3, label=f"{teacher}, clip {clip:g}")
     for ax, label in zip(axes, ("student test accuracy", "membership AUC (0.5: a coin)")):
         ax.set_xscale("log")
         ax.set_xticks([0.5, 1, 4, 8, 32], ["0.5", "1", "4", "8", "exact"])
@@ -178,7 +219,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[1].axhline(0.5, color="grey", lw=0.8)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     save_png(fig, path)
 
 
@@ -192,6 +233,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rerun", action="store_true")
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--reaudit", action="store_true", help="audit the teacher's rows' releases again (see reaudit)")
+    ap.add_argument("--clip", type=float, default=ExportConfig.dp_clip, help="the private rows' clip (default: the "
+                    "library's default)")
     ap.add_argument("--choose-clip", type=float, nargs="+", metavar="CLIP",
                     help="validation rows for the clip default: each clip at each of --epsilons")
     args = ap.parse_args(argv)
@@ -223,9 +266,9 @@ def main(argv=None) -> int:
         return 0
 
     def job(eps, seed):
-        return {**run_row(args.teacher, eps, args.minutes, seed, args.members, log), "teacher": args.teacher,
+        return {**run_row(args.teacher, eps, args.minutes, seed, args.members, log, args.clip), "teacher": args.teacher,
                 "seed": seed}
-    jobs = ((f"{args.teacher}|{eps_label(eps)}|{args.minutes:g}|{seed}", lambda eps=eps, seed=seed: job(eps, seed))
+    jobs = ((row_key(args.teacher, eps, args.minutes, seed, args.clip), lambda eps=eps, seed=seed: job(eps, seed))
             for seed in args.seeds for eps in args.epsilons)
     run_rows(out, results, jobs, rerun=args.rerun, log=log,
              done=lambda key, row: f"student {row['student_accuracy']:.4f}, membership AUC "

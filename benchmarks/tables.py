@@ -498,7 +498,7 @@ def distributed_table(res: Results) -> str:
         return "_No rows yet: run `python benchmarks/distributed.py`._"
     body, base = [], {}
     for key in sorted(rows, key=lambda k: (["export", "reconstruct", "online"].index(rows[k]["task"]),
-                                           rows[k]["processes"], rows[k]["threads"] or 99)):
+                                           rows[k]["processes"], rows[k]["threads"] is not None)):
         r = rows[key]
         if r["config"] == "1 process":
             base[r["task"]] = r["throughput"]
@@ -507,14 +507,16 @@ def distributed_table(res: Results) -> str:
             sent_text = (f"{_mb(r['ddp_gradient_bytes_per_iteration'])} DDP gradients + "
                          f"{_mb(r['collective_bytes_per_iteration'])} other, per iteration") if r["processes"] > 1 else "-"
         else:
-            sent_text = _mb(sent) + (" in all" if r["processes"] > 1 else "") if r["processes"] > 1 else "-"
-        body.append([r["task"], r["config"], f"{r['seconds']:.1f}", f"{r['throughput']:,.1f} {r['unit']}/s",
+            sent_text = f"{_mb(sent)} in all" if r["processes"] > 1 else "-"
+        seconds = f"{r['seconds']:.1f}" + (f" ({r['pass_seconds']:.1f} pass)" if "pass_seconds" in r else "")
+        body.append([r["task"], r["config"], seconds, f"{r['throughput']:,.1f} {r['unit']}/s",
                      f"{r['throughput'] / base[r['task']]:.2f}x" if r["task"] in base else "", sent_text])
     machine = next(iter(rows.values()))["machine"]
-    table = _table(["command", "processes", "seconds", "throughput", "vs 1 process", "sent by the main process"],
+    table = _table(["command", "processes", "seconds", "throughput", "vs 1 process", "through the main process"],
                    body, right={2, 3, 4})
     return (table + f"\n\nMNIST, the claim's LeNet-5 release; {machine['cpus']} CPUs, no GPU, gloo over localhost; "
-            "one run per row (dates in results/distributed.json). Export: the statistics pass over 60,000 images; "
+            "one run per row (dates in results/distributed.json). Export: the statistics pass over 60,000 images "
+            "(its throughput; the seconds before it, the checks and the spectral planning, run on every process); "
             "reconstruct: 2,048 samples, 50 steps; online: DFAD with the sidecar, 150 iterations of 256.\n\n"
             + _scaling_model(rows))
 
@@ -525,7 +527,7 @@ def _scaling_model(rows: dict) -> str:
     export = next((r for r in rows.values() if r["task"] == "export" and r["processes"] > 1), None)
     if online is None or export is None:
         return ""
-    g = online["ddp_gradient_bytes_per_iteration"]
+    g = online["ddp_gradient_bytes_per_iteration"] + online["collective_bytes_per_iteration"]
     step = online["seconds"] / max(online["work"], 1)
     lines = []
     for w in (8, 64):
@@ -533,7 +535,9 @@ def _scaling_model(rows: dict) -> str:
         lines.append(f"{w} processes: {_mb(ring)} per process per iteration, {ring / 1.25e9 * 1e3:.2f} ms at 10 Gb/s "
                      f"({ring / 1.25e9 / step:.1%} of the measured {step * 1e3:.0f} ms iteration)")
     return ("How it extrapolates (a model from the measured bytes, not a measurement): an online iteration's traffic "
-            "is DDP's ring all-reduce of the student's gradients plus a few flags; for " + "; ".join(lines) + ". "
+            "is all-reduces (DDP's of the student's gradients; DFAD's generator gradients every fifth iteration, "
+            "averaged per iteration here; a few flags), and a ring all-reduce of G bytes costs each process "
+            "2(W-1)/W G; for " + "; ".join(lines) + ". "
             f"The export's merge sends each accumulator three times ({_mb(export['communicated_bytes'])} here) "
             "whatever the data size, so its cost per example falls as the data grows; reconstruct sends each "
             "finished batch once to the main process, which writes it. On many nodes the work scales with the "

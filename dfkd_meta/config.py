@@ -91,7 +91,7 @@ class ExportConfig:
     min_class_count: int = 50  # refuse a class with fewer examples (0: no guard); see docs/publishing.md
     dp_epsilon: float | None = None  # differential privacy: the budget (None: exact statistics); docs/privacy.md
     dp_delta: float = 1e-5
-    dp_clip: float = 1.0  # per-unit root-mean-square bound on one example's values in a layer
+    dp_clip: float = 2.0  # per-unit RMS bound on one example's values in a layer (chosen on validation: docs/privacy.md)
 
     def check(self) -> None:
         if self.max_size is not None and not (math.isfinite(self.max_size) and self.max_size > 0):

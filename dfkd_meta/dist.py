@@ -11,8 +11,9 @@ bug that fails loudly instead of two processes racing on one file.
 
 A failure on one rank must not leave the others waiting in their next collective: blocks that can
 fail on some ranks only run inside ``together``, after which every rank knows whether any failed.
-``traffic`` counts the bytes this process handed to collectives (the benchmark's bytes per step;
-DistributedDataParallel's own gradient buckets are not counted here).
+``traffic`` counts the bytes this process handed to collectives, and those the main process receives in
+``gather_to_main`` (the benchmark's bytes per step; DistributedDataParallel's own gradient buckets are not
+counted here).
 """
 from __future__ import annotations
 
@@ -158,7 +159,8 @@ def from_main(value: float) -> float:
     """The main process's ``value`` on every process (clocks: one rank decides when a time budget is spent)."""
     if _group() is None:
         return value
-    return float(reduce_array(np.array([value if is_main_process() else 0.0]), "sum")[0])
+    # float64 on every process: an int here and a float there would reduce two different dtypes
+    return float(reduce_array(np.array([float(value) if is_main_process() else 0.0], np.float64), "sum")[0])
 
 
 class OtherRankFailed(DfkdError):
@@ -273,6 +275,7 @@ def gather_to_main(arrays: dict[str, np.ndarray] | None, shapes: list[dict[str, 
         got = {}
         for name, (shape, dtype) in shapes[src].items():
             buf = torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=_comm_device())
+            _count(buf)  # received: the main process's traffic is what the others send it
             td.recv(buf, src=src)
             got[name] = buf.cpu().numpy()
         out.append(got)

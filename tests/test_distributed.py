@@ -240,3 +240,35 @@ def test_commands_that_run_in_one_process_refuse_torchrun(monkeypatch, tmp_path)
     assert done.exit_code == 1, done.output
     assert "RANK, MASTER_ADDR, MASTER_PORT are not set" in done.output
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's processes through /proc")
+def test_ddp_distill_killed_then_resumed_on_two_processes(tmp_path):
+    """distill --data under torchrun, rank 1 killed after a checkpoint: no student is written; --resume on two
+    processes continues from the main process's checkpoint and completes it."""
+    args = ["-m", "dfkd_meta.cli", "distill", "--teacher", str(digits_teacher()), "--data", "digits", "--student",
+            "hinton-tiny", "--epochs", "60", "--batch-size", "64", "-o", "s.onnx", "-q", "--device", "cpu", "--json"]
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                                 *args], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        deadline, ranks = time.time() + 240, {}
+        while time.time() < deadline and 1 not in ranks:
+            ranks = _ranks_of(launcher)
+            time.sleep(0.05)
+        while time.time() < deadline and not (tmp_path / "s.onnx.ckpt").exists():
+            time.sleep(0.05)
+        os.kill(ranks[1], signal.SIGKILL)
+        launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    assert not (tmp_path / "s.onnx").exists() and (tmp_path / "s.onnx.ckpt").exists()
+    resumed = torchrun([*args, "--resume"], tmp_path)
+    _ok(resumed)
+    report = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert report["processes"] == 2 and report["epochs_done"] == 60
+    assert report["steps_this_run"] < 60 * 23  # it went on from the checkpoint
+    assert report["agreement_on_training_inputs"] > 0.85
+    assert (tmp_path / "s.onnx").exists()

@@ -205,6 +205,9 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     monitor = StallMonitor(int(t_logits.shape[1]))
     if resume and ckpt is not None and ckpt.exists():
         start, history, loop_before = _load_checkpoint(ckpt, student, opt, sched, run, objective, monitor)
+    if world > 1:  # whatever each process found to resume from, all continue from the main process's state
+        start = int(dist.from_main(start))
+        dist.broadcast_parameters([*student.parameters(), *objective.parameters()])
     loop_t0, steps, out_of_time = time.perf_counter(), 0, budget is not None and loop_before >= budget
     stopped_on_stall = False
     for epoch in range(start, cfg.epochs):

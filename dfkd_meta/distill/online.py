@@ -129,6 +129,10 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
         start, history, seconds_before = _load(ckpt, run, student, opt, sched, method, gen, ctx, monitor, objective)
         if world > 1 and rank > 0:  # the checkpoint holds the main process's random state: the others draw anew
             gen.manual_seed(_rank_seed(cfg.seed, rank, start))
+    if world > 1:  # whatever each process found to resume from, all continue from the main process's state
+        start = int(dist.from_main(start))
+        dist.broadcast_parameters([*student.parameters(), *objective.parameters(),
+                                   *(p for m in _modules(method) for p in m.parameters())])
     log = log or (tqdm.write if progress else None)
     dropout = [float(m.p) for m in student.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
     if dropout and log is not None:

@@ -255,8 +255,8 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
                                               for key, _, _, shape in chosen], [(p.key, [r.key for r in p.layers])
                                                                                 for p in plans])
     bounds = {key: layer_bound(cfg.dp_clip, shape) for key, _, _, shape in chosen} if private else {}
-    # several processes on one machine: as many ONNX Runtime threads as torchrun gives each (OMP_NUM_THREADS)
-    threads = torch.get_num_threads() if dist.world_size() > 1 else None
+    # OMP_NUM_THREADS set (torchrun sets 1 for each of several processes on a machine): ONNX Runtime follows it
+    threads = torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else None
     runner = OrtModel(proto, taps=[t for _, t, _, _ in chosen], spin=False, threads=threads)  # see _inference_ahead
     meter = AccuracyMeter()
     n_total = min(data.size(cfg.split), cfg.limit) if cfg.limit else data.size(cfg.split)

@@ -532,13 +532,16 @@ def _scaling_model(rows: dict) -> str:
     lines = []
     for w in (8, 64):
         ring = 2 * (w - 1) / w * g  # a ring all-reduce: each process sends and receives this much per iteration
-        lines.append(f"{w} processes: {_mb(ring)} per process per iteration, {ring / 1.25e9 * 1e3:.2f} ms at 10 Gb/s "
-                     f"({ring / 1.25e9 / step:.1%} of the measured {step * 1e3:.0f} ms iteration)")
+        compute = step * online["processes"] / w  # the measured iteration's work, split further
+        lines.append(f"{w} processes: {_mb(ring)} per process per iteration, {ring / 1.25e9 * 1e3:.2f} ms at 10 Gb/s, "
+                     f"against {compute * 1e3:.1f} ms of work if the measured {step * 1e3:.0f} ms of two processes "
+                     f"splits evenly ({ring / 1.25e9 / compute:.0%})")
     return ("How it extrapolates (a model from the measured bytes, not a measurement): an online iteration's traffic "
             "is all-reduces (DDP's of the student's gradients; DFAD's generator gradients every fifth iteration, "
             "averaged per iteration here; a few flags), and a ring all-reduce of G bytes costs each process "
             "2(W-1)/W G; for " + "; ".join(lines) + ". "
             f"The export's merge sends each accumulator three times ({_mb(export['communicated_bytes'])} here) "
             "whatever the data size, so its cost per example falls as the data grows; reconstruct sends each "
-            "finished batch once to the main process, which writes it. On many nodes the work scales with the "
-            "processes until the per-process batch is too small to keep a device busy.")
+            "finished batch once to the main process, which writes it. So the global batch of 256 carries an online "
+            "method to a few processes per machine; beyond, a larger global batch (and its learning rate) or "
+            "faster links are needed, as in any data-parallel training.")

@@ -143,6 +143,7 @@ def _ranks_of(launcher: subprocess.Popen) -> dict[int, int]:
     return found
 
 
+@pytest.mark.slow  # ~25 s; the default run keeps the equality tests, this and the DDP kill test run before a release
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's processes through /proc")
 def test_a_killed_process_fails_the_run_without_output_and_resume_completes_it(tmp_path):
     """Rank 1 killed mid-run: the run fails, no transfer file appears (the partial one keeps finished batches), and

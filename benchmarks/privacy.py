@@ -70,19 +70,9 @@ def run_row(teacher: str, eps: float, minutes: float, seed: int, members: int, l
     exported = export_release(model, data, folder, cov_rank=0, overwrite=True, progress=False, **private)
     export_seconds = time.perf_counter() - t0
     log(f"  released: {exported.summary['sidecar_bytes'] / 1e6:.2f} MB in {export_seconds:.0f} s")
-    torch.manual_seed(seed)
-    arch = claim.TEACHERS[teacher][2]
-    student = build_model(arch, data.input_shape, data.num_classes)
-    cfg = OnlineConfig(method="dfad", iterations=10_000_000, minutes=minutes, seed=seed)
-    r = distill_online(exported.model_path, student, cfg, sidecar=exported.sidecar_path, device="cpu", eval_data=data,
-                       eval_split="test", progress=False, log=lambda m: log("  " + m)).report
-    loop_minutes = r["distill_seconds"] / 60
+    student = trained_student(teacher, data, exported, minutes, seed, "test", log)
     log("  auditing the release")
-    return {"epsilon": None if math.isinf(eps) else eps, "delta": None if math.isinf(eps) else DELTA,
-            "student_accuracy": r["student_accuracy"], "teacher_accuracy": r["teacher_accuracy"], "split": "test",
-            "method": "dfad", "variant": "sidecar", "student": arch, "minutes": round(loop_minutes, 3),
-            "budget_minutes": minutes, "overran": overran(loop_minutes, minutes), "iterations": r["iterations"],
-            "teacher_forward_examples": r["teacher_forward_examples"], "stalled": r["stalled"],
+    return {"epsilon": None if math.isinf(eps) else eps, "delta": None if math.isinf(eps) else DELTA, **student,
             "export_seconds": round(export_seconds, 1), "sidecar_bytes": exported.summary["sidecar_bytes"],
             "privacy": exported.summary["privacy"], **audited(exported.model_path, exported.sidecar_path, data,
                                                               members, seed)}
@@ -94,18 +84,25 @@ def run_clip_row(teacher: str, eps: float, clip: float, minutes: float, seed: in
     folder = WORK / teacher / f"clip-{clip:g}-eps-{eps_label(eps)}"
     exported = export_release(model, data, folder, cov_rank=0, overwrite=True, progress=False, dp_epsilon=eps,
                               dp_delta=DELTA, dp_clip=clip)
+    student = trained_student(teacher, data, exported, minutes, seed, "val", log)
+    return {"teacher": teacher, "epsilon": eps, "delta": DELTA, "clip": clip, "seed": seed, **student,
+            "noise_std": exported.summary["privacy"]["noise_std"]}
+
+
+def trained_student(teacher: str, data, exported, minutes: float, seed: int, split: str, log) -> dict:
+    """The claim's best data-free student (DFAD with the sidecar) on ``exported`` for ``minutes``, scored on
+    ``split`` once: the row's student figures."""
     torch.manual_seed(seed)
     arch = claim.TEACHERS[teacher][2]
     student = build_model(arch, data.input_shape, data.num_classes)
     cfg = OnlineConfig(method="dfad", iterations=10_000_000, minutes=minutes, seed=seed)
     r = distill_online(exported.model_path, student, cfg, sidecar=exported.sidecar_path, device="cpu", eval_data=data,
-                       eval_split="val", progress=False, log=lambda m: log("  " + m)).report
+                       eval_split=split, progress=False, log=lambda m: log("  " + m)).report
     loop_minutes = r["distill_seconds"] / 60
-    return {"teacher": teacher, "epsilon": eps, "delta": DELTA, "clip": clip, "seed": seed, "split": "val",
-            "student_accuracy": r["student_accuracy"], "teacher_accuracy": r["teacher_accuracy"], "method": "dfad",
-            "variant": "sidecar", "student": arch, "minutes": round(loop_minutes, 3), "budget_minutes": minutes,
-            "overran": overran(loop_minutes, minutes), "iterations": r["iterations"], "stalled": r["stalled"],
-            "noise_std": exported.summary["privacy"]["noise_std"]}
+    return {"student_accuracy": r["student_accuracy"], "teacher_accuracy": r["teacher_accuracy"], "split": split,
+            "method": "dfad", "variant": "sidecar", "student": arch, "minutes": round(loop_minutes, 3),
+            "budget_minutes": minutes, "overran": overran(loop_minutes, minutes), "iterations": r["iterations"],
+            "teacher_forward_examples": r["teacher_forward_examples"], "stalled": r["stalled"]}
 
 
 def clip_summary(results: dict) -> str:

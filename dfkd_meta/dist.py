@@ -163,6 +163,20 @@ def from_main(value: float) -> float:
     return float(reduce_array(np.array([float(value) if is_main_process() else 0.0], np.float64), "sum")[0])
 
 
+def broadcast_array(values: np.ndarray) -> np.ndarray:
+    """The main process's ``values`` (float64; the same shape on every process) on every process."""
+    import torch
+
+    a = np.ascontiguousarray(values, dtype=np.float64)
+    td = _group()
+    if td is None:
+        return a
+    t = torch.from_numpy(a.copy()).to(_comm_device())
+    _count(t)
+    td.broadcast(t, src=0)
+    return t.cpu().numpy()
+
+
 class OtherRankFailed(DfkdError):
     """Another process of the run failed; its own message says why."""
 

@@ -241,6 +241,8 @@ def _export(plan: _Plan, data: DataSource, out_dir: Path, t0: float, cfg: Export
     plans = plan_spectral(proto, refs, model_shape, cfg.spectral_k, cfg.spectral_k, progress, omitted,
                           max_nodes=cfg.spectral_max_nodes) \
         if cfg.spectral_k != 0 else []
+    for p in plans:  # an eigenbasis of repeated eigenvalues differs with the thread count: all use the main one's
+        p.basis, p.eigenvalues = dist.broadcast_array(p.basis), dist.broadcast_array(p.eigenvalues)
     t_graph = time.perf_counter() - t0  # everything before the statistics pass: the checks and the planning
     t_spectral = time.perf_counter() - t_plan
 

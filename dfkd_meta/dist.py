@@ -159,8 +159,7 @@ def from_main(value: float) -> float:
     """The main process's ``value`` on every process (clocks: one rank decides when a time budget is spent)."""
     if _group() is None:
         return value
-    # float64 on every process: an int here and a float there would reduce two different dtypes
-    return float(reduce_array(np.array([float(value) if is_main_process() else 0.0], np.float64), "sum")[0])
+    return float(broadcast_array(np.array([value]))[0])
 
 
 def broadcast_array(values: np.ndarray) -> np.ndarray:

@@ -188,7 +188,6 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     # the student under DistributedDataParallel (several processes): each takes every world-th example of the
     # global batch, gradients are averaged, and every process holds the same student after each step
     model = ddp_wrap(student, dev)
-    dist.broadcast_parameters(objective.parameters())  # FitNet's regressors: the main process's draw everywhere
     # a global batch smaller than the number of processes would leave one with nothing: that last batch is skipped
     full, rest = divmod(len(x), cfg.batch_size)
     steps_per_epoch = full + (rest >= world)
@@ -205,7 +204,7 @@ def _distill(copy, student: nn.Module, source: TransferSet | DataSource, cfg: Di
     monitor = StallMonitor(int(t_logits.shape[1]))
     if resume and ckpt is not None and ckpt.exists():
         start, history, loop_before = _load_checkpoint(ckpt, student, opt, sched, run, objective, monitor)
-    if world > 1:  # whatever each process found to resume from, all continue from the main process's state
+    if world > 1:  # fresh or resumed, every process continues from the main process's state (FitNet's regressors too)
         start = int(dist.from_main(start))
         dist.broadcast_parameters([*student.parameters(), *objective.parameters()])
     loop_t0, steps, out_of_time = time.perf_counter(), 0, budget is not None and loop_before >= budget

@@ -92,8 +92,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     torch.manual_seed(cfg.seed)
     method = cls(ctx, dict(cfg.options), gen)
     world, rank = dist.world_size(), dist.rank()
-    if world > 1:  # the method's own modules (generators) start as the main process's; each then draws its own inputs
-        dist.broadcast_parameters(p for m in _modules(method) for p in m.parameters())
+    if world > 1:  # each process draws its own inputs (the modules start as the main process's: below)
         gen.manual_seed(_rank_seed(cfg.seed, rank, 0))
     scale = float(getattr(method, "logit_scale", 1.0))
     recipe = {**cls.student, **({"lr": cfg.lr} if cfg.lr is not None else {}),
@@ -112,7 +111,6 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
     pairs, _ = bind_features(objective, teacher, student, tuple(ctx.input_shape), cfg.features, session=False)
     objective.to(dev)
     params += list(objective.parameters())
-    dist.broadcast_parameters(objective.parameters())
     model = ddp_wrap(student, dev)  # the student update under DDP; the method reads the student itself
     budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
     clock = {"progress": 0.0} if budget is not None else None
@@ -129,7 +127,7 @@ def _distill_online(copy, cls, student, cfg: OnlineConfig, *, sidecar, device, c
         start, history, seconds_before = _load(ckpt, run, student, opt, sched, method, gen, ctx, monitor, objective)
         if world > 1 and rank > 0:  # the checkpoint holds the main process's random state: the others draw anew
             gen.manual_seed(_rank_seed(cfg.seed, rank, start))
-    if world > 1:  # whatever each process found to resume from, all continue from the main process's state
+    if world > 1:  # fresh or resumed, every process continues from the main process's state (and its generator)
         start = int(dist.from_main(start))
         dist.broadcast_parameters([*student.parameters(), *objective.parameters(),
                                    *(p for m in _modules(method) for p in m.parameters())])
